@@ -1,0 +1,393 @@
+"""The data contracts (DESIGN.md section 3): Arrow schemas, validation and quarantine.
+
+Every step that reads a table goes through :func:`load_table`, so a malformed file fails the
+same way everywhere (a :class:`SchemaError` naming file and column) and bad rows are split off
+with a reason instead of being dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+TS = pa.timestamp("ms", tz="UTC")
+
+#: Stages of the production cascade a search_log row can have reached.
+STAGES = ("prefiltered", "ranked", "shown")
+
+#: Hierarchical Label Assignment (the paper's Table 1): source -> label. Label 0 is in-batch.
+HLA_LABELS: dict[str, int] = {
+    "reformulation": 5,
+    "recfeed": 4,
+    "llm": 4,
+    "click": 4,
+    "exposed": 3,
+    "ranked": 2,
+    "prefiltered": 1,
+}
+SOURCES = tuple(HLA_LABELS)
+
+MAX_QUERY_BYTES = 1024
+
+#: A play is long when watch_ms >= min(duration_ms, LONG_PLAY_MS). The one definition.
+LONG_PLAY_MS = 18_000
+
+VIDEOS = pa.schema(
+    [
+        pa.field("video_id", pa.int64(), nullable=False),
+        pa.field("caption", pa.string()),
+        pa.field("tags", pa.list_(pa.string())),
+        pa.field("cover_text", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("upload_ts", TS),
+        pa.field("synthetic", pa.bool_()),
+        pa.field("source_query", pa.string()),
+    ]
+)
+
+SEARCH_LOG = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("session_id", pa.int64(), nullable=False),
+        pa.field("request_id", pa.int64(), nullable=False),
+        pa.field("ts", TS, nullable=False),
+        pa.field("query", pa.string(), nullable=False),
+        pa.field("video_id", pa.int64(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("clicked", pa.bool_(), nullable=False),
+        pa.field("watch_ms", pa.int64(), nullable=False),
+        pa.field("duration_ms", pa.int64(), nullable=False),
+    ]
+)
+
+REC_LOG = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("ts", TS, nullable=False),
+        pa.field("video_id", pa.int64(), nullable=False),
+        pa.field("watch_ms", pa.int64(), nullable=False),
+        pa.field("duration_ms", pa.int64(), nullable=False),
+    ]
+)
+
+SAMPLES = pa.schema(
+    [
+        pa.field("query", pa.string(), nullable=False),
+        pa.field("video_id", pa.int64(), nullable=False),
+        pa.field("label", pa.int8(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("relevance", pa.float32()),
+        pa.field("request_id", pa.int64()),
+        pa.field("session_id", pa.int64()),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "videos": VIDEOS,
+    "search_log": SEARCH_LOG,
+    "rec_log": REC_LOG,
+    "samples": SAMPLES,
+}
+
+#: Columns whose values are user or uploader text and must be valid UTF-8.
+TEXT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "videos": ("caption", "cover_text", "category", "source_query"),
+    "search_log": ("query", "stage"),
+    "rec_log": (),
+    "samples": ("query", "source"),
+}
+
+
+class SchemaError(ValueError):
+    """A file-level problem: unreadable file, missing column or incompatible type."""
+
+    def __init__(self, path: str | Path, column: str | None, message: str) -> None:
+        self.path, self.column = str(path), column
+        where = f"{self.path}: column '{column}'" if column else self.path
+        super().__init__(f"{where}: {message}")
+
+
+def long_play(watch_ms: pl.Expr, duration_ms: pl.Expr, threshold_ms: int = LONG_PLAY_MS) -> pl.Expr:
+    """The one long-play definition: watched at least min(duration, threshold)."""
+    return watch_ms >= pl.min_horizontal(duration_ms, pl.lit(threshold_ms, pl.Int64))
+
+
+def long_play_np(watch_ms, duration_ms, threshold_ms: int = LONG_PLAY_MS):
+    """NumPy twin of :func:`long_play` for the simulator's vectorised inner loop."""
+    import numpy as np
+
+    return np.asarray(watch_ms) >= np.minimum(np.asarray(duration_ms), threshold_ms)
+
+
+# --------------------------------------------------------------------------- type conformance
+
+
+def _compatible(found: pa.DataType, want: pa.DataType) -> bool:
+    """Types we cast losslessly into the contract (widening ints, other string/timestamp kinds)."""
+    if found.equals(want):
+        return True
+    if pa.types.is_integer(want):
+        return pa.types.is_integer(found)
+    if pa.types.is_floating(want):
+        return pa.types.is_floating(found) or pa.types.is_integer(found)
+    if pa.types.is_string(want):
+        return (
+            pa.types.is_string(found)
+            or pa.types.is_large_string(found)
+            or (pa.types.is_binary(found) or pa.types.is_large_binary(found))
+        )
+    if pa.types.is_timestamp(want):
+        return pa.types.is_timestamp(found)
+    if pa.types.is_list(want):
+        return (pa.types.is_list(found) or pa.types.is_large_list(found)) and _compatible(
+            found.value_type, want.value_type
+        )
+    return False
+
+
+def _invalid_utf8(arr: pa.ChunkedArray) -> pa.Array | None:
+    """Boolean mask of rows holding bytes that are not UTF-8, or None when all are valid."""
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        return None  # list<string> is checked element-wise by the caller
+    as_binary = arr.cast(pa.binary()) if not pa.types.is_binary(arr.type) else arr
+    try:
+        as_binary.cast(pa.string()).validate(full=True)
+        return None
+    except (pa.ArrowInvalid, pa.ArrowException):
+        pass
+    bad = []
+    for value in as_binary.to_pylist():
+        if value is None:
+            bad.append(False)
+            continue
+        try:
+            value.decode("utf-8")
+            bad.append(False)
+        except UnicodeDecodeError:
+            bad.append(True)
+    return pa.array(bad, pa.bool_())
+
+
+def conform(table: pa.Table, name: str, path: str | Path) -> tuple[pa.Table, dict[str, pa.Array]]:
+    """Check columns and types against the contract and cast into it.
+
+    Returns the conformed table (contract columns only, in contract order) and, per text
+    column, a mask of rows whose bytes were not valid UTF-8 (those values become null).
+    """
+    schema = SCHEMAS[name]
+    bad_utf8: dict[str, pa.Array] = {}
+    columns = []
+    for f in schema:
+        if f.name not in table.column_names:
+            if f.nullable and name == "videos" and f.name in ("synthetic", "source_query"):
+                default = pa.nulls(table.num_rows, f.type)
+                if f.name == "synthetic":
+                    default = pa.array([False] * table.num_rows, pa.bool_())
+                columns.append(default)
+                continue
+            raise SchemaError(path, f.name, f"missing (the {name} contract requires it)")
+        col = table.column(f.name)
+        if not _compatible(col.type, f.type):
+            raise SchemaError(
+                path, f.name, f"has type {col.type}, the {name} contract wants {f.type}"
+            )
+        if f.name in TEXT_COLUMNS[name]:
+            mask = _invalid_utf8(col)
+            if mask is not None:
+                bad_utf8[f.name] = mask
+                col = pc.if_else(mask, pa.scalar(None, pa.binary()), col.cast(pa.binary()))
+        if pa.types.is_timestamp(f.type) and col.type.tz is None:
+            col = col.cast(pa.timestamp(col.type.unit, tz="UTC"))
+        try:
+            col = col.cast(f.type, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaError(path, f.name, f"cannot be read as {f.type}: {exc}") from exc
+        columns.append(col)
+    nullable_schema = pa.schema([f.with_nullable(True) for f in schema])
+    return pa.Table.from_arrays(columns, schema=nullable_schema), bad_utf8
+
+
+# --------------------------------------------------------------------------- row checks
+
+
+def _row_reasons(name: str, df: pl.DataFrame, video_ids: pl.Series | None) -> list[pl.Expr]:
+    """One expression per rule: a reason string where the row breaks it, else null."""
+    schema = SCHEMAS[name]
+    rules: list[tuple[pl.Expr, str]] = [
+        (pl.col(f.name).is_null(), f"null {f.name}") for f in schema if not f.nullable
+    ]
+    c = pl.col
+    if name in ("search_log", "samples"):
+        q = c("query")
+        rules += [
+            (q.is_not_null() & (q.str.strip_chars().str.len_bytes() == 0), "empty query"),
+            (q.str.len_bytes() > MAX_QUERY_BYTES, f"query over {MAX_QUERY_BYTES} bytes"),
+        ]
+    if name in ("search_log", "rec_log"):
+        rules += [
+            (c("watch_ms") < 0, "negative watch_ms"),
+            (c("duration_ms") <= 0, "duration_ms not positive"),
+        ]
+    if name == "search_log":
+        rules += [
+            (c("stage").is_not_null() & ~c("stage").is_in(STAGES), "unknown stage"),
+            (c("position") < 0, "negative position"),
+            (c("clicked") & (c("stage") != "shown"), "clicked but not shown"),
+            (
+                c("ts") < c("ts").cum_max().shift(1).over("session_id"),
+                "ts earlier than a previous row of its session",
+            ),
+        ]
+    if name == "videos":
+        rules.append(
+            (c("video_id").is_not_null() & ~c("video_id").is_first_distinct(), "duplicate video_id")
+        )
+    if name == "samples":
+        rules += [
+            (~c("source").is_in(SOURCES), "unknown source"),
+            ((c("label") < 0) | (c("label") > 5), "label outside 0..5"),
+            (
+                c("source").is_in(SOURCES)
+                & (c("label") != c("source").replace_strict(HLA_LABELS, default=-1)),
+                "label does not match its source under HLA",
+            ),
+            (c("relevance").is_nan(), "relevance is NaN"),
+        ]
+    if video_ids is not None and name in ("search_log", "rec_log", "samples"):
+        rules.append(
+            (
+                c("video_id").is_not_null() & ~c("video_id").is_in(video_ids),
+                "video_id not in videos",
+            )
+        )
+    return [pl.when(bad).then(pl.lit(reason)).otherwise(None) for bad, reason in rules]
+
+
+@dataclass
+class TableReport:
+    """What validation found in one table."""
+
+    table: str
+    path: str
+    rows: int
+    quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "table": self.table,
+            "path": self.path,
+            "rows": self.rows,
+            "valid": self.rows - self.quarantined,
+            "quarantined": self.quarantined,
+            "reasons": self.reasons,
+        }
+
+
+def check_rows(
+    name: str,
+    table: pa.Table,
+    path: str | Path,
+    *,
+    bad_utf8: dict[str, pa.Array] | None = None,
+    video_ids: pl.Series | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame, TableReport]:
+    """Split a conformed table into valid rows and quarantined rows (with `reason`, `row`)."""
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    exprs = _row_reasons(name, df, video_ids)
+    for column, mask in (bad_utf8 or {}).items():
+        df = df.with_columns(pl.Series(f"_utf8_{column}", mask.to_pylist(), pl.Boolean))
+        exprs.append(
+            pl.when(pl.col(f"_utf8_{column}")).then(pl.lit(f"{column} is not valid UTF-8"))
+        )
+    if name == "videos" and "tags" in df.columns:
+        exprs.append(
+            pl.when(
+                pl.col("tags").list.eval(pl.element().str.len_bytes() > MAX_QUERY_BYTES).list.any()
+            ).then(pl.lit(f"tag over {MAX_QUERY_BYTES} bytes"))
+        )
+    df = df.with_row_index("row").with_columns(
+        pl.concat_str(exprs, separator="; ", ignore_nulls=True).alias("reason")
+        if exprs
+        else pl.lit(None, pl.String).alias("reason")
+    )
+    df = df.with_columns(
+        pl.when(pl.col("reason") == "").then(None).otherwise(pl.col("reason")).alias("reason")
+    )
+    df = df.drop([c for c in df.columns if c.startswith("_utf8_")])
+    bad_mask = pl.col("reason").is_not_null()
+    quarantine = df.filter(bad_mask)
+    valid = df.filter(~bad_mask).drop("row", "reason")
+    report = TableReport(name, str(path), df.height, quarantine.height)
+    if quarantine.height:
+        counts = (
+            quarantine.select(pl.col("reason").str.split("; ").explode())
+            .group_by("reason")
+            .len()
+            .sort("reason")
+        )
+        report.reasons = dict(zip(counts["reason"].to_list(), counts["len"].to_list(), strict=True))
+    return valid, quarantine, report
+
+
+def read_parquet(path: str | Path, name: str) -> pa.Table:
+    """Read a Parquet file for table `name`, turning I/O and format errors into SchemaError."""
+    path = Path(path)
+    if not path.exists():
+        raise SchemaError(path, None, f"not found (the {name} table)")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise SchemaError(path, None, f"not a readable Parquet file: {exc}") from exc
+
+
+def load_table(
+    path: str | Path, name: str, *, video_ids: pl.Series | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame, TableReport]:
+    """Read, conform and row-check one table: (valid rows, quarantined rows, report)."""
+    table, bad_utf8 = conform(read_parquet(path, name), name, path)
+    return check_rows(name, table, path, bad_utf8=bad_utf8, video_ids=video_ids)
+
+
+def write_quarantine(quarantine: pl.DataFrame, directory: str | Path, name: str) -> Path:
+    """Write quarantined rows to DIRECTORY/_quarantine/<name>.parquet (always, even empty)."""
+    out = Path(directory) / "_quarantine"
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{name}.parquet"
+    quarantine.write_parquet(target)
+    return target
+
+
+def validate_dir(directory: str | Path) -> list[TableReport]:
+    """Validate every contract table present in a directory; quarantine bad rows.
+
+    videos.parquet is required; the others are checked when present. Row-level problems go to
+    DIRECTORY/_quarantine/<table>.parquet and a report.json beside them.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SchemaError(directory, None, "not a directory")
+    videos, q, rep = load_table(directory / "videos.parquet", "videos")
+    write_quarantine(q, directory, "videos")
+    reports = [rep]
+    ids = videos["video_id"]
+    for name in ("search_log", "rec_log", "samples"):
+        path = directory / f"{name}.parquet"
+        if not path.exists():
+            continue
+        _, q, rep = load_table(path, name, video_ids=ids)
+        write_quarantine(q, directory, name)
+        reports.append(rep)
+    (directory / "_quarantine" / "report.json").write_text(
+        json.dumps([r.as_dict() for r in reports], indent=2) + "\n"
+    )
+    return reports

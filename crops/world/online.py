@@ -1,0 +1,180 @@
+"""The online mode: simulated users search through a retriever under test.
+
+The retriever replaces the production first stage (lexical retrieval); pre-ranking, ranking,
+display, clicks and reformulations stay the world's own, so CTR, long-play and reformulation
+rates compare retrievers the way a live A/B test does. A retriever is either a function
+(`Retriever`: queries, k -> ranked video ids) or a retrieval endpoint speaking the KServe v1
+protocol, which `crops serve` implements:
+
+    POST {url}/v1/models/{model}:predict
+    {"instances": [{"query": "...", "top_k": 60}]}
+    -> {"predictions": [{"video_ids": [...], "scores": [...]}]}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from crops.world.config import EPOCH_MS
+from crops.world.platform import Retriever
+from crops.world.simulate import DAY_MS, IdCounter, search_rows, session_starts
+from crops.world.summary import behaviour
+from crops.world.world import World
+
+
+@dataclass
+class EndpointStats:
+    """What the endpoint did: counts and latencies (ms), for the A/B job's guardrails."""
+
+    requests: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    last_error: str | None = None
+
+    def as_dict(self) -> dict:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": self.errors / self.requests if self.requests else 0.0,
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "last_error": self.last_error,
+        }
+
+
+class HttpRetriever:
+    """A retrieval endpoint as a `Retriever`: one POST per query, bounded concurrency.
+
+    A failed or timed-out request yields no candidates for that query (the user sees an empty
+    page) and is counted in `stats`; it never stops the simulation.
+    """
+
+    def __init__(
+        self, url: str, model: str = "crops", timeout_s: float = 2.0, concurrency: int = 8
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint URL must start with http:// or https://, got {url!r}")
+        self.endpoint = f"{url.rstrip('/')}/v1/models/{model}:predict"
+        self.timeout_s, self.concurrency = timeout_s, concurrency
+        self.stats = EndpointStats()
+
+    def _one(self, query: str, k: int) -> list[int]:
+        body = json.dumps({"instances": [{"query": query, "top_k": k}]}).encode()
+        req = urllib.request.Request(
+            self.endpoint, data=body, headers={"Content-Type": "application/json"}
+        )
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                payload = json.loads(resp.read())
+            ids = payload["predictions"][0]["video_ids"]
+            out = [int(v) for v in ids]
+        except (
+            urllib.error.URLError,
+            TimeoutError,
+            OSError,
+            ValueError,
+            KeyError,
+            IndexError,
+            TypeError,
+        ) as exc:
+            self.stats.errors += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            out = []
+        self.stats.latencies_ms.append((time.perf_counter() - t0) * 1000)
+        self.stats.requests += 1
+        return out
+
+    def __call__(self, queries: Sequence[str], k: int) -> list[Sequence[int]]:
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda q: self._one(q, k), queries))
+
+
+def production_retriever(world: World) -> Retriever:
+    """The world's own lexical first stage as a `Retriever` (for A/A runs and as control)."""
+    rng = np.random.default_rng([world.cfg.seed, 9])
+
+    def retrieve(queries: Sequence[str], k: int) -> list[Sequence[int]]:
+        out = []
+        for q in queries:
+            f = world.form_id(q)
+            if f is None:
+                out.append([])
+                continue
+            rows = world.platform.lexical_candidates(np.array([f]), rng)[0][:k]
+            out.append(world.videos.video_id[rows].tolist())
+        return out
+
+    return retrieve
+
+
+@dataclass
+class OnlineRun:
+    """Logs of an online run in the contracts, plus the truth per request."""
+
+    search_log: pa.Table
+    requests: pa.Table
+
+    def metrics(self, world: World) -> dict[str, float]:
+        return behaviour(
+            pl.from_arrow(self.search_log).lazy(),
+            world.cfg.reformulation_window_s,
+            world.cfg.long_play_ms,
+        )
+
+
+def run_online(
+    world: World,
+    retriever: Retriever,
+    *,
+    users: np.ndarray | None = None,
+    day: int | None = None,
+    seed: int = 0,
+    searches_per_user: float = 1.0,
+) -> OnlineRun:
+    """Send a day of simulated users' searches through `retriever`; return their logs.
+
+    `users` (row indices) restricts traffic to some users, e.g. one arm of an A/B split. The
+    day defaults to the one after the test day, so online traffic is new traffic.
+    """
+    day = world.cfg.days + 1 if day is None else day
+    rng = np.random.default_rng([world.cfg.seed, 7, day, seed])
+    all_users, start = session_starts(world, day, searches_per_user, rng)
+    if users is not None:
+        keep = np.isin(all_users, users)
+        all_users, start = all_users[keep], start[keep]
+    if len(all_users) == 0:
+        raise ValueError("no traffic: the user selection holds no searching users")
+    req, imp = world.platform.run_sessions(all_users, start, rng, retriever=retriever)
+    ids = IdCounter()
+    search, truth = search_rows(world, req, imp, ids, day)
+    order = np.lexsort(
+        (
+            search["position"].to_numpy(),
+            search["request_id"].to_numpy(),
+            search["ts"].cast(pa.int64()).to_numpy(),
+        )
+    )
+    return OnlineRun(search.take(pa.array(order)), truth)
+
+
+__all__ = [
+    "DAY_MS",
+    "EPOCH_MS",
+    "EndpointStats",
+    "HttpRetriever",
+    "OnlineRun",
+    "production_retriever",
+    "run_online",
+]

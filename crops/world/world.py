@@ -1,0 +1,157 @@
+"""A built world: catalogue, users, the production platform and the feed, with its truth."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from crops.schema import TS, VIDEOS
+from crops.world import taxonomy as tx
+from crops.world.catalog import (
+    DOMAINS,
+    FORM_KINDS,
+    Forms,
+    Intents,
+    Users,
+    Videos,
+    build_forms,
+    build_intents,
+    build_users,
+    build_videos,
+    grades,
+)
+from crops.world.config import WorldConfig
+from crops.world.feed import Feed
+from crops.world.platform import Platform
+
+
+@dataclass
+class World:
+    cfg: WorldConfig
+    intents: Intents
+    forms: Forms
+    videos: Videos
+    users: Users
+    platform: Platform
+    feed: Feed
+
+    @classmethod
+    def build(cls, cfg: WorldConfig) -> World:
+        """Deterministic in `cfg`: the same config rebuilds the same catalogue and users."""
+        tx.check()
+        rng = np.random.default_rng([cfg.seed, 0])
+        intents = build_intents(rng)
+        forms = build_forms(intents, rng)
+        videos = build_videos(cfg, intents, rng)
+        users = build_users(cfg, np.random.default_rng([cfg.seed, 1]))
+        platform = Platform(cfg, intents, forms, videos, users)
+        feed = Feed(videos, intents, users, cfg.long_play_ms)
+        return cls(cfg, intents, forms, videos, users, platform, feed)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> World:
+        """Rebuild the world a `crops simulate` run wrote, from its world.json."""
+        path = Path(directory) / "world.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: not found; is {directory} a `crops simulate` output?")
+        meta = json.loads(path.read_text())
+        world = cls.build(WorldConfig(**meta["config"]))
+        if meta["counts"]["videos"] != len(world.videos):
+            raise ValueError(f"{path}: written by another simulator version (video count differs)")
+        return world
+
+    # ------------------------------------------------------------------ ground truth
+
+    def form_id(self, query: str) -> int | None:
+        """The surface form a query string is, or None for text the world never produces."""
+        if not hasattr(self, "_form_index"):
+            self._form_index = {q: i for i, q in enumerate(self.forms.text)}
+        return self._form_index.get(query)
+
+    def query_grades(self, query: str, video_ids: np.ndarray) -> np.ndarray:
+        """True relevance 0..3 of videos for a query: the best over the query's senses.
+
+        Unknown queries and unknown (e.g. synthetic) video ids grade 0.
+        """
+        video_ids = np.asarray(video_ids, dtype=np.int64)
+        f = self.form_id(query)
+        rows = np.array([self.platform.id_to_row.get(int(v), -1) for v in video_ids])
+        if f is None or len(rows) == 0:
+            return np.zeros(len(video_ids), dtype=np.int8)
+        senses = self.forms.senses[f]
+        g = grades(self.intents, self.videos, senses[:, None], np.maximum(rows, 0)[None, :])
+        return np.where(rows >= 0, g.max(axis=0), 0).astype(np.int8)
+
+    # ------------------------------------------------------------------ tables
+
+    def videos_table(self) -> pa.Table:
+        v = self.videos
+        return pa.table(
+            {
+                "video_id": pa.array(v.video_id, pa.int64()),
+                "caption": pa.array(v.caption, pa.string()),
+                "tags": pa.array(v.tags, pa.list_(pa.string())),
+                "cover_text": pa.array(v.cover_text, pa.string()),
+                "category": pa.array([tx.TOPICS[t].name for t in v.topic], pa.string()),
+                "upload_ts": pa.array(v.upload_ts, pa.int64()).cast(TS),
+                "synthetic": pa.array(np.zeros(len(v), dtype=bool)),
+                "source_query": pa.nulls(len(v), pa.string()),
+            },
+            schema=VIDEOS,
+        )
+
+    def truth_tables(self) -> dict[str, pa.Table]:
+        """What only the simulator knows: per-video topic/facet/quality, intents, forms."""
+        v, it, fm = self.videos, self.intents, self.forms
+        return {
+            "videos": pa.table(
+                {
+                    "video_id": v.video_id,
+                    "topic": [tx.TOPICS[t].name for t in v.topic],
+                    "facet": [
+                        tx.TOPICS[t].facets[f].name for t, f in zip(v.topic, v.facet, strict=True)
+                    ],
+                    "intent_id": np.array(
+                        [self._intent_of(t, f) for t, f in zip(v.topic, v.facet, strict=True)]
+                    ),
+                    "domain": [DOMAINS[d] for d in v.domain],
+                    "colloquial": v.colloquial,
+                    "quality": v.quality,
+                    "popularity": v.popularity,
+                    "duration_ms": v.duration_ms,
+                }
+            ),
+            "intents": pa.table(
+                {
+                    "intent_id": np.arange(len(it)),
+                    "topic": [tx.TOPICS[t].name for t in it.topic],
+                    "facet": [
+                        tx.TOPICS[t].facets[f].name for t, f in zip(it.topic, it.facet, strict=True)
+                    ],
+                    "domain": [DOMAINS[d] for d in it.domain],
+                    "weight": it.weight,
+                }
+            ),
+            "forms": pa.table(
+                {
+                    "form_id": np.arange(len(fm)),
+                    "query": fm.text,
+                    "kind": [FORM_KINDS[k] for k in fm.kind],
+                    "intent_id": fm.intent,
+                    "interpretation": fm.interpretation,
+                    "senses": [s.tolist() for s in fm.senses],
+                }
+            ),
+        }
+
+    def _intent_of(self, topic: int, facet: int) -> int:
+        if not hasattr(self, "_intent_index"):
+            self._intent_index = {
+                (int(t), int(f)): i
+                for i, (t, f) in enumerate(zip(self.intents.topic, self.intents.facet, strict=True))
+            }
+        return self._intent_index[(int(topic), int(facet))]
