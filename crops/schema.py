@@ -218,13 +218,29 @@ def conform(table: pa.Table, name: str, path: str | Path) -> tuple[pa.Table, dic
 # --------------------------------------------------------------------------- row checks
 
 
-def _row_reasons(name: str, df: pl.DataFrame, video_ids: pl.Series | None) -> list[pl.Expr]:
-    """One expression per rule: a reason string where the row breaks it, else null."""
+def _row_reasons(
+    name: str,
+    df: pl.DataFrame,
+    video_ids: pl.Series | None,
+    utf8_flags: frozenset[str] = frozenset(),
+) -> list[pl.Expr]:
+    """One expression per rule: a reason string where the row breaks it, else null.
+
+    `utf8_flags` names the text columns that have a `_utf8_<column>` flag column: those rows were
+    nulled by :func:`conform` for invalid UTF-8 and are reported for that, not as null values.
+    """
     schema = SCHEMAS[name]
-    rules: list[tuple[pl.Expr, str]] = [
-        (pl.col(f.name).is_null(), f"null {f.name}") for f in schema if not f.nullable
-    ]
     c = pl.col
+    rules: list[tuple[pl.Expr, str]] = [
+        (
+            c(f.name).is_null() & ~c(f"_utf8_{f.name}")
+            if f.name in utf8_flags
+            else c(f.name).is_null(),
+            f"null {f.name}",
+        )
+        for f in schema
+        if not f.nullable
+    ]
     if name in ("search_log", "samples"):
         q = c("query")
         rules += [
@@ -264,7 +280,7 @@ def _row_reasons(name: str, df: pl.DataFrame, video_ids: pl.Series | None) -> li
     if video_ids is not None and name in ("search_log", "rec_log", "samples"):
         rules.append(
             (
-                c("video_id").is_not_null() & ~c("video_id").is_in(video_ids),
+                c("video_id").is_not_null() & ~c("video_id").is_in(video_ids.implode()),
                 "video_id not in videos",
             )
         )
@@ -303,9 +319,10 @@ def check_rows(
     """Split a conformed table into valid rows and quarantined rows (with `reason`, `row`)."""
     df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
-    exprs = _row_reasons(name, df, video_ids)
     for column, mask in (bad_utf8 or {}).items():
         df = df.with_columns(pl.Series(f"_utf8_{column}", mask.to_pylist(), pl.Boolean))
+    exprs = _row_reasons(name, df, video_ids, frozenset(bad_utf8 or {}))
+    for column in bad_utf8 or {}:
         exprs.append(
             pl.when(pl.col(f"_utf8_{column}")).then(pl.lit(f"{column} is not valid UTF-8"))
         )

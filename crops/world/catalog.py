@@ -186,6 +186,8 @@ def build_videos(cfg: WorldConfig, intents: Intents, rng: np.random.Generator) -
         idx = np.flatnonzero(topic == ti)
         w = intents.weight[intents.topic == ti]
         facet[idx] = rng.choice(len(w), size=len(idx), p=w / w.sum())
+    # every intent gets at least one video, whatever the scale
+    topic[: len(intents)], facet[: len(intents)] = intents.topic, intents.facet
     domain = np.array([DOMAINS.index(tx.TOPICS[t].domain) for t in topic])
     colloquial = rng.random(n) < cfg.colloquial_share
     quality = rng.beta(2.0, 2.0, size=n)

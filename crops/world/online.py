@@ -25,9 +25,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from crops.world.config import EPOCH_MS
 from crops.world.platform import Retriever
-from crops.world.simulate import DAY_MS, IdCounter, search_rows, session_starts
+from crops.world.simulate import IdCounter, search_rows, session_starts
 from crops.world.summary import behaviour
 from crops.world.world import World
 
@@ -101,22 +100,31 @@ class HttpRetriever:
             return list(pool.map(lambda q: self._one(q, k), queries))
 
 
-def production_retriever(world: World) -> Retriever:
-    """The world's own lexical first stage as a `Retriever` (for A/A runs and as control)."""
-    rng = np.random.default_rng([world.cfg.seed, 9])
+class LexicalRetriever:
+    """The world's own lexical first stage as a `Retriever` (for A/A runs and as control).
 
-    def retrieve(queries: Sequence[str], k: int) -> list[Sequence[int]]:
-        out = []
+    Inside `run_online` its per-request noise comes from the run's seeded generator, so reruns
+    match; called directly it draws from its own generator.
+    """
+
+    def __init__(self, world: World, seed: int = 9) -> None:
+        self.world = world
+        self.rng = np.random.default_rng([world.cfg.seed, seed])
+
+    def __call__(self, queries: Sequence[str], k: int) -> list[Sequence[int]]:
+        out: list[Sequence[int]] = []
         for q in queries:
-            f = world.form_id(q)
+            f = self.world.form_id(q)
             if f is None:
                 out.append([])
                 continue
-            rows = world.platform.lexical_candidates(np.array([f]), rng)[0][:k]
-            out.append(world.videos.video_id[rows].tolist())
+            rows = self.world.platform.lexical_candidates(np.array([f]), self.rng)[0][:k]
+            out.append(self.world.videos.video_id[rows].tolist())
         return out
 
-    return retrieve
+
+def production_retriever(world: World) -> LexicalRetriever:
+    return LexicalRetriever(world)
 
 
 @dataclass
@@ -156,7 +164,10 @@ def run_online(
         all_users, start = all_users[keep], start[keep]
     if len(all_users) == 0:
         raise ValueError("no traffic: the user selection holds no searching users")
-    req, imp = world.platform.run_sessions(all_users, start, rng, retriever=retriever)
+    own = isinstance(retriever, LexicalRetriever) and retriever.world is world
+    req, imp = world.platform.run_sessions(
+        all_users, start, rng, retriever=None if own else retriever
+    )
     ids = IdCounter()
     search, truth = search_rows(world, req, imp, ids, day)
     order = np.lexsort(
@@ -170,8 +181,7 @@ def run_online(
 
 
 __all__ = [
-    "DAY_MS",
-    "EPOCH_MS",
+    "LexicalRetriever",
     "EndpointStats",
     "HttpRetriever",
     "OnlineRun",
