@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -152,11 +153,20 @@ def _compatible(found: pa.DataType, want: pa.DataType) -> bool:
     return False
 
 
-def _invalid_utf8(arr: pa.ChunkedArray) -> pa.Array | None:
-    """Boolean mask of rows holding bytes that are not UTF-8, or None when all are valid."""
+def _invalid_utf8(arr: pa.ChunkedArray | pa.Array) -> pa.Array | None:
+    """Boolean mask of rows holding bytes that are not UTF-8, or None when all are valid.
+
+    For list<string> columns a row is bad when any element is.
+    """
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        return None  # list<string> is checked element-wise by the caller
+        inner = _invalid_utf8(arr.flatten())
+        if inner is None:
+            return None
+        parents = pc.list_parent_indices(arr).to_numpy()
+        bad = np.zeros(len(arr), dtype=bool)
+        bad[parents[inner.to_numpy(zero_copy_only=False)]] = True
+        return pa.array(bad)
     as_binary = arr.cast(pa.binary()) if not pa.types.is_binary(arr.type) else arr
     try:
         as_binary.cast(pa.string()).validate(full=True)
@@ -165,25 +175,40 @@ def _invalid_utf8(arr: pa.ChunkedArray) -> pa.Array | None:
         pass
     bad = []
     for value in as_binary.to_pylist():
-        if value is None:
-            bad.append(False)
-            continue
         try:
-            value.decode("utf-8")
+            if value is not None:
+                value.decode("utf-8")
             bad.append(False)
         except UnicodeDecodeError:
             bad.append(True)
     return pa.array(bad, pa.bool_())
 
 
-def conform(table: pa.Table, name: str, path: str | Path) -> tuple[pa.Table, dict[str, pa.Array]]:
+def _out_of_range(col: pa.ChunkedArray, want: pa.DataType) -> pa.Array | None:
+    """Rows of an integer column whose value does not fit the (narrower) contract type."""
+    if not (pa.types.is_integer(col.type) and pa.types.is_integer(want)):
+        return None
+    info = np.iinfo(want.to_pandas_dtype())
+    values = col.combine_chunks()
+    mask = pc.or_(pc.less(values, info.min), pc.greater(values, info.max))
+    mask = pc.fill_null(mask, False)
+    return mask if pc.any(mask).as_py() else None
+
+
+#: Per column, rows whose cell could not be read into the contract: (mask, reason).
+Flags = dict[str, tuple[pa.Array, str]]
+
+
+def conform(table: pa.Table, name: str, path: str | Path) -> tuple[pa.Table, Flags]:
     """Check columns and types against the contract and cast into it.
 
-    Returns the conformed table (contract columns only, in contract order) and, per text
-    column, a mask of rows whose bytes were not valid UTF-8 (those values become null).
+    Returns the conformed table (contract columns only, in contract order) and the flagged
+    cells: text that is not valid UTF-8, integers out of the contract type's range. Flagged
+    cells become null and their rows are quarantined by :func:`check_rows` with the reason.
+    Timestamps finer than milliseconds are truncated to milliseconds.
     """
     schema = SCHEMAS[name]
-    bad_utf8: dict[str, pa.Array] = {}
+    flags: Flags = {}
     columns = []
     for f in schema:
         if f.name not in table.column_names:
@@ -199,20 +224,25 @@ def conform(table: pa.Table, name: str, path: str | Path) -> tuple[pa.Table, dic
             raise SchemaError(
                 path, f.name, f"has type {col.type}, the {name} contract wants {f.type}"
             )
-        if f.name in TEXT_COLUMNS[name]:
-            mask = _invalid_utf8(col)
-            if mask is not None:
-                bad_utf8[f.name] = mask
-                col = pc.if_else(mask, pa.scalar(None, pa.binary()), col.cast(pa.binary()))
+        mask, reason = None, ""
+        if f.name in TEXT_COLUMNS[name] or f.name == "tags":
+            mask, reason = _invalid_utf8(col), f"{f.name} is not valid UTF-8"
+            if mask is not None and f.name != "tags":
+                col = col.cast(pa.binary())
+        else:
+            mask, reason = _out_of_range(col, f.type), f"{f.name} out of range for {f.type}"
+        if mask is not None:
+            flags[f.name] = (mask, reason)
+            col = pc.if_else(mask, pa.scalar(None, col.type), col)
         if pa.types.is_timestamp(f.type) and col.type.tz is None:
             col = col.cast(pa.timestamp(col.type.unit, tz="UTC"))
         try:
-            col = col.cast(f.type, safe=True)
+            col = col.cast(f.type, safe=not pa.types.is_timestamp(f.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise SchemaError(path, f.name, f"cannot be read as {f.type}: {exc}") from exc
         columns.append(col)
     nullable_schema = pa.schema([f.with_nullable(True) for f in schema])
-    return pa.Table.from_arrays(columns, schema=nullable_schema), bad_utf8
+    return pa.Table.from_arrays(columns, schema=nullable_schema), flags
 
 
 # --------------------------------------------------------------------------- row checks
@@ -222,19 +252,19 @@ def _row_reasons(
     name: str,
     df: pl.DataFrame,
     video_ids: pl.Series | None,
-    utf8_flags: frozenset[str] = frozenset(),
+    flagged: frozenset[str] = frozenset(),
 ) -> list[pl.Expr]:
     """One expression per rule: a reason string where the row breaks it, else null.
 
-    `utf8_flags` names the text columns that have a `_utf8_<column>` flag column: those rows were
-    nulled by :func:`conform` for invalid UTF-8 and are reported for that, not as null values.
+    `flagged` names the columns with a `_flag_<column>` column: those cells were nulled by
+    :func:`conform` (invalid UTF-8, out of range) and are reported for that, not as nulls.
     """
     schema = SCHEMAS[name]
     c = pl.col
     rules: list[tuple[pl.Expr, str]] = [
         (
-            c(f.name).is_null() & ~c(f"_utf8_{f.name}")
-            if f.name in utf8_flags
+            c(f.name).is_null() & ~c(f"_flag_{f.name}")
+            if f.name in flagged
             else c(f.name).is_null(),
             f"null {f.name}",
         )
@@ -313,19 +343,18 @@ def check_rows(
     table: pa.Table,
     path: str | Path,
     *,
-    bad_utf8: dict[str, pa.Array] | None = None,
+    flags: Flags | None = None,
     video_ids: pl.Series | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, TableReport]:
     """Split a conformed table into valid rows and quarantined rows (with `reason`, `row`)."""
     df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
-    for column, mask in (bad_utf8 or {}).items():
-        df = df.with_columns(pl.Series(f"_utf8_{column}", mask.to_pylist(), pl.Boolean))
-    exprs = _row_reasons(name, df, video_ids, frozenset(bad_utf8 or {}))
-    for column in bad_utf8 or {}:
-        exprs.append(
-            pl.when(pl.col(f"_utf8_{column}")).then(pl.lit(f"{column} is not valid UTF-8"))
-        )
+    flags = flags or {}
+    for column, (mask, _) in flags.items():
+        df = df.with_columns(pl.Series(f"_flag_{column}", mask.to_pylist(), pl.Boolean))
+    exprs = _row_reasons(name, df, video_ids, frozenset(flags))
+    for column, (_, reason) in flags.items():
+        exprs.append(pl.when(pl.col(f"_flag_{column}")).then(pl.lit(reason)))
     if name == "videos" and "tags" in df.columns:
         exprs.append(
             pl.when(
@@ -340,7 +369,7 @@ def check_rows(
     df = df.with_columns(
         pl.when(pl.col("reason") == "").then(None).otherwise(pl.col("reason")).alias("reason")
     )
-    df = df.drop([c for c in df.columns if c.startswith("_utf8_")])
+    df = df.drop([c for c in df.columns if c.startswith("_flag_")])
     bad_mask = pl.col("reason").is_not_null()
     quarantine = df.filter(bad_mask)
     valid = df.filter(~bad_mask).drop("row", "reason")
@@ -371,8 +400,8 @@ def load_table(
     path: str | Path, name: str, *, video_ids: pl.Series | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, TableReport]:
     """Read, conform and row-check one table: (valid rows, quarantined rows, report)."""
-    table, bad_utf8 = conform(read_parquet(path, name), name, path)
-    return check_rows(name, table, path, bad_utf8=bad_utf8, video_ids=video_ids)
+    table, flags = conform(read_parquet(path, name), name, path)
+    return check_rows(name, table, path, flags=flags, video_ids=video_ids)
 
 
 def write_quarantine(quarantine: pl.DataFrame, directory: str | Path, name: str) -> Path:

@@ -28,8 +28,8 @@ def _free_port() -> int:
 
 def test_online_logs_meet_the_contract(tiny_world) -> None:
     run = run_online(tiny_world, production_retriever(tiny_world), seed=3)
-    table, bad_utf8 = conform(run.search_log, "search_log", "online")
-    _, quarantine, report = check_rows("search_log", table, "online", bad_utf8=bad_utf8)
+    table, flags = conform(run.search_log, "search_log", "online")
+    _, quarantine, report = check_rows("search_log", table, "online", flags=flags)
     assert report.rows > 0 and quarantine.height == 0
     assert run.requests.num_rows == len(run.search_log["request_id"].unique())
 
@@ -106,9 +106,13 @@ class FlakyEndpoint(http.server.BaseHTTPRequestHandler):
             return
         if n == 1:
             time.sleep(0.5)  # past the client's timeout
-        payload = b"{not json" if n == 2 else json.dumps(
-            {"predictions": [{"video_ids": [1, 2, 3], "scores": [3, 2, 1]}]}
-        ).encode()
+        payload = (
+            b"{not json"
+            if n == 2
+            else json.dumps(
+                {"predictions": [{"video_ids": [1, 2, 3], "scores": [3, 2, 1]}]}
+            ).encode()
+        )
         assert body["instances"][0]["top_k"] > 0
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

@@ -520,3 +520,31 @@ def test_long_play_custom_threshold():
     got = df.select(long_play(pl.col("w"), pl.col("d"), threshold_ms=5_000))["w"].to_list()
     assert got == [False, True, True]
     assert long_play_np(df["w"], df["d"], threshold_ms=5_000).tolist() == [False, True, True]
+
+
+def test_tag_that_is_not_valid_utf8_is_quarantined(tmp_path):
+    rows = [_video_row(i) for i in range(3)]
+    tags = pa.ListArray.from_arrays(
+        pa.array([0, 1, 3, 4], pa.int32()), _invalid_utf8_strings([b"a", b"b", b"\xff", b"c"])
+    )
+    valid, quarantine, report = _load(tmp_path, "videos", _table(rows, VIDEO_TYPES, tags=tags))
+    assert report.reasons == {"tags is not valid UTF-8": 1}
+    assert quarantine["row"].to_list() == [1]
+    assert valid.height == 2
+
+
+def test_integer_too_large_for_the_contract_is_quarantined_not_fatal(tmp_path):
+    rows = [_sample_row(i) for i in range(3)]
+    labels = pa.array([4, 300, 4], pa.int64())
+    valid, quarantine, report = _load(tmp_path, "samples", _table(rows, SAMPLE_TYPES, label=labels))
+    assert report.reasons == {"label out of range for int8": 1}
+    assert quarantine["row"].to_list() == [1]
+    assert valid["label"].to_list() == [4, 4]
+
+
+def test_sub_millisecond_timestamps_are_truncated_not_fatal(tmp_path):
+    rows = [_rec_row(i) for i in range(2)]
+    ts = pa.array([1_700_000_000_123_456_789, 1_700_000_000_124_999_999], pa.timestamp("ns"))
+    valid, quarantine, report = _load(tmp_path, "rec_log", _table(rows, REC_TYPES, ts=ts))
+    assert quarantine.height == 0
+    assert valid["ts"].dt.epoch("ms").to_list() == [1_700_000_000_123, 1_700_000_000_124]

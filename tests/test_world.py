@@ -148,12 +148,20 @@ def test_summary_numbers_match_a_naive_recount(tiny_dir: Path) -> None:
     truth = pq.read_table(tiny_dir / "truth/requests.parquet").to_pylist()
     intent_of = {r["request_id"]: r["intent_id"] for r in truth}
     vtopic = dict(
-        zip(*pq.read_table(tiny_dir / "truth/videos.parquet", columns=["video_id", "topic"])
-            .to_pydict().values(), strict=True)
+        zip(
+            *pq.read_table(tiny_dir / "truth/videos.parquet", columns=["video_id", "topic"])
+            .to_pydict()
+            .values(),
+            strict=True,
+        )
     )
     itopic = dict(
-        zip(*pq.read_table(tiny_dir / "truth/intents.parquet", columns=["intent_id", "topic"])
-            .to_pydict().values(), strict=True)
+        zip(
+            *pq.read_table(tiny_dir / "truth/intents.parquet", columns=["intent_id", "topic"])
+            .to_pydict()
+            .values(),
+            strict=True,
+        )
     )
     seen = {
         (intent_of[r["request_id"]], r["video_id"])
