@@ -176,6 +176,24 @@ def _words(rng: np.random.Generator, pool, n: int) -> list[str]:
     return list(rng.choice(pool, size=min(n, len(pool)), replace=False))
 
 
+TRENDING = tuple(w for t in tx.TOPICS for w in t.words)
+
+
+def _spam(rng: np.random.Generator, topic: tx.Topic, facet: tx.Facet, share: float) -> list[str]:
+    """Hashtag spam: words of the topic's other facets or trending topic words, added by
+    uploaders for reach. It makes lexical matches that are not relevant."""
+    if rng.random() >= share:
+        return []
+    out = []
+    for _ in range(int(rng.integers(1, 3))):
+        if rng.random() < 0.6:
+            other = [f for f in topic.facets if f is not facet]
+            out.append(str(rng.choice(other[int(rng.integers(len(other)))].words)))
+        else:
+            out.append(str(rng.choice(TRENDING)))
+    return out
+
+
 def build_videos(cfg: WorldConfig, intents: Intents, rng: np.random.Generator) -> Videos:
     """Videos on every intent; a share worded colloquially so that lexical search misses them."""
     n = cfg.n_videos
@@ -212,8 +230,9 @@ def build_videos(cfg: WorldConfig, intents: Intents, rng: np.random.Generator) -
             tw = _words(rng, t.words, 2)
         body = fw + tw + _words(rng, filler, 2)
         rng.shuffle(body)
-        captions.append(" ".join(body))
-        tags.append(sorted(set(fw[:1] + tw[:1] + _words(rng, filler, 1))))
+        spam = _spam(rng, t, f, cfg.spam_share)
+        captions.append(" ".join(body + spam))
+        tags.append(sorted(set(fw[:1] + tw[:1] + spam + _words(rng, filler, 1))))
         covers.append(" ".join(_words(rng, fw + tw, 2)))
     return Videos(
         video_id=np.arange(1, n + 1, dtype=np.int64),
@@ -241,17 +260,24 @@ def build_users(cfg: WorldConfig, rng: np.random.Generator) -> Users:
     return Users(interests, activity)
 
 
+#: A video on the intent's facet is grade 3 only when it is good enough to satisfy.
+GRADE3_MIN_QUALITY = 0.4
+
+
 def grades(
     intents: Intents, videos: Videos, intent_ids: np.ndarray, video_idx: np.ndarray
 ) -> np.ndarray:
     """True relevance 0..3 of videos (row positions) for intents, broadcast together.
 
-    3 same facet, 2 same topic, 1 same domain, 0 otherwise.
+    3 same facet and quality >= GRADE3_MIN_QUALITY; 2 same facet but poor, or same topic;
+    1 same domain; 0 otherwise.
     """
     it, vt = intents.topic[intent_ids], videos.topic[video_idx]
     same_topic = it == vt
+    same_facet = same_topic & (intents.facet[intent_ids] == videos.facet[video_idx])
+    good = videos.quality[video_idx] >= GRADE3_MIN_QUALITY
     return np.where(
-        same_topic & (intents.facet[intent_ids] == videos.facet[video_idx]),
+        same_facet & good,
         3,
         np.where(
             same_topic, 2, np.where(intents.domain[intent_ids] == videos.domain[video_idx], 1, 0)

@@ -42,9 +42,14 @@ class WorldConfig(BaseModel):
     # the production cascade: pool -> retrieve_k (enter pre-ranking) -> rank_k -> show_k
     lexical_pool: int = Field(150, ge=10, description="lexical candidates kept per distinct query")
     retrieve_k: int = Field(60, ge=4)
+    legacy_k: int = Field(
+        25, ge=0, description="of retrieve_k, candidates from the legacy semantic channel"
+    )
+    legacy_pool: int = Field(50, ge=1, description="videos the legacy channel knows per query")
     rank_k: int = Field(20, ge=2)
     show_k: int = Field(8, ge=1)
     colloquial_share: float = Field(0.45, ge=0, le=1, description="videos worded colloquially")
+    spam_share: float = Field(0.4, ge=0, le=1, description="videos with hashtag-spam words")
     form_mix: FormMix = FormMix()
     reformulation_window_s: int = Field(90, gt=0)
     reformulate_prob: float = Field(0.75, ge=0, le=1)
@@ -63,6 +68,8 @@ class WorldConfig(BaseModel):
             raise ValueError("need show_k < rank_k < retrieve_k <= lexical_pool")
         if self.retrieve_k > self.n_videos:
             raise ValueError("retrieve_k exceeds n_videos")
+        if not self.legacy_k <= self.legacy_pool or self.legacy_k >= self.retrieve_k:
+            raise ValueError("need legacy_k <= legacy_pool and legacy_k < retrieve_k")
         return self
 
     @classmethod

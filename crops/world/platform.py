@@ -79,6 +79,7 @@ class Platform:
         self.pop_z = (logpop - logpop.mean()) / logpop.std()
         self.id_to_row = {int(v): i for i, v in enumerate(videos.video_id)}
         self.pool_idx, self.pool_score = self._lexical_pools()
+        self.legacy_idx = self._legacy_pools(np.random.default_rng([cfg.seed, 8]))
 
     # ------------------------------------------------------------------ first stage
 
@@ -100,12 +101,52 @@ class Platform:
         top = scores.max(axis=1, keepdims=True)
         return docs.astype(np.int64), scores / np.where(top > 0, top, 1.0)
 
+    def _legacy_pools(self, rng: np.random.Generator) -> np.ndarray:
+        """The legacy semantic channel: per query a fixed set of relevant videos.
+
+        It stands for production's older click-trained dense retriever: it reaches videos that
+        lexical matching misses, but only a small, popularity-biased slice of them, the same
+        slice day after day (the bubble). Relevance is to the system's reading of the query.
+        """
+        n, k = len(self.forms), self.cfg.legacy_pool
+        pools = np.empty((n, k), dtype=np.int64)
+        rows = np.arange(len(self.videos))
+        misspelt = FORM_KINDS.index("misspelt")
+        for f in range(n):
+            g = grades(self.intents, self.videos, self.forms.interpretation[f], rows)
+            if self.forms.kind[f] == misspelt:  # typos confuse the legacy model too
+                w = (g >= 1).astype(float)
+            else:
+                w = np.where(g == 3, 3.0, np.where(g == 2, 1.0, 0.0))
+            w = w * np.sqrt(self.videos.popularity)
+            m = min(k, int((w > 0).sum()))
+            pools[f, :m] = rng.choice(rows, size=m, replace=False, p=w / w.sum())
+            pools[f, m:] = -1  # a small world may hold fewer relevant videos than the pool
+        return pools
+
     def lexical_candidates(self, form: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Per request, `retrieve_k` of the query's lexical pool, with popularity and noise."""
+        """Production's first stage for a batch of requests: `retrieve_k` candidates each.
+
+        `retrieve_k - legacy_k` from the query's BM25 pool (popularity and noise reorder it per
+        request), then up to `legacy_k` from the legacy semantic channel not already in; -1 pads.
+        """
+        cfg = self.cfg
+        n_lex = cfg.retrieve_k - cfg.legacy_k
         s = self.pool_score[form] + 0.15 * self.pop_z[self.pool_idx[form]]
         s = s + rng.gumbel(0.0, 0.08, size=s.shape)
-        top = np.argpartition(-s, self.cfg.retrieve_k - 1, axis=1)[:, : self.cfg.retrieve_k]
-        return np.take_along_axis(self.pool_idx[form], top, axis=1)
+        top = np.argpartition(-s, n_lex - 1, axis=1)[:, :n_lex]
+        lex = np.take_along_axis(self.pool_idx[form], top, axis=1)
+        if cfg.legacy_k == 0:
+            return lex
+        legacy = self.legacy_idx[form]
+        n_vid = len(self.videos)
+        offset = np.arange(len(form))[:, None] * n_vid
+        dup = np.isin(legacy + offset, lex + offset) | (legacy < 0)
+        key = np.where(dup, np.inf, rng.random(legacy.shape))
+        pick = np.argsort(key, axis=1, kind="stable")[:, : cfg.legacy_k]
+        sem = np.take_along_axis(legacy, pick, axis=1)
+        sem = np.where(np.take_along_axis(dup, pick, axis=1), -1, sem)
+        return np.concatenate([lex, sem], axis=1)
 
     def retriever_candidates(self, retriever: Retriever, form: np.ndarray) -> np.ndarray:
         """Candidates from an outside retriever (function or endpoint), padded with -1."""
