@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -35,10 +36,16 @@ def _summary_table(summary: dict, title: str) -> Table:
     return table
 
 
+class ScaleName(StrEnum):
+    tiny = "tiny"
+    default = "default"
+    large = "large"
+
+
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option(help="directory to write the world into")],
-    scale: Annotated[str, typer.Option(help="tiny | default | large")] = "default",
+    scale: Annotated[ScaleName, typer.Option(help="world size")] = ScaleName.default,
     seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes")] = 1,
 ) -> None:
     """Simulate a short-video platform with a filter bubble: logs, test sets, truth, summary."""
@@ -47,9 +54,9 @@ def simulate(
     from crops.world.config import WorldConfig
     from crops.world.simulate import simulate as run
 
-    if scale not in ("tiny", "default", "large"):
-        _fail(f"--scale must be tiny, default or large, not {scale!r}")
-    cfg = WorldConfig.for_scale(scale, seed=seed)  # type: ignore[arg-type]
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out}: exists and is not a directory")
+    cfg = WorldConfig.for_scale(scale.value, seed=seed)
     tasks: dict[str, int] = {}
     columns = (
         TextColumn("{task.description:<10}"),
@@ -65,7 +72,8 @@ def simulate(
             bar.update(tasks[task], advance=advance, total=total)
 
         meta = run(cfg, out, progress)
-    console.print(_summary_table(meta["counts"], f"world {out} ({scale}, seed {seed})"))
+    console.print(f"[bold]world written to {out}[/] (scale {scale.value}, seed {seed})")
+    console.print(_summary_table(meta["counts"], "counts"))
     console.print(_summary_table(meta["summary"], "filter bubble (production system)"))
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+from typer.testing import CliRunner
 
+from crops import cli
 from crops.world.config import WorldConfig
 from crops.world.simulate import simulate
 from crops.world.world import World
@@ -22,3 +26,22 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_world(tiny_dir: Path) -> World:
     return World.load(tiny_dir)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@pytest.fixture
+def run(monkeypatch):
+    """Invoke the real CLI: (exit code, stdout, stderr); wide consoles so rich does not wrap."""
+    monkeypatch.setattr(cli, "console", Console(width=400))
+    monkeypatch.setattr(cli, "err", Console(stderr=True, width=400))
+    runner = CliRunner()
+
+    def invoke(*args: object) -> tuple[int, str, str]:
+        result = runner.invoke(cli.app, [str(a) for a in args])
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result.exit_code, ANSI.sub("", result.stdout), ANSI.sub("", result.stderr)
+
+    return invoke

@@ -9,14 +9,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from rich.console import Console
-from typer.testing import CliRunner
-
-from crops import cli
-from crops.world.config import WorldConfig
-from crops.world.simulate import simulate
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 #: search_log row -> (what is broken, the reason validation must give)
 CORRUPT = {
@@ -27,33 +19,10 @@ CORRUPT = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny_world") / "world"
-    simulate(WorldConfig.for_scale("tiny", seed=1), out)
-    return out
-
-
 @pytest.fixture
-def world(tiny_world, tmp_path) -> Path:
+def world(tiny_dir, tmp_path) -> Path:
     """A private copy of the tiny world that a test may corrupt."""
-    return Path(shutil.copytree(tiny_world, tmp_path / "world"))
-
-
-@pytest.fixture
-def run(monkeypatch):
-    """Invoke the real CLI; wide consoles so rich does not wrap paths or reasons."""
-    monkeypatch.setattr(cli, "console", Console(width=400))
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=400))
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        result = runner.invoke(cli.app, [str(a) for a in args])
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result.exit_code, ANSI.sub("", result.stdout), ANSI.sub("", result.stderr)
-
-    return invoke
+    return Path(shutil.copytree(tiny_dir, tmp_path / "world"))
 
 
 def _table_row(stdout: str, table: str) -> list[str]:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crops import __version__
 from crops.schema import REC_LOG, SEARCH_LOG, STAGES, TS, long_play_np
 from crops.world.config import EPOCH_MS, WorldConfig
 from crops.world.platform import REL_REFORMULATION, RELATIONS, Impressions, Requests
@@ -313,6 +314,7 @@ def simulate(cfg: WorldConfig, out: str | Path, progress: Progress | None = None
     if progress:
         progress("summary", 1, 1)
     meta = {
+        "simulator": __version__,
         "config": cfg.model_dump(),
         "counts": counts,
         "summary": summary,
@@ -329,5 +331,5 @@ def simulate(cfg: WorldConfig, out: str | Path, progress: Progress | None = None
             "truth": "truth/ (simulator ground truth: not for training)",
         },
     }
-    (out / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    (out / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta

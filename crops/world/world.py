@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from crops import __version__
 from crops.schema import TS, VIDEOS
 from crops.world import taxonomy as tx
 from crops.world.catalog import (
@@ -59,9 +60,14 @@ class World:
         if not path.exists():
             raise FileNotFoundError(f"{path}: not found; is {directory} a `crops simulate` output?")
         meta = json.loads(path.read_text())
+        if meta.get("simulator") != __version__:
+            raise ValueError(
+                f"{path}: written by simulator {meta.get('simulator')!r}, this is {__version__};"
+                " simulate the world again"
+            )
         world = cls.build(WorldConfig(**meta["config"]))
         if meta["counts"]["videos"] != len(world.videos):
-            raise ValueError(f"{path}: written by another simulator version (video count differs)")
+            raise ValueError(f"{path}: video count differs from the rebuilt world")
         return world
 
     # ------------------------------------------------------------------ ground truth
