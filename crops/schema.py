@@ -142,7 +142,9 @@ def _compatible(found: pa.DataType, want: pa.DataType) -> bool:
         return (
             pa.types.is_string(found)
             or pa.types.is_large_string(found)
-            or (pa.types.is_binary(found) or pa.types.is_large_binary(found))
+            or pa.types.is_string_view(found)
+            or pa.types.is_binary(found)
+            or pa.types.is_large_binary(found)
         )
     if pa.types.is_timestamp(want):
         return pa.types.is_timestamp(found)
@@ -190,7 +192,9 @@ def _out_of_range(col: pa.ChunkedArray, want: pa.DataType) -> pa.Array | None:
         return None
     info = np.iinfo(want.to_pandas_dtype())
     values = col.combine_chunks()
-    mask = pc.or_(pc.less(values, info.min), pc.greater(values, info.max))
+    mask = pc.greater(values, pa.scalar(info.max, pa.uint64() if info.max > 0 else pa.int64()))
+    if pa.types.is_signed_integer(col.type):
+        mask = pc.or_(mask, pc.less(values, info.min))
     mask = pc.fill_null(mask, False)
     return mask if pc.any(mask).as_py() else None
 
@@ -220,6 +224,10 @@ def conform(table: pa.Table, name: str, path: str | Path) -> tuple[pa.Table, Fla
                 continue
             raise SchemaError(path, f.name, f"missing (the {name} contract requires it)")
         col = table.column(f.name)
+        if pa.types.is_dictionary(col.type):  # categoricals from pandas or polars
+            col = col.cast(col.type.value_type)
+        if pa.types.is_null(col.type) and f.nullable:  # an all-null optional column
+            col = pa.chunked_array([pa.nulls(len(col), f.type)])
         if not _compatible(col.type, f.type):
             raise SchemaError(
                 path, f.name, f"has type {col.type}, the {name} contract wants {f.type}"
@@ -237,7 +245,9 @@ def conform(table: pa.Table, name: str, path: str | Path) -> tuple[pa.Table, Fla
         if pa.types.is_timestamp(f.type) and col.type.tz is None:
             col = col.cast(pa.timestamp(col.type.unit, tz="UTC"))
         try:
-            col = col.cast(f.type, safe=not pa.types.is_timestamp(f.type))
+            # timestamps truncate to ms; floats may round (a score needs no 53-bit precision)
+            lossy_ok = pa.types.is_timestamp(f.type) or pa.types.is_floating(f.type)
+            col = col.cast(f.type, safe=not lossy_ok)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise SchemaError(path, f.name, f"cannot be read as {f.type}: {exc}") from exc
         columns.append(col)
@@ -291,7 +301,21 @@ def _row_reasons(
                 c("ts") < c("ts").cum_max().shift(1).over("session_id"),
                 "ts earlier than a previous row of its session",
             ),
+            (
+                c("request_id").is_not_null()
+                & ~pl.struct("request_id", "video_id").is_first_distinct(),
+                "duplicate (request_id, video_id)",
+            ),
         ]
+        # a request has one query, session and user: rows that disagree with the request's
+        # majority are the odd ones out (an empty query is already reported as such)
+        for col in ("query", "session_id", "user_id"):
+            odd = c(col) != c(col).mode().first().over("request_id")
+            if col == "query":
+                odd = odd & (c(col).str.strip_chars().str.len_bytes() > 0)
+            rules.append((odd, f"{col} differs from the rest of its request"))
+    if name == "rec_log":
+        rules.append((~pl.struct("user_id", "ts", "video_id").is_first_distinct(), "duplicate row"))
     if name == "videos":
         rules.append(
             (c("video_id").is_not_null() & ~c("video_id").is_first_distinct(), "duplicate video_id")
@@ -305,7 +329,7 @@ def _row_reasons(
                 & (c("label") != c("source").replace_strict(HLA_LABELS, default=-1)),
                 "label does not match its source under HLA",
             ),
-            (c("relevance").is_nan(), "relevance is NaN"),
+            (c("relevance").is_not_null() & ~c("relevance").is_finite(), "relevance not finite"),
         ]
     if video_ids is not None and name in ("search_log", "rec_log", "samples"):
         rules.append(
@@ -425,7 +449,8 @@ def validate_dir(directory: str | Path) -> list[TableReport]:
     videos, q, rep = load_table(directory / "videos.parquet", "videos")
     write_quarantine(q, directory, "videos")
     reports = [rep]
-    ids = videos["video_id"]
+    # a video quarantined for a bad field still exists: logs may refer to it
+    ids = pl.concat([videos["video_id"], q["video_id"]]).drop_nulls().unique()
     for name in ("search_log", "rec_log", "samples"):
         path = directory / f"{name}.parquet"
         if not path.exists():

@@ -142,3 +142,70 @@ def test_a_failing_endpoint_is_counted_not_fatal(tiny_world) -> None:
 def test_endpoint_url_must_be_http() -> None:
     with pytest.raises(ValueError, match="http"):
         HttpRetriever("ftp://example.invalid")
+
+
+def test_requests_without_results_still_count(tiny_world) -> None:
+    """A retriever that answers nothing for half the queries must look worse, not better."""
+    best = oracle(tiny_world)
+
+    def half_dead(queries, k):
+        return [ids if i % 2 else [] for i, ids in enumerate(best(queries, k))]
+
+    good = run_online(tiny_world, best, seed=4, searches_per_user=3.0)
+    broken = run_online(tiny_world, half_dead, seed=4, searches_per_user=3.0)
+    m_good, m_broken = good.metrics(tiny_world), broken.metrics(tiny_world)
+    assert m_broken["requests"] == broken.requests.num_rows
+    assert m_broken["requests_without_results"] > 0
+    assert m_good["requests_without_results"] == 0
+    assert m_broken["reformulation_rate"] > m_good["reformulation_rate"]
+
+
+def test_lexical_retriever_returns_real_ids_best_first(tiny_world) -> None:
+    from crops.world.online import LexicalRetriever
+
+    retr = LexicalRetriever(tiny_world)
+    known = set(tiny_world.videos.video_id.tolist())
+    answers = retr(tiny_world.forms.text, 60)
+    for q, ids in zip(tiny_world.forms.text, answers, strict=True):
+        assert ids and set(ids) <= known, q
+        assert len(set(ids)) == len(ids), q
+    # the head query's first results match its words better than its last lexical ones
+    head = tiny_world.forms.text[0]
+    first = retr([head], 60)[0]
+    text = {
+        int(v): c
+        for v, c in zip(tiny_world.videos.video_id, tiny_world.videos.caption, strict=True)
+    }
+    words = set(head.split())
+    hits = [len(words & set(text[v].split())) for v in first[:35]]
+    assert np.mean(hits[:5]) >= np.mean(hits[-5:])
+    assert retr(["no such query anywhere"], 10) == [[]]
+
+
+class TruncatedEndpoint(http.server.BaseHTTPRequestHandler):
+    """A fake endpoint whose response body is shorter than its Content-Length."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b'{"predictions": [')
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_truncated_reply_is_an_error_not_a_crash(tiny_world) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TruncatedEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = HttpRetriever(f"http://127.0.0.1:{server.server_port}", timeout_s=2)
+        run = run_online(tiny_world, endpoint, seed=2)
+        stats = endpoint.stats.as_dict()
+        assert stats["error_rate"] == 1.0
+        assert run.metrics(tiny_world)["requests_without_results"] == run.requests.num_rows
+    finally:
+        server.shutdown()

@@ -548,3 +548,76 @@ def test_sub_millisecond_timestamps_are_truncated_not_fatal(tmp_path):
     valid, quarantine, report = _load(tmp_path, "rec_log", _table(rows, REC_TYPES, ts=ts))
     assert quarantine.height == 0
     assert valid["ts"].dt.epoch("ms").to_list() == [1_700_000_000_123, 1_700_000_000_124]
+
+
+def test_categorical_null_typed_and_view_columns_are_read(tmp_path):
+    rows = [_video_row(i) for i in range(3)]
+    table = _table(
+        rows,
+        VIDEO_TYPES,
+        category=pa.array(["pets", "cars", "pets"]).dictionary_encode(),
+        source_query=pa.nulls(3),
+        cover_text=pa.array(["a", "b", "c"], pa.string_view()),
+    )
+    valid, quarantine, _ = _load(tmp_path, "videos", table)
+    assert quarantine.height == 0
+    assert valid["category"].to_list() == ["pets", "cars", "pets"]
+    assert valid["source_query"].to_list() == [None, None, None]
+
+
+def test_unsigned_id_too_large_is_quarantined(tmp_path):
+    rows = [_rec_row(i) for i in range(3)]
+    ids = pa.array([1, 2**63 + 5, 2], pa.uint64())
+    valid, quarantine, report = _load(tmp_path, "rec_log", _table(rows, REC_TYPES, video_id=ids))
+    assert report.reasons == {"video_id out of range for int64": 1}
+    assert valid["video_id"].to_list() == [1, 2]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 1e300])
+def test_relevance_that_is_not_finite_is_quarantined(tmp_path, value):
+    rows = [_sample_row(i) for i in range(3)]
+    rel = pa.array([0.5, value, 0.7], pa.float64())
+    valid, quarantine, report = _load(
+        tmp_path, "samples", _table(rows, SAMPLE_TYPES, relevance=rel)
+    )
+    assert report.reasons == {"relevance not finite": 1}
+    assert quarantine["row"].to_list() == [1]
+
+
+def test_rows_disagreeing_with_their_request_are_quarantined(tmp_path):
+    rows = [
+        _search_row(i, request_id=1, session_id=1, user_id=1, query="cat", video_id=i)
+        for i in range(5)
+    ]
+    rows[3]["query"] = "dog"
+    rows[4]["user_id"] = 2
+    valid, quarantine, report = _load(tmp_path, "search_log", _table(rows, SEARCH_TYPES))
+    assert report.reasons == {
+        "query differs from the rest of its request": 1,
+        "user_id differs from the rest of its request": 1,
+    }
+    assert quarantine["row"].to_list() == [3, 4]
+
+
+def test_duplicate_rows_are_quarantined(tmp_path):
+    rows = [
+        _search_row(i, request_id=1, session_id=1, user_id=1, query="cat", video_id=i)
+        for i in range(3)
+    ]
+    rows.insert(2, dict(rows[1]))
+    _, quarantine, report = _load(tmp_path, "search_log", _table(rows, SEARCH_TYPES))
+    assert report.reasons == {"duplicate (request_id, video_id)": 1}
+    assert quarantine["row"].to_list() == [2]
+    rec = [_rec_row(0), _rec_row(1), _rec_row(0)]
+    _, quarantine, report = _load(tmp_path, "rec_log", _table(rec, REC_TYPES))
+    assert report.reasons == {"duplicate row": 1}
+
+
+def test_logs_may_refer_to_a_video_quarantined_for_another_field(tmp_path):
+    videos = [_video_row(i) for i in (1, 2, 3)]  # rec rows refer to videos 1, 2, 3
+    caption = _invalid_utf8_strings([b"a", b"\xff", b"c"])
+    _write(_table(videos, VIDEO_TYPES, caption=caption), tmp_path / "videos.parquet")
+    _write(_table([_rec_row(i) for i in range(3)], REC_TYPES), tmp_path / "rec_log.parquet")
+    reports = {r.table: r for r in validate_dir(tmp_path)}
+    assert reports["videos"].quarantined == 1
+    assert reports["rec_log"].quarantined == 0

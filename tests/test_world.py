@@ -128,29 +128,41 @@ def test_summary_numbers_match_a_naive_recount(tiny_dir: Path) -> None:
     by_session: dict[int, list] = defaultdict(list)
     for rid, (sid, ts, q, u) in requests.items():
         by_session[sid].append((ts, rid, q, u))
-    pairs = []
+    behavioural = 0
     for reqs in by_session.values():
         reqs.sort()
-        for (t0, r0, q0, u0), (t1, r1, q1, u1) in zip(reqs, reqs[1:], strict=False):
-            if q1 != q0 and u1 == u0 and (t1 - t0).total_seconds() <= 90:
-                pairs.append((r0, r1, q0))
+        for (t0, _, q0, u0), (t1, _, q1, u1) in zip(reqs, reqs[1:], strict=False):
+            behavioural += q1 != q0 and u1 == u0 and (t1 - t0).total_seconds() <= 90
     assert s["requests"] == len(requests)
-    assert s["reformulation_rate"] == pytest.approx(len(pairs) / len(requests), abs=1e-6)
-    assert s["reformulation_sessions_90s"] == len({requests[r0][0] for r0, _, _ in pairs})
+    assert s["reformulated_requests"] == behavioural
+    assert s["reformulation_rate"] == pytest.approx(behavioural / len(requests), abs=1e-6)
 
+    # true reformulations (same intent, per the truth) within 90 s, and what they consumed
+    truth = [
+        r
+        for r in pq.read_table(tiny_dir / "truth/requests.parquet").to_pylist()
+        if r["split"] == "train"
+    ]
+    by_id = {r["request_id"]: r for r in truth}
+    pairs = [
+        (by_id[r["prev_request_id"]]["query"], r["request_id"], r["session_id"])
+        for r in truth
+        if r["relation"] == "reformulation"
+        and (r["ts"] - by_id[r["prev_request_id"]]["ts"]).total_seconds() <= 90
+    ]
+    assert s["reformulation_sessions_90s"] == len({sid for _, _, sid in pairs})
     shown_for = defaultdict(set)
     for r in shown:
         shown_for[r["query"]].add(r["video_id"])
     consumed = defaultdict(list)
     for r in longs:
         consumed[r["request_id"]].append(r["video_id"])
-    after = [(q0, v) for _, r1, q0 in pairs for v in consumed[r1]]
+    after = [(q0, v) for q0, r1, _ in pairs for v in consumed[r1]]
     never = sum(v not in shown_for[q0] for q0, v in after) / len(after)
     assert s["consumed_after_reformulation"] == len(after)
     assert s["consumed_after_reformulation_never_shown_share"] == pytest.approx(never, abs=1e-6)
 
     # exposure coverage from the truth: relevant = same topic as the user's intent
-    truth = pq.read_table(tiny_dir / "truth/requests.parquet").to_pylist()
     intent_of = {r["request_id"]: r["intent_id"] for r in truth}
     vtopic = dict(
         zip(
@@ -225,6 +237,10 @@ def test_reformulation_gaps_straddle_the_90_second_window(tiny_dir: Path) -> Non
 def test_config_rejects_an_impossible_cascade() -> None:
     with pytest.raises(ValueError, match="show_k < rank_k"):
         WorldConfig.for_scale("tiny", show_k=30)
+    with pytest.raises(ValueError, match="lexical_pool exceeds n_videos"):
+        WorldConfig.for_scale("tiny", n_videos=200, lexical_pool=300, retrieve_k=60)
+    with pytest.raises(ValueError, match="legacy_k"):
+        WorldConfig.for_scale("tiny", legacy_k=60)
 
 
 @pytest.mark.slow
@@ -236,3 +252,71 @@ def test_default_scale_shows_the_bubble(tmp_path: Path) -> None:
     assert s["consumed_after_reformulation_never_shown_share"] > 0.5
     assert meta["counts"]["search_log"] > 1_000_000
     assert pa.types.is_timestamp(pq.read_schema(tmp_path / "w/search_log.parquet").field("ts").type)
+
+
+def test_ct_and_qr_recounted_from_the_test_day_log(tiny_dir: Path) -> None:
+    """CT = clicked on the test day; QR = long plays after a true reformulation within 90 s,
+    given to the earlier queries of the chain. Recounted from the test day's rows."""
+    qid = {
+        q: i
+        for i, q in (
+            line.split("\t") for line in (tiny_dir / "tests/queries.tsv").read_text().splitlines()
+        )
+    }
+
+    def qrels(name: str) -> set[tuple[str, int]]:
+        lines = (tiny_dir / "tests" / f"{name}.qrels").read_text().splitlines()
+        return {(q, int(v)) for q, _, v, _ in (line.split() for line in lines)}
+
+    log = pq.read_table(tiny_dir / "truth/test_search_log.parquet").to_pylist()
+    truth = {
+        r["request_id"]: r
+        for r in pq.read_table(tiny_dir / "truth/requests.parquet").to_pylist()
+        if r["split"] == "test"
+    }
+    assert {r["request_id"] for r in log} == set(truth)
+    ct = {(qid[r["query"]], r["video_id"]) for r in log if r["clicked"]}
+    assert qrels("ct") == ct
+
+    def parent(rid: int) -> int | None:
+        r = truth[rid]
+        p = r["prev_request_id"]
+        if r["relation"] != "reformulation" or p < 0:
+            return None
+        return p if (r["ts"] - truth[p]["ts"]).total_seconds() <= 90 else None
+
+    qr = set()
+    for r in log:
+        if r["clicked"] and r["watch_ms"] >= min(r["duration_ms"], LONG_PLAY_MS):
+            p = parent(r["request_id"])
+            while p is not None:
+                if truth[p]["query"] != r["query"]:
+                    qr.add((qid[truth[p]["query"]], r["video_id"]))
+                p = parent(p)
+    assert qr and qrels("qr") == qr
+
+
+def test_an_empty_day_gives_empty_logs(tmp_path: Path) -> None:
+    cfg = WorldConfig.for_scale(
+        "tiny",
+        n_users=10,
+        searches_per_user_day=1e-9,
+        test_searches_per_user=1.0,
+        feed_sessions_per_user_day=0.5,
+    )
+    meta = simulate(cfg, tmp_path / "w")
+    assert meta["counts"]["search_log"] == 0
+    assert pq.read_table(tmp_path / "w/search_log.parquet").num_rows == 0
+
+
+def test_a_world_rebuilt_from_an_edited_config_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from crops.world.world import World
+
+    copy = Path(shutil.copytree(tiny_dir, tmp_path / "w"))
+    meta = json.loads((copy / "world.json").read_text())
+    meta["config"]["seed"] = 99
+    (copy / "world.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="rebuilt catalogue differs"):
+        World.load(copy)

@@ -66,8 +66,8 @@ class WorldConfig(BaseModel):
     def _cascade_order(self) -> WorldConfig:
         if not self.show_k < self.rank_k < self.retrieve_k <= self.lexical_pool:
             raise ValueError("need show_k < rank_k < retrieve_k <= lexical_pool")
-        if self.retrieve_k > self.n_videos:
-            raise ValueError("retrieve_k exceeds n_videos")
+        if self.lexical_pool > self.n_videos:
+            raise ValueError("lexical_pool exceeds n_videos")
         if not self.legacy_k <= self.legacy_pool or self.legacy_k >= self.retrieve_k:
             raise ValueError("need legacy_k <= legacy_pool and legacy_k < retrieve_k")
         return self

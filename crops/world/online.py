@@ -13,7 +13,9 @@ protocol, which `crops serve` implements:
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +28,7 @@ import polars as pl
 import pyarrow as pa
 
 from crops.world.platform import Retriever
-from crops.world.simulate import IdCounter, search_rows, session_starts
+from crops.world.simulate import IdCounter, search_rows, session_starts, sorted_by
 from crops.world.summary import behaviour
 from crops.world.world import World
 
@@ -67,6 +69,7 @@ class HttpRetriever:
         self.endpoint = f"{url.rstrip('/')}/v1/models/{model}:predict"
         self.timeout_s, self.concurrency = timeout_s, concurrency
         self.stats = EndpointStats()
+        self._lock = threading.Lock()
 
     def _one(self, query: str, k: int) -> list[int]:
         body = json.dumps({"instances": [{"query": query, "top_k": k}]}).encode()
@@ -81,6 +84,7 @@ class HttpRetriever:
             out = [int(v) for v in ids]
         except (
             urllib.error.URLError,
+            http.client.HTTPException,
             TimeoutError,
             OSError,
             ValueError,
@@ -88,11 +92,16 @@ class HttpRetriever:
             IndexError,
             TypeError,
         ) as exc:
-            self.stats.errors += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
             out = []
-        self.stats.latencies_ms.append((time.perf_counter() - t0) * 1000)
-        self.stats.requests += 1
+        else:
+            error = None
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            if error is not None:
+                self.stats.errors += 1
+                self.stats.last_error = error
         return out
 
     def __call__(self, queries: Sequence[str], k: int) -> list[Sequence[int]]:
@@ -118,7 +127,8 @@ class LexicalRetriever:
             if f is None:
                 out.append([])
                 continue
-            rows = self.world.platform.lexical_candidates(np.array([f]), self.rng)[0][:k]
+            rows = self.world.platform.lexical_candidates(np.array([f]), self.rng, ordered=True)[0]
+            rows = rows[rows >= 0][:k]
             out.append(self.world.videos.video_id[rows].tolist())
         return out
 
@@ -135,10 +145,15 @@ class OnlineRun:
     requests: pa.Table
 
     def metrics(self, world: World) -> dict[str, float]:
+        """CTR, long-play and reformulation rates; every request counts, even an empty one."""
+        requests = pl.from_arrow(
+            self.requests.select(["request_id", "session_id", "user_id", "ts", "query"])
+        )
         return behaviour(
             pl.from_arrow(self.search_log).lazy(),
             world.cfg.reformulation_window_s,
             world.cfg.long_play_ms,
+            requests=requests.lazy(),
         )
 
 
@@ -170,14 +185,7 @@ def run_online(
     )
     ids = IdCounter()
     search, truth = search_rows(world, req, imp, ids, day)
-    order = np.lexsort(
-        (
-            search["position"].to_numpy(),
-            search["request_id"].to_numpy(),
-            search["ts"].cast(pa.int64()).to_numpy(),
-        )
-    )
-    return OnlineRun(search.take(pa.array(order)), truth)
+    return OnlineRun(sorted_by(search, ["ts", "request_id", "position"]), truth)
 
 
 __all__ = [

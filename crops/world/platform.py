@@ -28,6 +28,8 @@ ATTRACT = np.array([0.01, 0.03, 0.14, 0.38])  # click given examined, by true gr
 LONG_PLAY = np.array([0.04, 0.10, 0.35, 0.70])  # long play given click, by true grade (q=0.5)
 SATISFY_GRADE2 = 0.35  # a long play on a grade-2 video satisfies with this chance
 NEW_INTENT_PROB = 0.12  # a satisfied user searches something else in the same session
+#: Which form an unsatisfied user retypes the intent as (by kind, among forms not yet tried).
+REFORMULATION_WEIGHT = {"head": 4.0, "refined": 2.0, "colloquial": 1.0, "misspelt": 0.2}
 
 
 def video_text(videos: Videos) -> list[str]:
@@ -124,17 +126,23 @@ class Platform:
             pools[f, m:] = -1  # a small world may hold fewer relevant videos than the pool
         return pools
 
-    def lexical_candidates(self, form: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def lexical_candidates(
+        self, form: np.ndarray, rng: np.random.Generator, *, ordered: bool = False
+    ) -> np.ndarray:
         """Production's first stage for a batch of requests: `retrieve_k` candidates each.
 
         `retrieve_k - legacy_k` from the query's BM25 pool (popularity and noise reorder it per
         request), then up to `legacy_k` from the legacy semantic channel not already in; -1 pads.
+        `ordered` sorts the lexical part best first (the cascade itself does not need it).
         """
         cfg = self.cfg
         n_lex = cfg.retrieve_k - cfg.legacy_k
         s = self.pool_score[form] + 0.15 * self.pop_z[self.pool_idx[form]]
         s = s + rng.gumbel(0.0, 0.08, size=s.shape)
         top = np.argpartition(-s, n_lex - 1, axis=1)[:, :n_lex]
+        if ordered:  # best first, for callers that cut the list
+            by_score = np.argsort(-np.take_along_axis(s, top, axis=1), axis=1, kind="stable")
+            top = np.take_along_axis(top, by_score, axis=1)
         lex = np.take_along_axis(self.pool_idx[form], top, axis=1)
         if cfg.legacy_k == 0:
             return lex
@@ -241,13 +249,15 @@ class Platform:
 
     def next_form(self, intent: int, tried: set[int], rng: np.random.Generator) -> int | None:
         """The reformulation: another form of the same intent, head and refined first."""
-        prefs = ("head", "refined", "colloquial", "misspelt")
-        options = [self.forms.by_intent.get((intent, k)) for k in prefs]
-        options = [f for f in options if f is not None and f not in tried]
+        options = [
+            (f, REFORMULATION_WEIGHT[k])
+            for k in REFORMULATION_WEIGHT
+            if (f := self.forms.by_intent.get((intent, k))) is not None and f not in tried
+        ]
         if not options:
             return None
-        w = np.array([4.0, 2.0, 1.0, 0.2][: len(options)])
-        return options[int(rng.choice(len(options), p=w / w.sum()))]
+        w = np.array([weight for _, weight in options])
+        return options[int(rng.choice(len(options), p=w / w.sum()))][0]
 
     def draw_intents(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Intents for sessions: topic by the user's interests, facet by facet popularity."""

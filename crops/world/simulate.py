@@ -139,7 +139,10 @@ def simulate_day(
         truths.append(t)
         if progress:
             progress(f"day {day}", hi - lo, len(users))
-    search = _sorted(pa.concat_tables(searches), ["ts", "request_id", "position"])
+    if not searches:  # nobody searched that day: empty tables with the right schemas
+        s, t = search_rows(world, *_no_requests(cfg.retrieve_k), ids, day)
+        searches, truths = [s], [t]
+    search = sorted_by(pa.concat_tables(searches), ["ts", "request_id", "position"])
     requests = pa.concat_tables(truths)
     rec = pa.table({f.name: pa.array([], f.type) for f in REC_LOG}, schema=REC_LOG)
     if with_feed:
@@ -158,11 +161,20 @@ def simulate_day(
             focus_intent=first_intent[coupled],
         )
         rec = pa.concat_tables([feed_rows(world, bg), feed_rows(world, near)])
-        rec = _sorted(rec, ["ts", "user_id"])
+        rec = sorted_by(rec, ["ts", "user_id"])
     return DayLogs(search, requests, rec)
 
 
-def _sorted(table: pa.Table, keys: list[str]) -> pa.Table:
+def _no_requests(k: int) -> tuple[Requests, Impressions]:
+    none = np.zeros(0, dtype=np.int64)
+    grid = np.zeros((0, k), dtype=np.int64)
+    return (
+        Requests(none, none, none, none, none, none.astype(np.int8), none),
+        Impressions(grid, grid, grid, grid.astype(bool), grid),
+    )
+
+
+def sorted_by(table: pa.Table, keys: list[str]) -> pa.Table:
     return table.take(pc.sort_indices(table, [(k, "ascending") for k in keys]))
 
 
@@ -223,7 +235,14 @@ def test_sets(world: World, day: int, ids: IdCounter, progress: Progress | None)
         g = world.query_grades(world.forms.text[f], world.videos.video_id)
         for row in all_rows[g >= 1]:
             graded.append((qid[int(f)], int(world.videos.video_id[row]), int(g[row])))
-    return {"ct": sorted(ct), "qr": sorted(qr), "graded": graded, "qid": qid, "requests": t}
+    return {
+        "ct": sorted(ct),
+        "qr": sorted(qr),
+        "graded": graded,
+        "qid": qid,
+        "requests": t,
+        "search_log": s,
+    }
 
 
 def write_test_sets(out: Path, sets: dict, world: World) -> dict[str, int]:
@@ -277,7 +296,6 @@ def simulate(cfg: WorldConfig, out: str | Path, progress: Progress | None = None
 
     ids = IdCounter()
     counts = {"videos": len(world.videos), "users": len(world.users), "search_log": 0, "rec_log": 0}
-    truth_req_schema = None
     with (
         _writer(out / "search_log.parquet", SEARCH_LOG) as sw,
         _writer(out / "rec_log.parquet", REC_LOG) as rw,
@@ -290,19 +308,25 @@ def simulate(cfg: WorldConfig, out: str | Path, progress: Progress | None = None
             counts["search_log"] += logs.search.num_rows
             counts["rec_log"] += logs.rec.num_rows
             truth_parts.append(logs.requests)
-        requests = pa.concat_tables(truth_parts)
-        truth_req_schema = requests.schema
+    requests = pa.concat_tables(truth_parts)
     counts["requests"] = requests.num_rows
     counts["sessions"] = ids.session
 
     sets = test_sets(world, cfg.days, ids, progress)
     counts.update(write_test_sets(out, sets, world))
-    test_req = sets["requests"].cast(truth_req_schema)
+    test_req = sets["requests"].cast(requests.schema)
+    pq.write_table(
+        sets["search_log"], out / "truth" / "test_search_log.parquet", compression="zstd"
+    )
     pq.write_table(
         pa.concat_tables(
             [
-                requests.append_column("split", pa.array(["train"] * requests.num_rows)),
-                test_req.append_column("split", pa.array(["test"] * test_req.num_rows)),
+                requests.append_column(
+                    "split", pa.array(["train"] * requests.num_rows, pa.string())
+                ),
+                test_req.append_column(
+                    "split", pa.array(["test"] * test_req.num_rows, pa.string())
+                ),
             ]
         ),
         out / "truth" / "requests.parquet",
@@ -315,6 +339,7 @@ def simulate(cfg: WorldConfig, out: str | Path, progress: Progress | None = None
         progress("summary", 1, 1)
     meta = {
         "simulator": __version__,
+        "fingerprint": world.fingerprint(),
         "config": cfg.model_dump(),
         "counts": counts,
         "summary": summary,
@@ -328,7 +353,7 @@ def simulate(cfg: WorldConfig, out: str | Path, progress: Progress | None = None
                 "tests/qr.qrels",
                 "tests/graded.qrels",
             ],
-            "truth": "truth/ (simulator ground truth: not for training)",
+            "truth": "truth/ (simulator ground truth, and the test day's log: not for training)",
         },
     }
     (out / "world.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,7 +1,9 @@
 """The filter bubble in numbers, measured from the written logs (plus the world's truth).
 
-Behavioural metrics (CTR, long play, reformulation) read only the contract tables, exactly as
-they would on a real platform; coverage and sense purity also need the ground truth.
+Behavioural metrics (CTR, long-play rate, query-reformulation rate) read only the contract
+tables, exactly as they would on a real platform. The rest uses the ground truth: exposure
+coverage, sense purity, and true reformulations (same intent, within the window) for the
+reformulation sessions and what was consumed after them.
 """
 
 from __future__ import annotations
@@ -14,15 +16,21 @@ from crops.schema import long_play
 from crops.world import taxonomy as tx
 
 
-def request_pairs(search: pl.LazyFrame, window_s: int) -> pl.LazyFrame:
+def log_requests(search: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per request seen in a log: request_id, session_id, user_id, ts, query."""
+    return search.group_by("request_id").agg(
+        pl.first("session_id"), pl.first("user_id"), pl.first("ts"), pl.first("query")
+    )
+
+
+def request_pairs(requests: pl.LazyFrame, window_s: int) -> pl.LazyFrame:
     """Consecutive requests of a session: (request, query) -> (next request, next query, gap).
 
-    A pair is a reformulation when the next query differs and comes within `window_s`.
+    A pair is a behavioural reformulation when the same user's next query differs and comes
+    within `window_s`: what a platform can see without knowing intents.
     """
-    req = (
-        search.group_by("request_id")
-        .agg(pl.first("user_id"), pl.first("session_id"), pl.first("ts"), pl.first("query"))
-        .sort(["session_id", "ts", "request_id"])
+    req = requests.select("request_id", "session_id", "user_id", "ts", "query").sort(
+        ["session_id", "ts", "request_id"]
     )
     nxt = [
         pl.col(c).shift(-1).over("session_id").alias(f"next_{c}")
@@ -38,8 +46,17 @@ def request_pairs(search: pl.LazyFrame, window_s: int) -> pl.LazyFrame:
     )
 
 
-def behaviour(search: pl.LazyFrame, window_s: int, long_play_ms: int) -> dict[str, float]:
-    """CTR, long-play rate and query-reformulation rate of whatever produced the log."""
+def behaviour(
+    search: pl.LazyFrame,
+    window_s: int,
+    long_play_ms: int,
+    requests: pl.LazyFrame | None = None,
+) -> dict[str, float]:
+    """CTR, long-play rate and query-reformulation rate of whatever produced the log.
+
+    `requests` lists every request (an online run's requests include those that got no
+    results and so wrote no log row); without it the requests are those seen in the log.
+    """
     shown = search.filter(pl.col("stage") == "shown")
     lp = long_play(pl.col("watch_ms"), pl.col("duration_ms"), long_play_ms)
     clicks = shown.select(
@@ -47,21 +64,22 @@ def behaviour(search: pl.LazyFrame, window_s: int, long_play_ms: int) -> dict[st
         pl.col("clicked").sum().alias("clicks"),
         (pl.col("clicked") & lp).sum().alias("long_plays"),
     ).collect()
-    pairs = request_pairs(search, window_s)
+    pairs = request_pairs(log_requests(search) if requests is None else requests, window_s)
     ref = pairs.select(
         pl.len().alias("requests"),
         pl.col("reformulated").sum().alias("reformulated"),
-        pl.col("session_id").filter(pl.col("reformulated")).n_unique().alias("sessions"),
     ).collect()
+    seen = search.select(pl.col("request_id").n_unique()).collect().item()
     imp, clk, lpl = (int(clicks[c][0]) for c in ("impressions", "clicks", "long_plays"))
     n_req, n_ref = int(ref["requests"][0]), int(ref["reformulated"][0])
     return {
         "requests": n_req,
+        "requests_without_results": n_req - int(seen),
         "impressions": imp,
         "ctr": clk / imp if imp else 0.0,
         "long_play_rate": lpl / clk if clk else 0.0,
         "reformulation_rate": n_ref / n_req if n_req else 0.0,
-        "reformulation_sessions_90s": int(ref["sessions"][0]),
+        "reformulated_requests": n_ref,
     }
 
 
@@ -73,11 +91,29 @@ def summarize(out: str | Path, world) -> dict:
     window = cfg.reformulation_window_s
     result = behaviour(search, window, cfg.long_play_ms)
 
-    # the share of videos consumed after a reformulation never shown for the original query
-    pairs = request_pairs(search, window).filter(pl.col("reformulated"))
+    # true reformulations (same intent, by the truth) within the window, and what they found
+    truth_req = pl.scan_parquet(out / "truth" / "requests.parquet").filter(
+        pl.col("split") == "train"
+    )
+    reform = (
+        truth_req.filter(pl.col("relation") == "reformulation")
+        .select("request_id", "session_id", "ts", pl.col("prev_request_id"))
+        .join(
+            truth_req.select(
+                pl.col("request_id").alias("prev_request_id"),
+                pl.col("ts").alias("prev_ts"),
+                pl.col("query").alias("orig_query"),
+            ),
+            on="prev_request_id",
+        )
+        .filter((pl.col("ts") - pl.col("prev_ts")).dt.total_milliseconds() <= window * 1000)
+    )
+    result["reformulation_sessions_90s"] = (
+        reform.select(pl.col("session_id").n_unique()).collect().item()
+    )
     lp = long_play(pl.col("watch_ms"), pl.col("duration_ms"), cfg.long_play_ms)
     consumed = search.filter(pl.col("clicked") & lp).select("request_id", "video_id")
-    after = pairs.select(pl.col("next_request_id").alias("request_id"), "query").join(
+    after = reform.select("request_id", pl.col("orig_query").alias("query")).join(
         consumed, on="request_id"
     )
     shown_q = (
@@ -93,9 +129,6 @@ def summarize(out: str | Path, world) -> dict:
     )
 
     # exposure coverage: relevant (grade >= 2: same topic) pairs ever shown for the intent
-    truth_req = pl.scan_parquet(out / "truth" / "requests.parquet").filter(
-        pl.col("split") == "train"
-    )
     vtruth = pl.scan_parquet(out / "truth" / "videos.parquet").select("video_id", "topic")
     intents = pl.read_parquet(out / "truth" / "intents.parquet")
     shown_pairs = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +67,22 @@ class World:
                 " simulate the world again"
             )
         world = cls.build(WorldConfig(**meta["config"]))
-        if meta["counts"]["videos"] != len(world.videos):
-            raise ValueError(f"{path}: video count differs from the rebuilt world")
+        if meta.get("fingerprint") != world.fingerprint():
+            raise ValueError(
+                f"{path}: the rebuilt catalogue differs from the one written (config edited, or"
+                " another simulator build); simulate the world again"
+            )
         return world
+
+    def fingerprint(self) -> str:
+        """A hash of the catalogue, so a world rebuilt from its config is checked, not trusted."""
+        v = self.videos
+        h = hashlib.sha256()
+        for arr in (v.video_id, v.topic, v.facet, v.quality, v.popularity, v.duration_ms):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update("\n".join(v.caption).encode())
+        h.update("\n".join(self.forms.text).encode())
+        return h.hexdigest()
 
     # ------------------------------------------------------------------ ground truth
 
