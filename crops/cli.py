@@ -119,6 +119,166 @@ def validate(
         )
 
 
+class LlmBackendName(StrEnum):
+    knowledge = "knowledge"
+    none = "none"
+
+
+@app.command()
+def mine(
+    world: Annotated[Path, typer.Option(help="directory with videos, search_log and rec_log")],
+    out: Annotated[Path, typer.Option(help="directory for samples, synth_videos, report")],
+    llm_endpoint: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server (vLLM): http://host:8000")
+    ] = None,
+    llm_model: Annotated[str | None, typer.Option(help="model name the server serves")] = None,
+    llm_backend: Annotated[
+        LlmBackendName | None,
+        typer.Option(help="without an endpoint: knowledge (world knowledge, not an LLM) | none"),
+    ] = None,
+    llm_cache: Annotated[
+        Path | None, typer.Option(help="SQLite cache of LLM replies (default OUT/llm_cache.sqlite)")
+    ] = None,
+    filter_model: Annotated[
+        str, typer.Option(help="relevance filter: minilm | a sentence-transformers path | none")
+    ] = "minilm",
+    relevance_threshold: Annotated[float, typer.Option(help="keep candidates above this")] = 0.6,
+    window_s: Annotated[float, typer.Option(help="reformulation window (s)")] = 90,
+    feed_window_s: Annotated[float, typer.Option(help="feed window around a search (s)")] = 1800,
+    feed_max_per_query: Annotated[int, typer.Option(help="recfeed positives per user+query")] = 100,
+    synth_min_positives: Annotated[
+        int, typer.Option(help="synthesise for queries with fewer positives than this")
+    ] = 20,
+    synth_max_queries: Annotated[int, typer.Option(help="at most this many queries")] = 1000,
+    synth_per_query: Annotated[int, typer.Option(help="synthetic videos per query")] = 2,
+) -> None:
+    """Mine graded samples: cascade labels, reformulation, recommendation feed, LLM synthesis."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from crops.engine.config import MineConfig
+    from crops.engine.mine import mine as run
+    from crops.schema import SchemaError
+
+    if llm_endpoint and llm_backend is not None:
+        _fail("give --llm-endpoint (with --llm-model) or --llm-backend, not both")
+    if llm_endpoint and not llm_model:
+        _fail("--llm-endpoint needs --llm-model (the name `vllm serve` was started with)")
+    if not (world / "videos.parquet").exists():
+        _fail(f"--world {world}: no videos.parquet there")
+    backend_name = "openai" if llm_endpoint else (llm_backend or LlmBackendName.knowledge).value
+    if backend_name == "knowledge" and not (world / "world.json").exists():
+        _fail(
+            f"--world {world} is not a simulated world (no world.json): the knowledge backend"
+            " needs one; give --llm-endpoint or --llm-backend none"
+        )
+    try:
+        cfg = MineConfig(
+            reformulation_window_s=window_s,
+            feed_window_s=feed_window_s,
+            feed_max_per_query=feed_max_per_query,
+            relevance_threshold=relevance_threshold,
+            filter_model=filter_model,
+            synth_min_positives=synth_min_positives,
+            synth_max_queries=synth_max_queries,
+            synth_per_query=synth_per_query,
+            llm_backend=backend_name,
+            llm_endpoint=llm_endpoint,
+            llm_model=llm_model,
+        )
+    except ValidationError as exc:
+        _fail(f"bad option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+        return
+    backend = _synthesis_backend(cfg, world, llm_cache or out / "llm_cache.sqlite")
+    scorer = None
+    if filter_model != "none":
+        from crops.engine.relevance import RelevanceFilter
+
+        try:
+            scorer = RelevanceFilter(filter_model)
+        except (ValueError, ImportError, OSError) as exc:
+            _fail(str(exc))
+    tasks: dict[str, int] = {}
+    columns = (
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=err, disable=not err.is_terminal) as bar:
+
+            def progress(task: str, done: int, total: int) -> None:
+                if task not in tasks:
+                    tasks[task] = bar.add_task(task, total=total)
+                bar.update(tasks[task], completed=done, total=total)
+
+            report = run(world, out, cfg, backend, scorer=scorer, progress=progress)
+    except SchemaError as exc:
+        _fail(str(exc))
+        return
+    s = report["samples"]
+    console.print(f"[bold]samples written to {out}[/]: {s['rows']} rows, {s['queries']} queries")
+    console.print(_summary_table({f"label {k}": v for k, v in s["by_label"].items()}, "labels"))
+    console.print(_summary_table(s["by_source"], "sources"))
+    flt = report["filter"]
+    console.print(
+        _summary_table(
+            {f"{src} pass rate": flt[src]["pass_rate"] for src in ("reformulation", "recfeed")}
+            | {"quarantined " + k: v for k, v in report["quarantined"].items()},
+            "filter and quarantine",
+        )
+    )
+    syn = report["synthesis"]
+    kind = "an LLM" if syn["is_llm"] else "not an LLM"
+    console.print(
+        f"synthesis: {syn['backend']} ({kind}),"
+        f" {syn['videos']} videos for {syn['policy']['selected']} queries,"
+        f" {syn['requests_sent']} requests, {syn['cache_hits']} cached"
+    )
+    qual = report["quality"]
+    if "note" not in qual:
+        console.print(
+            _summary_table(
+                {
+                    f"{src} {m}": qual[src][m]
+                    for src in ("reformulation", "recfeed", "llm", "click")
+                    for m in ("precision", "never_shown_share")
+                    if qual[src][m] is not None
+                },
+                "quality against the world's truth",
+            )
+        )
+
+
+def _synthesis_backend(cfg, world: Path, cache: Path):
+    """The synthesis backend the options name."""
+    from crops.engine import synthesis
+
+    if cfg.llm_backend == "openai":
+        try:
+            return synthesis.OpenAIChatBackend(
+                cfg.llm_endpoint,
+                cfg.llm_model,
+                concurrency=cfg.llm_concurrency,
+                timeout_s=cfg.llm_timeout_s,
+                max_retries=cfg.llm_max_retries,
+                cache_path=cache,
+                seed=cfg.seed,
+            )
+        except ValueError as exc:
+            _fail(str(exc))
+    if cfg.llm_backend == "knowledge":
+        from crops.engine.knowledge import KnowledgeBackend
+        from crops.world.world import World
+
+        try:
+            return KnowledgeBackend(World.load(world), seed=cfg.seed)
+        except (ValueError, FileNotFoundError) as exc:
+            _fail(str(exc))
+    return synthesis.NoSynthesis()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -120,6 +120,13 @@ def long_play(watch_ms: pl.Expr, duration_ms: pl.Expr, threshold_ms: int = LONG_
     return watch_ms >= pl.min_horizontal(duration_ms, pl.lit(threshold_ms, pl.Int64))
 
 
+def log_requests(search: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per request of a search log: request_id, session_id, user_id, ts, query."""
+    return search.group_by("request_id").agg(
+        pl.first("session_id"), pl.first("user_id"), pl.first("ts"), pl.first("query")
+    )
+
+
 def long_play_np(watch_ms, duration_ms, threshold_ms: int = LONG_PLAY_MS):
     """NumPy twin of :func:`long_play` for the simulator's vectorised inner loop."""
     import numpy as np

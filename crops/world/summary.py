@@ -12,15 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
-from crops.schema import long_play
+from crops.schema import log_requests, long_play
 from crops.world import taxonomy as tx
-
-
-def log_requests(search: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per request seen in a log: request_id, session_id, user_id, ts, query."""
-    return search.group_by("request_id").agg(
-        pl.first("session_id"), pl.first("user_id"), pl.first("ts"), pl.first("query")
-    )
 
 
 def request_pairs(requests: pl.LazyFrame, window_s: int) -> pl.LazyFrame:

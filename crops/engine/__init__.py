@@ -1,0 +1,1 @@
+"""The data engine: miners, relevance filter, LLM synthesis and Hierarchical Label Assignment."""

@@ -1,0 +1,327 @@
+"""`crops mine`: logs in, graded samples out (samples.parquet, synth_videos.parquet, report.json).
+
+Every input table is validated against its contract; bad rows go to OUT/_quarantine with the
+reason, and the report counts them. The miners propose candidates, the relevance filter keeps
+the relevant ones, synthesis adds LLM-made positives for queries that have few, and HLA grades
+and de-duplicates everything into the `samples` contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from crops.engine.config import MineConfig
+from crops.engine.hla import assemble, cascade_samples, labelled, to_arrow
+from crops.engine.recfeed import recfeed_candidates
+from crops.engine.reformulation import reformulation_candidates
+from crops.engine.synthesis import SynthesisBackend, SynthesisResult
+from crops.schema import HLA_LABELS, TS, VIDEOS, load_table, write_quarantine
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+
+#: Synthetic video ids live above 2**62 so they never collide with a platform's own ids.
+SYNTHETIC_ID_BASE = 1 << 62
+
+
+def video_text(videos: pl.DataFrame) -> pl.DataFrame:
+    """(video_id, text): caption, tags and cover text, the text encoders see."""
+    return videos.select(
+        "video_id",
+        pl.concat_str(
+            [
+                pl.col("caption").fill_null(""),
+                pl.col("tags").list.join(" ").fill_null(""),
+                pl.col("cover_text").fill_null(""),
+            ],
+            separator=" ",
+        )
+        .str.strip_chars()
+        .alias("text"),
+    )
+
+
+def load_inputs(world: Path, out: Path) -> tuple[dict[str, pl.DataFrame], dict]:
+    """Validated videos, search_log and rec_log; quarantined rows written under OUT."""
+    frames, reports = {}, {}
+    videos, q, rep = load_table(world / "videos.parquet", "videos")
+    write_quarantine(q, out, "videos")
+    frames["videos"], reports["videos"] = videos, rep.as_dict()
+    ids = pl.concat([videos["video_id"], q["video_id"]]).drop_nulls().unique()
+    for name in ("search_log", "rec_log"):
+        valid, q, rep = load_table(world / f"{name}.parquet", name, video_ids=ids)
+        write_quarantine(q, out, name)
+        frames[name], reports[name] = valid, rep.as_dict()
+    return frames, reports
+
+
+def apply_filter(
+    candidates: pl.DataFrame,
+    texts: pl.DataFrame,
+    scorer,
+    threshold: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[pl.DataFrame, dict]:
+    """Score candidates with the relevance filter and keep those above the threshold."""
+    if candidates.height == 0 or scorer is None:
+        kept = candidates.with_columns(pl.lit(None, pl.Float32).alias("relevance"))
+        return kept, {"candidates": candidates.height, "passed": kept.height, "pass_rate": 1.0}
+    joined = candidates.join(texts, on="video_id", how="left")
+    scores = scorer.score(
+        joined["query"].to_list(), joined["text"].fill_null("").to_list(), progress
+    )
+    scored = joined.with_columns(pl.Series("relevance", scores, pl.Float32)).drop("text")
+    kept = scored.filter(pl.col("relevance") > threshold)
+    return kept, {
+        "candidates": candidates.height,
+        "passed": kept.height,
+        "pass_rate": kept.height / candidates.height,
+        "score_p50": float(np.median(scores)),
+    }
+
+
+def synthesis_queries(
+    base: pl.DataFrame, search: pl.DataFrame, cfg: MineConfig
+) -> tuple[list[str], dict]:
+    """The policy: queries with fewer than `synth_min_positives` positives, most searched first."""
+    freq = search.group_by("query").agg(pl.col("request_id").n_unique().alias("searches"))
+    positives = (
+        base.filter(pl.col("label") >= 4).group_by("query").len().rename({"len": "positives"})
+    )
+    chosen = (
+        freq.join(positives, on="query", how="left")
+        .with_columns(pl.col("positives").fill_null(0))
+        .filter(pl.col("positives") < cfg.synth_min_positives)
+        .sort(["searches", "query"], descending=[True, False])
+        .head(cfg.synth_max_queries)
+    )
+    policy = {
+        "rule": f"queries with fewer than {cfg.synth_min_positives} positives (label >= 4), "
+        f"most searched first, at most {cfg.synth_max_queries}, {cfg.synth_per_query} each",
+        "eligible": int(
+            freq.join(positives, on="query", how="left")
+            .filter(pl.col("positives").fill_null(0) < cfg.synth_min_positives)
+            .height
+        ),
+        "selected": chosen.height,
+    }
+    return chosen["query"].to_list(), policy
+
+
+def synthetic_tables(result: SynthesisResult, backend: str) -> tuple[pa.Table, pl.DataFrame]:
+    """synth_videos (the videos contract, synthetic=true) and their llm samples."""
+    ids, rows = [], []
+    for v in result.videos:
+        key = f"{backend}|{result.stats.get('model')}|{result.stats.get('prompt_version')}|"
+        key += f"{v.query}|{v.caption}"
+        h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % (1 << 61)
+        ids.append(SYNTHETIC_ID_BASE + h)
+        rows.append(v)
+    table = pa.table(
+        {
+            "video_id": pa.array(ids, pa.int64()),
+            "caption": [v.caption for v in rows],
+            "tags": pa.array([list(v.tags) for v in rows], pa.list_(pa.string())),
+            "cover_text": [v.cover_text for v in rows],
+            "category": pa.nulls(len(rows), pa.string()),
+            "upload_ts": pa.nulls(len(rows), TS),
+            "synthetic": pa.array([True] * len(rows), pa.bool_()),
+            "source_query": [v.query for v in rows],
+        },
+        schema=VIDEOS,
+    )
+    samples = pl.DataFrame(
+        {
+            "query": [v.query for v in rows],
+            "video_id": ids,
+            "request_id": [None] * len(rows),
+            "session_id": [None] * len(rows),
+        },
+        schema={
+            "query": pl.String,
+            "video_id": pl.Int64,
+            "request_id": pl.Int64,
+            "session_id": pl.Int64,
+        },
+    )
+    return table, samples
+
+
+def quality(world_dir: Path, samples: pl.DataFrame, search: pl.DataFrame, synth: pa.Table) -> dict:
+    """Per source: precision of positives against the world's truth, and the never-shown share."""
+    if not (world_dir / "world.json").exists():
+        return {"note": "no ground truth: the input is not a simulated world"}
+    from crops.engine.knowledge import judge_synthetic
+    from crops.world.world import World
+
+    world = World.load(world_dir)
+    shown = (
+        search.filter(pl.col("stage") == "shown")
+        .select("query", "video_id")
+        .unique()
+        .with_columns(pl.lit(True).alias("shown"))
+    )
+    pos = samples.filter(pl.col("label") >= 4).join(shown, on=["query", "video_id"], how="left")
+    synth_text = dict(
+        zip(
+            synth["video_id"].to_pylist(),
+            (
+                f"{c} {' '.join(t)} {o}"
+                for c, t, o in zip(
+                    synth["caption"].to_pylist(),
+                    synth["tags"].to_pylist(),
+                    synth["cover_text"].to_pylist(),
+                    strict=True,
+                )
+            ),
+            strict=True,
+        )
+    )
+    out = {}
+    for source in ("reformulation", "recfeed", "llm", "click"):
+        part = pos.filter(pl.col("source") == source)
+        if part.height == 0:
+            out[source] = {"positives": 0, "precision": None, "never_shown_share": None}
+            continue
+        relevant = 0
+        for query, group in part.group_by("query"):
+            q = query[0]
+            ids = group["video_id"].to_numpy()
+            if source == "llm":
+                relevant += sum(judge_synthetic(world, q, synth_text[int(v)]) for v in ids)
+            else:
+                relevant += int((world.query_grades(q, ids) >= 2).sum())
+        out[source] = {
+            "positives": part.height,
+            "precision": relevant / part.height,
+            "never_shown_share": float(part["shown"].is_null().mean()),
+        }
+    out["judged_by"] = (
+        "grade >= 2 of the simulator's truth; llm videos (made up) by the topic of their words"
+    )
+    return out
+
+
+def mine(
+    world_dir: str | Path,
+    out: str | Path,
+    cfg: MineConfig,
+    backend: SynthesisBackend,
+    *,
+    scorer=None,
+    progress: Progress | None = None,
+) -> dict:
+    """Run the data engine; returns the report (also written to OUT/report.json)."""
+    world_dir, out = Path(world_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        timings[name] = round(now - t, 3)
+        t = now
+        if progress:
+            progress("mine", len(timings), 6)
+
+    frames, inputs = load_inputs(world_dir, out)
+    search, rec = frames["search_log"].lazy(), frames["rec_log"].lazy()
+    step("load_and_validate")
+
+    cascade = cascade_samples(search)
+    reform = reformulation_candidates(search, cfg.reformulation_window_s, cfg.long_play_ms)
+    feed = recfeed_candidates(
+        search, rec, cfg.feed_window_s, cfg.feed_max_per_query, cfg.long_play_ms
+    )
+    cascade, reform, feed = pl.collect_all([cascade, reform, feed])
+    step("mine_logs")
+
+    texts = video_text(frames["videos"])
+
+    def filter_progress(done: int, total: int) -> None:
+        if progress:
+            progress("filter", done, total)
+
+    reform_kept, reform_stats = apply_filter(
+        reform, texts, scorer, cfg.relevance_threshold, filter_progress
+    )
+    feed_kept, feed_stats = apply_filter(
+        feed, texts, scorer, cfg.relevance_threshold, filter_progress
+    )
+    step("relevance_filter")
+
+    base_parts = [
+        cascade.lazy(),
+        labelled(reform_kept.lazy(), "reformulation", "relevance"),
+        labelled(feed_kept.lazy(), "recfeed", "relevance"),
+    ]
+    base = assemble(base_parts)
+    queries, policy = synthesis_queries(base, frames["search_log"], cfg)
+
+    def synth_progress(done: int, total: int) -> None:
+        if progress:
+            progress("synthesize", done, total)
+
+    result = backend.synthesize(queries, cfg.synth_per_query, progress=synth_progress)
+    synth, llm = synthetic_tables(result, backend.name)
+    llm_q = pl.DataFrame(
+        result.quarantine,
+        schema={"query": pl.String, "reason": pl.String, "detail": pl.String, "attempts": pl.Int64},
+    )
+    write_quarantine(llm_q, out, "llm")
+    step("synthesize")
+
+    samples = assemble([base.lazy(), labelled(llm.lazy(), "llm")])
+    pq.write_table(to_arrow(samples), out / "samples.parquet", compression="zstd")
+    pq.write_table(synth, out / "synth_videos.parquet", compression="zstd")
+    step("assemble_and_write")
+
+    by_source = dict(samples.group_by("source").len().sort("source").iter_rows())
+    by_label = {str(k): v for k, v in samples.group_by("label").len().sort("label").iter_rows()}
+    report = {
+        "inputs": inputs,
+        "quarantined": {
+            **{name: r["quarantined"] for name, r in inputs.items()},
+            "llm": llm_q.height,
+        },
+        "filter": {
+            "model": None if scorer is None else scorer.model_name,
+            "score": "(1 + cosine) / 2 of the bi-encoder's embeddings",
+            "threshold": cfg.relevance_threshold,
+            "reformulation": reform_stats,
+            "recfeed": feed_stats,
+            "texts_encoded": 0 if scorer is None else scorer.encoded,
+        },
+        "synthesis": {
+            **result.stats,
+            "policy": policy,
+            "videos": synth.num_rows,
+            "note": None
+            if backend.is_llm
+            else f"{backend.name}: synthetic metadata NOT from an LLM",
+        },
+        "samples": {
+            "rows": samples.height,
+            "queries": samples["query"].n_unique(),
+            "by_source": by_source,
+            "by_label": by_label,
+            "hla": HLA_LABELS,
+        },
+    }
+    report["quality"] = quality(world_dir, samples, frames["search_log"], synth)
+    step("quality")
+    report["timings_s"] = timings
+    report["config"] = cfg.model_dump()
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report

@@ -1,0 +1,50 @@
+"""System-level positives: what the same user consumed deeply in the feed around a search.
+
+For each search (user, query, time), the user's long plays in the recommendation feed within
+`window_s` before or after it are candidates for the query, the closest `max_per_query` per
+user and query. The relevance filter decides which stay.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from crops.schema import log_requests, long_play
+
+
+def recfeed_candidates(
+    search: pl.LazyFrame,
+    rec: pl.LazyFrame,
+    window_s: float,
+    max_per_query: int,
+    long_play_ms: int,
+) -> pl.LazyFrame:
+    """(query, video_id, request_id, session_id, gap_s) before the relevance filter."""
+    window_ms = int(round(window_s * 1000))
+    searches = log_requests(search).select("request_id", "session_id", "user_id", "ts", "query")
+    deep = rec.filter(long_play(pl.col("watch_ms"), pl.col("duration_ms"), long_play_ms)).select(
+        "user_id", pl.col("ts").alias("feed_ts"), "video_id"
+    )
+    gap = (pl.col("feed_ts") - pl.col("ts")).dt.total_milliseconds().abs()
+    near = (
+        searches.join(deep, on="user_id")
+        .with_columns(gap.alias("gap_ms"))
+        .filter(pl.col("gap_ms") <= window_ms)
+        # one candidate per (user, query, video): its closest search
+        .sort(["user_id", "query", "video_id", "gap_ms", "request_id"])
+        .unique(subset=["user_id", "query", "video_id"], keep="first", maintain_order=True)
+    )
+    capped = near.filter(
+        pl.col("gap_ms").rank("ordinal").over(["user_id", "query"]) <= max_per_query
+    )
+    return (
+        capped.sort(["query", "video_id", "gap_ms", "request_id"])
+        .unique(subset=["query", "video_id"], keep="first", maintain_order=True)
+        .select(
+            "query",
+            "video_id",
+            "request_id",
+            "session_id",
+            (pl.col("gap_ms") / 1000).alias("gap_s"),
+        )
+    )

@@ -1,0 +1,961 @@
+"""Knowledge-level positives (DESIGN.md section 1, perspective 3): LLM-synthesised videos.
+
+An LLM, one-shot prompted as a short-video content expert, writes the metadata of a virtual
+video (caption, tags, cover text, keywords, related queries) for a search query. These videos
+become label-4 positives, reaching relevant content that no exposure log ever showed.
+
+Backends:
+
+- :class:`OpenAIChatBackend`: any OpenAI-compatible chat endpoint, first of all ``vllm serve``.
+  Async with bounded concurrency, guided JSON decoding, retries with backoff, a sqlite cache
+  (a rerun only pays for what failed) and a quarantine with one reason per failed query.
+- :class:`VllmOfflineBackend`: vLLM's in-process engine for batch synthesis on a GPU node.
+- :class:`NoSynthesis`: the clearly named non-LLM fallback when no endpoint is configured.
+
+Both LLM backends run every reply through the one :func:`parse_reply`, so a reply is accepted
+or rejected for the same reason whichever way it was produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import importlib.resources
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import time
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+log = logging.getLogger("crops.engine.synthesis")
+
+PROMPT_VERSION = "synthesis_v1"
+
+#: Failure reasons of a quarantined query, in the order the stats report them.
+REASONS = ("malformed", "truncated", "empty", "refused", "invalid", "http_error", "timeout")
+
+#: Same bound as crops.schema.MAX_QUERY_BYTES (kept local: this module needs no Arrow stack).
+MAX_QUERY_BYTES = 1024
+
+CAPTION_MAX, TAG_MAX, COVER_MAX, KEYWORD_MAX, RELATED_MAX, LIST_MAX = 300, 40, 100, 40, 100, 10
+
+
+def _string_list(lo: int, item_max: int) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "items": {"type": "string", "minLength": 1, "maxLength": item_max},
+        "minItems": lo,
+        "maxItems": LIST_MAX,
+    }
+
+
+#: JSON schema of one reply; sent for guided decoding so the server can only emit valid shapes.
+VIDEO_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "caption": {"type": "string", "minLength": 1, "maxLength": CAPTION_MAX},
+        "tags": _string_list(1, TAG_MAX),
+        "cover_text": {"type": "string", "minLength": 0, "maxLength": COVER_MAX},
+        "keywords": _string_list(1, KEYWORD_MAX),
+        "related_queries": _string_list(0, RELATED_MAX),
+    },
+    "required": ["caption", "tags", "cover_text", "keywords", "related_queries"],
+    "additionalProperties": False,
+}
+
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SECTION_RE = re.compile(r"^\[(system|user)\]\s*$", re.MULTILINE)
+
+
+# ----------------------------------------------------------------------------- prompt
+
+
+def _prompt_dir():
+    return importlib.resources.files("crops.engine").joinpath("prompts")
+
+
+def available_prompts() -> list[str]:
+    """Prompt versions shipped with the package (for error messages and CLIs)."""
+    return sorted(
+        p.name[: -len(".txt")] for p in _prompt_dir().iterdir() if p.name.endswith(".txt")
+    )
+
+
+def load_prompt(version: str = PROMPT_VERSION) -> str:
+    """The prompt template of `version`; versioned files so cached replies name their prompt."""
+    if not isinstance(version, str) or not _VERSION_RE.match(version):
+        raise ValueError(f"invalid prompt version {version!r}: expected a name like 'synthesis_v1'")
+    res = _prompt_dir().joinpath(f"{version}.txt")
+    if not res.is_file():
+        raise ValueError(
+            f"unknown prompt version {version!r}; available: {', '.join(available_prompts())}"
+        )
+    text = res.read_text(encoding="utf-8")
+    _split_prompt(text, version)  # fail at load time, not at the first query
+    return text
+
+
+def _split_prompt(prompt: str, version: str = "prompt") -> tuple[str, str]:
+    lines = prompt.splitlines()
+    if lines and lines[0].startswith("#"):
+        lines = lines[1:]  # the version comment is for humans, not for the model
+    body = "\n".join(lines)
+    parts = _SECTION_RE.split(body)
+    # parts: [preamble, "system", text, "user", text]
+    if len(parts) != 5 or parts[1] != "system" or parts[3] != "user" or parts[0].strip():
+        raise ValueError(f"{version}: template needs a [system] section then a [user] section")
+    system, user = parts[2].strip(), parts[4].strip()
+    if user.count("{query}") != 1 or "{query}" in system:
+        raise ValueError(f"{version}: the [user] section needs exactly one {{query}} placeholder")
+    return system, user
+
+
+def _encode_query(query: str) -> str:
+    """JSON string literal with <, > and & escaped, so the query can never close its delimiter."""
+    s = json.dumps(query, ensure_ascii=False)
+    return s.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def render_messages(query: str, prompt: str) -> list[dict[str, str]]:
+    """System and user chat messages for `query`.
+
+    The query goes in as a JSON string literal between <query> markers, by plain replacement
+    (no str.format), so braces, quotes, newlines or a fake closing marker in a query can neither
+    break the template nor escape into the instructions.
+    """
+    system, user = _split_prompt(prompt)
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": user.replace("{query}", _encode_query(query), 1)},
+    ]
+
+
+# ----------------------------------------------------------------------------- reply model
+
+
+def _clean(value: str, what: str, lo: int, hi: int) -> str:
+    value = value.strip()
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        raise ValueError(f"{what} contains control characters")
+    if len(value) < lo:
+        raise ValueError(f"{what} is empty")
+    if len(value) > hi:
+        raise ValueError(f"{what} is longer than {hi} characters ({len(value)})")
+    return value
+
+
+def _clean_list(values: list[str], what: str, lo: int, item_max: int) -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, v in enumerate(values):
+        v = _clean(v, f"{what}[{i}]", 1, item_max)
+        key = " ".join(v.casefold().split())
+        if key not in seen:  # case-insensitive de-duplication, first spelling kept
+            seen.add(key)
+            out.append(v)
+    if len(out) < lo:
+        raise ValueError(f"{what} needs at least {lo} item(s)")
+    if len(out) > LIST_MAX:
+        raise ValueError(f"{what} has more than {LIST_MAX} items ({len(out)})")
+    return out
+
+
+class SyntheticVideo(BaseModel):
+    """One validated synthetic video; the checks guard the training data, not the LLM's pride."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    query: str = Field(min_length=1)
+    caption: str
+    tags: list[str]
+    cover_text: str = ""
+    keywords: list[str]
+    related_queries: list[str] = Field(default_factory=list)
+
+    @field_validator("caption")
+    @classmethod
+    def _caption(cls, v: str) -> str:
+        return _clean(v, "caption", 1, CAPTION_MAX)
+
+    @field_validator("cover_text")
+    @classmethod
+    def _cover(cls, v: str) -> str:
+        return _clean(v, "cover_text", 0, COVER_MAX)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        return _clean_list(v, "tags", 1, TAG_MAX)
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, v: list[str]) -> list[str]:
+        return _clean_list(v, "keywords", 1, KEYWORD_MAX)
+
+    @field_validator("related_queries")
+    @classmethod
+    def _related(cls, v: list[str]) -> list[str]:
+        return _clean_list(v, "related_queries", 0, RELATED_MAX)
+
+    def text(self) -> str:
+        """Caption, tags and cover text in one string: what the video tower encodes."""
+        return " ".join(p for p in (self.caption, " ".join(self.tags), self.cover_text) if p)
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a reply (or a whole query) produced no video; reason is one of REASONS."""
+
+    reason: str
+    detail: str
+    retryable: bool = True
+
+
+_FENCE_RE = re.compile(r"^```[A-Za-z0-9_-]*[ \t]*\n?(.*?)\n?[ \t]*(```)?$", re.DOTALL)
+_REFUSAL_RE = re.compile(
+    r"^(i['\u2019]?m sorry|i am sorry|sorry|i can['\u2019]?t|i cannot|i can not|i won['\u2019]?t"
+    r"|i am unable|i['\u2019]?m unable|as an ai)",
+    re.IGNORECASE,
+)
+
+
+def _clip(text: str, n: int = 500) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _ends_early(text: str, err: json.JSONDecodeError) -> bool:
+    """True when the JSON is a valid prefix cut short, as opposed to garbage."""
+    if err.msg.startswith("Unterminated string"):
+        return True
+    return err.pos >= len(text.rstrip())
+
+
+def parse_reply(
+    query: str, content: str | None, finish_reason: str | None = None, refusal: str | None = None
+) -> list[SyntheticVideo] | Failure:
+    """Turn one completion into validated videos, or the Failure that says why not.
+
+    Shared by every backend so the same reply gets the same verdict however it was produced.
+    Accepts a JSON object (or a list of them), optionally inside ```json fences.
+    """
+    if refusal:
+        return Failure("refused", _clip(str(refusal)))
+    if content is None or not content.strip():
+        return Failure("empty", f"empty content (finish_reason={finish_reason})")
+    text = content.strip()
+    fence = _FENCE_RE.match(text)
+    if fence and text.startswith("```"):
+        text = fence.group(1).strip()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        if _REFUSAL_RE.match(text):
+            return Failure("refused", _clip(text))
+        if finish_reason == "length":
+            return Failure("truncated", _clip(f"finish_reason=length: {text}"))
+        if text[:1] in "{[" and _ends_early(text, e):
+            return Failure("truncated", _clip(f"JSON ends early ({e.msg}): {text}"))
+        return Failure("malformed", _clip(f"{e}: {text}"))
+    items = obj if isinstance(obj, list) else [obj]
+    if not items or not all(isinstance(it, dict) for it in items):
+        return Failure("invalid", _clip(f"expected a JSON object, got: {text}"))
+    videos: list[SyntheticVideo] = []
+    for it in items:
+        if "query" in it:
+            return Failure("invalid", "unexpected field 'query' in the reply")
+        try:
+            videos.append(SyntheticVideo.model_validate({**it, "query": query}))
+        except ValidationError as e:
+            errs = "; ".join(
+                f"{'.'.join(str(x) for x in er['loc'])}: {er['msg']}" for er in e.errors()
+            )
+            return Failure("invalid", _clip(errs))
+    return videos
+
+
+# ----------------------------------------------------------------------------- result
+
+
+@dataclass
+class SynthesisResult:
+    """Videos in input-query order, one quarantine row per failed query, and the step's report."""
+
+    videos: list[SyntheticVideo]
+    quarantine: list[dict[str, Any]]
+    stats: dict[str, Any]
+
+
+class SynthesisBackend(Protocol):
+    name: str
+    is_llm: bool
+
+    def synthesize(
+        self,
+        queries: Sequence[str],
+        per_query: int = 1,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SynthesisResult: ...
+
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class _Outcome:
+    videos: list[SyntheticVideo] = field(default_factory=list)
+    failure: Failure | None = None
+    attempts: int = 0
+    cached: bool = False
+
+
+def _unique_queries(queries: Sequence[str]) -> list[str]:
+    if isinstance(queries, str | bytes):
+        raise TypeError("queries must be a sequence of strings, not a single string")
+    for i, q in enumerate(queries):
+        if not isinstance(q, str):
+            raise TypeError(f"queries[{i}] is {type(q).__name__}, expected str")
+    return list(dict.fromkeys(queries))
+
+
+def _input_failure(query: str) -> Failure | None:
+    if not query.strip():
+        return Failure("invalid", "empty query", retryable=False)
+    if len(query.encode("utf-8")) > MAX_QUERY_BYTES:
+        return Failure("invalid", f"query longer than {MAX_QUERY_BYTES} bytes", retryable=False)
+    return None
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1))  # nearest rank
+    return round(sorted_values[k], 3)
+
+
+def _caption_key(caption: str) -> str:
+    return " ".join(caption.casefold().split())
+
+
+def _assemble(
+    backend: str,
+    model: str | None,
+    prompt_version: str | None,
+    queries: Sequence[str],
+    unique: list[str],
+    outcomes: dict[str, _Outcome],
+    *,
+    requests_sent: int,
+    latencies: list[float],
+    started: float,
+) -> SynthesisResult:
+    """One place for ordering, caption de-duplication, quarantine rows and stats."""
+    videos: list[SyntheticVideo] = []
+    quarantine: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    dropped = 0
+    failed = dict.fromkeys(REASONS, 0)
+    for q in unique:
+        oc = outcomes[q]
+        if oc.failure is not None and not oc.videos:
+            failed[oc.failure.reason] += 1
+            quarantine.append(
+                {
+                    "query": q,
+                    "reason": oc.failure.reason,
+                    "detail": _clip(oc.failure.detail),
+                    "attempts": oc.attempts,
+                }
+            )
+            continue
+        for v in oc.videos:
+            key = _caption_key(v.caption)
+            if key in seen:
+                dropped += 1
+                continue
+            seen.add(key)
+            videos.append(v)
+    lat = sorted(latencies)
+    stats = {
+        "backend": backend,
+        "is_llm": True,
+        "model": model,
+        "prompt_version": prompt_version,
+        "queries": len(queries),
+        "unique_queries": len(unique),
+        "requests_sent": requests_sent,
+        "cache_hits": sum(1 for q in unique if outcomes[q].cached),
+        "retries": sum(max(0, o.attempts - 1) for o in outcomes.values()),
+        "succeeded": sum(1 for q in unique if outcomes[q].videos),
+        "failed": len(quarantine),
+        "failed_by_reason": failed,
+        "videos": len(videos),
+        "duplicates_dropped": dropped,
+        "latency_ms": {"p50": _percentile(lat, 0.50), "p99": _percentile(lat, 0.99)},
+        "wall_s": round(time.perf_counter() - started, 3),
+    }
+    log.info(
+        "synthesis %s: %d/%d queries succeeded, %d videos, %d cached, %d quarantined %s",
+        backend,
+        stats["succeeded"],
+        len(unique),
+        len(videos),
+        stats["cache_hits"],
+        len(quarantine),
+        {k: v for k, v in failed.items() if v},
+    )
+    return SynthesisResult(videos, quarantine, stats)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+class _Cache:
+    """sqlite cache of validated videos; only successes are stored so reruns retry failures.
+
+    Used from one thread only (the one that runs the event loop), as sqlite3 requires.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS synthesis (key TEXT PRIMARY KEY, model TEXT, "
+            "prompt_version TEXT, per_query INTEGER, query TEXT, videos TEXT, created REAL)"
+        )
+        self.db.commit()
+
+    @staticmethod
+    def key(model: str, prompt_version: str, per_query: int, query: str) -> str:
+        raw = json.dumps([model, prompt_version, per_query, query], ensure_ascii=False)
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> list[SyntheticVideo] | None:
+        row = self.db.execute("SELECT videos FROM synthesis WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return [SyntheticVideo.model_validate(v) for v in json.loads(row[0])]
+        except (ValueError, TypeError):  # stale or corrupt entry: treat as a miss
+            return None
+
+    def put(self, key: str, model: str, version: str, per_query: int, query: str, videos) -> None:
+        payload = json.dumps([v.model_dump() for v in videos], ensure_ascii=False)
+        self.db.execute(
+            "INSERT OR REPLACE INTO synthesis VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, model, version, per_query, query, payload, time.time()),
+        )
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _run_sync(fn: Callable[[], SynthesisResult]) -> SynthesisResult:
+    """Run `fn` here, or in a worker thread when the caller is inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="crops-synth") as pool:
+        return pool.submit(fn).result()
+
+
+def _jitter(query: str, attempt: int, seed: int) -> float:
+    """Deterministic fraction in [0, 1): spreads retries without making runs irreproducible."""
+    h = hashlib.sha256(f"{seed}\0{attempt}\0{query}".encode()).digest()
+    return int.from_bytes(h[:4], "big") / 2**32
+
+
+class _Tracker:
+    """Progress callback plus a log line about every 10 %."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total, self.done, self.progress = total, 0, progress
+        self.step = max(1, total // 10)
+
+    def advance(self, n: int = 1) -> None:
+        if n <= 0:
+            return
+        before, self.done = self.done, self.done + n
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        if self.done // self.step != before // self.step or self.done == self.total:
+            log.info("synthesis progress: %d/%d queries", self.done, self.total)
+
+
+# ----------------------------------------------------------------------------- HTTP backend
+
+
+def _normalise_endpoint(endpoint: str) -> str:
+    parts = urlsplit(endpoint.strip()) if isinstance(endpoint, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"LLM endpoint must be an http(s) URL, got {endpoint!r}")
+    base = endpoint.strip().rstrip("/")
+    if base.endswith("/v1"):
+        base = base[: -len("/v1")]
+    return base
+
+
+class OpenAIChatBackend:
+    """vLLM's OpenAI-compatible server (``vllm serve``) or any OpenAI-compatible endpoint."""
+
+    name = "openai-chat"
+    is_llm = True
+
+    def __init__(
+        self,
+        endpoint: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        cache_path: str | Path | None = None,
+        prompt_version: str = PROMPT_VERSION,
+        guided: Literal["response_format", "guided_json", "none"] = "response_format",
+        temperature: float = 0.7,
+        max_tokens: int = 512,
+        seed: int = 0,
+    ) -> None:
+        self.base_url = _normalise_endpoint(endpoint)
+        self.url = f"{self.base_url}/v1/chat/completions"
+        if not model:
+            raise ValueError("model is required (the name the server serves, see GET /v1/models)")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if guided not in ("response_format", "guided_json", "none"):
+            raise ValueError(f"guided must be response_format, guided_json or none, got {guided!r}")
+        self.model = model
+        self._api_key = api_key if api_key is not None else os.environ.get("CROPS_LLM_API_KEY")
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.prompt_version = prompt_version
+        self.prompt = load_prompt(prompt_version)
+        self.guided = guided
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.seed = seed
+
+    def __repr__(self) -> str:  # never shows the API key
+        return f"OpenAIChatBackend(url={self.url!r}, model={self.model!r})"
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json"}
+        if self._api_key:
+            h["Authorization"] = f"Bearer {self._api_key}"
+        return h
+
+    def request_body(self, query: str, per_query: int, attempt: int = 0) -> dict[str, Any]:
+        """The chat request; the seed moves with the attempt so a retry is not a replay."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": render_messages(query, self.prompt),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "n": per_query,
+            "seed": self.seed + attempt,
+        }
+        if self.guided == "response_format":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "synthetic_video",
+                    "schema": VIDEO_JSON_SCHEMA,
+                    "strict": True,
+                },
+            }
+        elif self.guided == "guided_json":
+            body["guided_json"] = VIDEO_JSON_SCHEMA
+        return body
+
+    def models(self) -> list[str]:
+        """Model ids the server serves (GET /v1/models): a cheap readiness check."""
+        r = httpx.get(f"{self.base_url}/v1/models", headers=self._headers(), timeout=self.timeout_s)
+        r.raise_for_status()
+        return [m["id"] for m in r.json().get("data", [])]
+
+    def synthesize(
+        self, queries: Sequence[str], per_query: int = 1, *, progress: Progress | None = None
+    ) -> SynthesisResult:
+        """Synthesize `per_query` videos for every distinct query; failures go to quarantine."""
+        if per_query < 1:
+            raise ValueError(f"per_query must be >= 1, got {per_query}")
+        unique = _unique_queries(queries)
+        return _run_sync(lambda: self._synthesize(queries, unique, per_query, progress))
+
+    # -- internals: everything below runs in one thread (the event loop's)
+
+    def _synthesize(
+        self,
+        queries: Sequence[str],
+        unique: list[str],
+        per_query: int,
+        progress: Progress | None,
+    ) -> SynthesisResult:
+        started = time.perf_counter()
+        outcomes: dict[str, _Outcome] = {}
+        tracker = _Tracker(len(unique), progress)
+        counters = {"requests": 0}
+        latencies: list[float] = []
+        cache = _Cache(self.cache_path) if self.cache_path is not None else None
+        try:
+            todo: list[str] = []
+            for q in unique:
+                bad = _input_failure(q)
+                if bad is not None:
+                    outcomes[q] = _Outcome(failure=bad)
+                    continue
+                hit = cache.get(self._key(q, per_query)) if cache else None
+                if hit is not None:
+                    outcomes[q] = _Outcome(videos=hit, cached=True)
+                else:
+                    todo.append(q)
+            log.info(
+                "synthesis %s model=%s: %d queries, %d cached, %d to send (concurrency %d)",
+                self.url,
+                self.model,
+                len(unique),
+                sum(1 for o in outcomes.values() if o.cached),
+                len(todo),
+                self.concurrency,
+            )
+            tracker.advance(len(unique) - len(todo))
+            if todo:
+                asyncio.run(
+                    self._run_all(todo, per_query, outcomes, cache, tracker, counters, latencies)
+                )
+        finally:
+            if cache is not None:
+                cache.close()
+        return _assemble(
+            self.name,
+            self.model,
+            self.prompt_version,
+            queries,
+            unique,
+            outcomes,
+            requests_sent=counters["requests"],
+            latencies=latencies,
+            started=started,
+        )
+
+    def _key(self, query: str, per_query: int) -> str:
+        return _Cache.key(self.model, self.prompt_version, per_query, query)
+
+    async def _run_all(self, todo, per_query, outcomes, cache, tracker, counters, latencies):
+        sem = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout_s), limits=limits, headers=self._headers()
+        ) as client:
+
+            async def one(q: str) -> None:
+                oc = await self._query(client, sem, q, per_query, counters, latencies)
+                outcomes[q] = oc
+                if oc.videos and cache is not None:
+                    cache.put(
+                        self._key(q, per_query),
+                        self.model,
+                        self.prompt_version,
+                        per_query,
+                        q,
+                        oc.videos,
+                    )
+                tracker.advance()
+
+            await asyncio.gather(*(one(q) for q in todo))
+
+    async def _query(self, client, sem, query, per_query, counters, latencies) -> _Outcome:
+        failure: Failure | None = None
+        attempt = 0
+        for attempt in range(self.max_retries + 1):
+            delay_hint: float | None = None
+            async with sem:
+                counters["requests"] += 1
+                t0 = time.perf_counter()
+                try:
+                    resp = await client.post(
+                        self.url, json=self.request_body(query, per_query, attempt)
+                    )
+                except httpx.TimeoutException as e:
+                    failure = Failure(
+                        "timeout", f"no reply within {self.timeout_s}s ({type(e).__name__})"
+                    )
+                    resp = None
+                except httpx.HTTPError as e:
+                    failure = Failure("http_error", f"{type(e).__name__}: {e}")
+                    resp = None
+                latencies.append((time.perf_counter() - t0) * 1000.0)
+            if resp is not None:
+                result, delay_hint = self._handle(query, resp)
+                if isinstance(result, list):
+                    return _Outcome(videos=result, attempts=attempt + 1)
+                failure = result
+            if failure is None:  # unreachable: every path above sets it or returns
+                failure = Failure("http_error", "no response")
+            if not failure.retryable or attempt == self.max_retries:
+                break
+            wait = self.backoff_s * 2**attempt * (1.0 + 0.1 * _jitter(query, attempt, self.seed))
+            if delay_hint is not None:
+                wait = max(wait, min(delay_hint, 60.0))
+            log.debug(
+                "retry %d for %r after %s: %s", attempt + 1, query, failure.reason, failure.detail
+            )
+            await asyncio.sleep(wait)
+        log.debug("quarantined %r: %s after %d attempts", query, failure.reason, attempt + 1)
+        return _Outcome(failure=failure, attempts=attempt + 1)
+
+    def _handle(
+        self, query: str, resp: httpx.Response
+    ) -> tuple[list[SyntheticVideo] | Failure, float | None]:
+        """Classify one HTTP response: videos, or a Failure (plus a Retry-After hint)."""
+        if resp.status_code >= 400:
+            retryable = resp.status_code >= 500 or resp.status_code == 429
+            hint = None
+            ra = resp.headers.get("retry-after")
+            if ra is not None:
+                try:
+                    hint = float(ra)
+                except ValueError:
+                    hint = None
+            detail = f"HTTP {resp.status_code}: {resp.text}"
+            return Failure("http_error", _clip(detail), retryable=retryable), hint
+        try:
+            choices = resp.json()["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise ValueError("no choices")
+        except (ValueError, KeyError, TypeError) as e:
+            return Failure("http_error", _clip(f"bad response body ({e}): {resp.text}")), None
+        videos: list[SyntheticVideo] = []
+        first_failure: Failure | None = None
+        for ch in choices:
+            ch = ch if isinstance(ch, dict) else {}
+            msg = ch.get("message") if isinstance(ch.get("message"), dict) else {}
+            got = parse_reply(
+                query, msg.get("content"), ch.get("finish_reason"), refusal=msg.get("refusal")
+            )
+            if isinstance(got, Failure):
+                first_failure = first_failure or got
+            else:
+                videos.extend(got)
+        if videos:  # partly valid: keep the good choices, no retry needed
+            return videos, None
+        return first_failure or Failure("empty", "no usable choice"), None
+
+
+# ----------------------------------------------------------------------------- offline vLLM
+
+
+class VllmOfflineBackend:
+    """vLLM's in-process engine: batch synthesis on a GPU node (the optional ``crops[vllm]``)."""
+
+    name = "vllm-offline"
+    is_llm = True
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        prompt_version: str = PROMPT_VERSION,
+        temperature: float = 0.7,
+        max_tokens: int = 512,
+        seed: int = 0,
+        max_retries: int = 3,
+        cache_path: str | Path | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError(
+                "VllmOfflineBackend needs vLLM, which is not installed: "
+                "pip install 'crops[vllm]' on a GPU node (or use OpenAIChatBackend "
+                "against a `vllm serve` endpoint)"
+            ) from e
+        self._vllm = vllm
+        self.model = model
+        self.prompt_version = prompt_version
+        self.prompt = load_prompt(prompt_version)
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.max_retries = max_retries
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.engine_kwargs = engine_kwargs
+        self._llm: Any = None
+
+    def _engine(self) -> Any:
+        if self._llm is None:  # loading weights takes minutes: once per backend
+            self._llm = self._vllm.LLM(model=self.model, **self.engine_kwargs)
+        return self._llm
+
+    def _params(self, per_query: int, seed: int) -> Any:
+        from vllm import SamplingParams
+
+        kw: dict[str, Any] = {
+            "n": per_query,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": seed,
+        }
+        try:  # vLLM < 0.12
+            from vllm.sampling_params import GuidedDecodingParams
+
+            kw["guided_decoding"] = GuidedDecodingParams(json=VIDEO_JSON_SCHEMA)
+        except ImportError:  # vLLM >= 0.12 renamed guided decoding to structured outputs
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kw["structured_outputs"] = StructuredOutputsParams(json=VIDEO_JSON_SCHEMA)
+        return SamplingParams(**kw)
+
+    def synthesize(
+        self, queries: Sequence[str], per_query: int = 1, *, progress: Progress | None = None
+    ) -> SynthesisResult:
+        """One batched chat call per attempt; failed queries are resubmitted with a new seed."""
+        if per_query < 1:
+            raise ValueError(f"per_query must be >= 1, got {per_query}")
+        started = time.perf_counter()
+        unique = _unique_queries(queries)
+        tracker = _Tracker(len(unique), progress)
+        outcomes: dict[str, _Outcome] = {}
+        cache = _Cache(self.cache_path) if self.cache_path is not None else None
+        requests = 0
+        try:
+            todo = []
+            for q in unique:
+                bad = _input_failure(q)
+                hit = None
+                if bad is None and cache is not None:
+                    hit = cache.get(_Cache.key(self.model, self.prompt_version, per_query, q))
+                if bad is not None:
+                    outcomes[q] = _Outcome(failure=bad)
+                elif hit is not None:
+                    outcomes[q] = _Outcome(videos=hit, cached=True)
+                else:
+                    outcomes[q] = _Outcome()
+                    todo.append(q)
+            tracker.advance(len(unique) - len(todo))
+            for attempt in range(self.max_retries + 1):
+                if not todo:
+                    break
+                llm = self._engine()
+                outs = llm.chat(
+                    [render_messages(q, self.prompt) for q in todo],
+                    self._params(per_query, self.seed + attempt),
+                    use_tqdm=False,
+                )
+                requests += len(todo)
+                retry: list[str] = []
+                for q, out in zip(todo, outs, strict=True):
+                    oc = outcomes[q]
+                    oc.attempts = attempt + 1
+                    got: list[SyntheticVideo] = []
+                    first: Failure | None = None
+                    for comp in out.outputs:
+                        r = parse_reply(q, comp.text, getattr(comp, "finish_reason", None))
+                        if isinstance(r, Failure):
+                            first = first or r
+                        else:
+                            got.extend(r)
+                    oc.failure = first or Failure("empty", "no output")
+                    if got:
+                        oc.videos, oc.failure = got, None
+                        if cache is not None:
+                            key = _Cache.key(self.model, self.prompt_version, per_query, q)
+                            cache.put(key, self.model, self.prompt_version, per_query, q, got)
+                        tracker.advance()
+                    elif attempt < self.max_retries:
+                        retry.append(q)
+                    else:
+                        tracker.advance()
+                todo = retry
+        finally:
+            if cache is not None:
+                cache.close()
+        return _assemble(
+            self.name,
+            self.model,
+            self.prompt_version,
+            queries,
+            unique,
+            outcomes,
+            requests_sent=requests,
+            latencies=[],
+            started=started,
+        )
+
+
+# ----------------------------------------------------------------------------- no LLM
+
+
+class NoSynthesis:
+    """The non-LLM fallback when no endpoint is set: no videos, and stats that say so."""
+
+    name = "none"
+    is_llm = False
+
+    def synthesize(
+        self, queries: Sequence[str], per_query: int = 1, *, progress: Progress | None = None
+    ) -> SynthesisResult:
+        unique = _unique_queries(queries)
+        if progress is not None:
+            progress(len(unique), len(unique))
+        log.info("synthesis off (backend 'none'): no LLM endpoint configured, 0 videos")
+        return SynthesisResult(
+            videos=[],
+            quarantine=[],
+            stats={
+                "backend": self.name,
+                "is_llm": False,
+                "synthesis": "off",
+                "model": None,
+                "prompt_version": None,
+                "queries": len(queries),
+                "unique_queries": len(unique),
+                "requests_sent": 0,
+                "cache_hits": 0,
+                "retries": 0,
+                "succeeded": 0,
+                "failed": 0,
+                "failed_by_reason": dict.fromkeys(REASONS, 0),
+                "videos": 0,
+                "duplicates_dropped": 0,
+                "latency_ms": {"p50": None, "p99": None},
+                "wall_s": 0.0,
+            },
+        )
+
+
+def make_backend(endpoint: str | None, model: str | None = None, **kwargs: Any) -> SynthesisBackend:
+    """OpenAIChatBackend when an endpoint is given, else the clearly named NoSynthesis."""
+    if not endpoint:
+        return NoSynthesis()
+    if not model:
+        raise ValueError(f"an LLM endpoint ({endpoint}) needs a model name")
+    return OpenAIChatBackend(endpoint, model, **kwargs)
