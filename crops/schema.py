@@ -121,10 +121,17 @@ def long_play(watch_ms: pl.Expr, duration_ms: pl.Expr, threshold_ms: int = LONG_
 
 
 def log_requests(search: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per request of a search log: request_id, session_id, user_id, ts, query."""
-    return search.group_by("request_id").agg(
-        pl.first("session_id"), pl.first("user_id"), pl.first("ts"), pl.first("query")
+    """One row per request of a search log: request_id, session_id, user_id, ts, query.
+
+    Each request's first row in file order. Logs keep a request's rows together, so the rows
+    that start a run are nearly one per request; a `unique` over those few handles logs that
+    do not (same result as a group-by `first`, at a fraction of its cost on 10 M+ rows).
+    """
+    cols = ["request_id", "session_id", "user_id", "ts", "query"]
+    starts = search.select(cols).filter(
+        pl.col("request_id").ne_missing(pl.col("request_id").shift(1))
     )
+    return starts.unique(subset="request_id", keep="first", maintain_order=True)
 
 
 def long_play_np(watch_ms, duration_ms, threshold_ms: int = LONG_PLAY_MS):

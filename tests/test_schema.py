@@ -621,3 +621,18 @@ def test_logs_may_refer_to_a_video_quarantined_for_another_field(tmp_path):
     reports = {r.table: r for r in validate_dir(tmp_path)}
     assert reports["videos"].quarantined == 1
     assert reports["rec_log"].quarantined == 0
+
+
+def test_log_requests_is_one_row_per_request_even_when_rows_interleave():
+    from crops.schema import log_requests
+
+    rows = [
+        _search_row(i, request_id=r, session_id=r, user_id=r, query=f"q{r}")
+        for i, r in enumerate([1, 1, 2, 1, 3, 2, 2])
+    ]
+    df = pl.from_arrow(_table(rows, SEARCH_TYPES))
+    got = log_requests(df.lazy()).collect()
+    want = df.group_by("request_id", maintain_order=True).agg(
+        pl.first("session_id"), pl.first("user_id"), pl.first("ts"), pl.first("query")
+    )
+    assert got.equals(want)

@@ -15,14 +15,26 @@ from crops.schema import log_requests, long_play
 
 
 def chains(search: pl.LazyFrame, window_s: float) -> pl.LazyFrame:
-    """Requests with their chain id and position: (request_id, user_id, ts, query, ...)."""
+    """Requests with their chain id, step in the chain and whether the chain has several.
+
+    Sorted by (user, ts, request), so chain starts are where the link to the previous row
+    breaks; ids and steps come from running sums, not per-group windows (this is the hot
+    path of mining a large log).
+    """
     window_ms = int(round(window_s * 1000))
     req = log_requests(search).sort(["user_id", "ts", "request_id"])
     gap = (pl.col("ts") - pl.col("ts").shift(1)).dt.total_milliseconds()
     same_user = pl.col("user_id") == pl.col("user_id").shift(1)
     linked = (same_user & (gap <= window_ms)).fill_null(False)
-    return req.with_columns((~linked).cast(pl.Int64).cum_sum().alias("chain")).with_columns(
-        pl.int_range(pl.len()).over("chain").alias("step")
+    idx = pl.int_range(pl.len(), dtype=pl.Int64)
+    return (
+        req.with_columns(linked.alias("_linked"))
+        .with_columns(
+            (~pl.col("_linked")).cast(pl.Int64).cum_sum().alias("chain"),
+            (idx - pl.when(~pl.col("_linked")).then(idx).forward_fill()).alias("step"),
+            (pl.col("_linked") | pl.col("_linked").shift(-1).fill_null(False)).alias("in_chain"),
+        )
+        .drop("_linked")
     )
 
 
@@ -40,7 +52,7 @@ def reformulation_candidates(
     request_id and session_id are the earlier query's (the provenance of the positive).
     """
     ch = chains(search, window_s)
-    multi = ch.filter(pl.len().over("chain") > 1)
+    multi = ch.filter(pl.col("in_chain"))
     earlier = multi.select(
         "chain",
         pl.col("step").alias("e_step"),
