@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -23,7 +24,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -122,6 +123,7 @@ def validate(
 class LlmBackendName(StrEnum):
     knowledge = "knowledge"
     none = "none"
+    vllm_offline = "vllm-offline"
 
 
 @app.command()
@@ -134,7 +136,10 @@ def mine(
     llm_model: Annotated[str | None, typer.Option(help="model name the server serves")] = None,
     llm_backend: Annotated[
         LlmBackendName | None,
-        typer.Option(help="without an endpoint: knowledge (world knowledge, not an LLM) | none"),
+        typer.Option(
+            help="without an endpoint: knowledge (world knowledge, not an LLM) | none |"
+            " vllm-offline (vLLM's in-process engine on a GPU node, with --llm-model)"
+        ),
     ] = None,
     llm_cache: Annotated[
         Path | None, typer.Option(help="SQLite cache of LLM replies (default OUT/llm_cache.sqlite)")
@@ -148,9 +153,9 @@ def mine(
     feed_max_per_query: Annotated[int, typer.Option(help="recfeed positives per user+query")] = 100,
     synth_min_positives: Annotated[
         int, typer.Option(help="synthesise for queries with fewer positives than this")
-    ] = 20,
+    ] = 200,
     synth_max_queries: Annotated[int, typer.Option(help="at most this many queries")] = 1000,
-    synth_per_query: Annotated[int, typer.Option(help="synthetic videos per query")] = 2,
+    synth_per_query: Annotated[int, typer.Option(help="synthetic videos per query")] = 4,
 ) -> None:
     """Mine graded samples: cascade labels, reformulation, recommendation feed, LLM synthesis."""
     from pydantic import ValidationError
@@ -164,6 +169,8 @@ def mine(
         _fail("give --llm-endpoint (with --llm-model) or --llm-backend, not both")
     if llm_endpoint and not llm_model:
         _fail("--llm-endpoint needs --llm-model (the name `vllm serve` was started with)")
+    if llm_backend == LlmBackendName.vllm_offline and not llm_model:
+        _fail("--llm-backend vllm-offline needs --llm-model (a Hugging Face model name or path)")
     if not (world / "videos.parquet").exists():
         _fail(f"--world {world}: no videos.parquet there")
     backend_name = "openai" if llm_endpoint else (llm_backend or LlmBackendName.knowledge).value
@@ -267,6 +274,11 @@ def _synthesis_backend(cfg, world: Path, cache: Path):
                 seed=cfg.seed,
             )
         except ValueError as exc:
+            _fail(str(exc))
+    if cfg.llm_backend == "vllm-offline":
+        try:
+            return synthesis.VllmOfflineBackend(cfg.llm_model, cache_path=cache, seed=cfg.seed)
+        except ImportError as exc:
             _fail(str(exc))
     if cfg.llm_backend == "knowledge":
         from crops.engine.knowledge import KnowledgeBackend

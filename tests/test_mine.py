@@ -157,6 +157,8 @@ def test_cli_mine_with_the_knowledge_backend(run, tiny_dir: Path, tmp_path) -> N
         (["--llm-endpoint", "ftp://x", "--llm-model", "m"], "ftp://x"),
         (["--relevance-threshold", "1.5"], "relevance_threshold"),
         (["--filter-model", "/no/such/model"], "/no/such/model"),
+        (["--llm-backend", "vllm-offline"], "needs --llm-model"),
+        (["--llm-backend", "vllm-offline", "--llm-model", "m"], "crops[vllm]"),
     ],
 )
 def test_cli_mine_rejects_bad_options(run, tiny_dir: Path, tmp_path, args, message) -> None:

@@ -33,11 +33,11 @@ class MineConfig(BaseModel):
     filter_batch_size: int = Field(128, ge=1)
     # synthesis policy: which queries get LLM-made positives
     synth_min_positives: int = Field(
-        20, ge=0, description="queries with fewer positives (label >= 4) than this get synthesis"
+        200, ge=0, description="queries with fewer positives (label >= 4) than this get synthesis"
     )
     synth_max_queries: int = Field(1000, ge=0, description="the most-searched such queries first")
-    synth_per_query: int = Field(2, ge=1, le=8)
-    llm_backend: Literal["openai", "knowledge", "none"] = "knowledge"
+    synth_per_query: int = Field(4, ge=1, le=8)
+    llm_backend: Literal["openai", "knowledge", "none", "vllm-offline"] = "knowledge"
     llm_endpoint: str | None = None
     llm_model: str | None = None
     llm_concurrency: int = Field(8, ge=1)

@@ -93,7 +93,8 @@ def apply_filter(
 def synthesis_queries(
     base: pl.DataFrame, search: pl.DataFrame, cfg: MineConfig
 ) -> tuple[list[str], dict]:
-    """The policy: queries with fewer than `synth_min_positives` positives, most searched first."""
+    """The policy: queries with fewer than `synth_min_positives` positives (label >= 4), the
+    poorest first (then the most searched), at most `synth_max_queries` of them."""
     freq = search.group_by("query").agg(pl.col("request_id").n_unique().alias("searches"))
     positives = (
         base.filter(pl.col("label") >= 4).group_by("query").len().rename({"len": "positives"})
@@ -102,12 +103,12 @@ def synthesis_queries(
         freq.join(positives, on="query", how="left")
         .with_columns(pl.col("positives").fill_null(0))
         .filter(pl.col("positives") < cfg.synth_min_positives)
-        .sort(["searches", "query"], descending=[True, False])
+        .sort(["positives", "searches", "query"], descending=[False, True, False])
         .head(cfg.synth_max_queries)
     )
     policy = {
         "rule": f"queries with fewer than {cfg.synth_min_positives} positives (label >= 4), "
-        f"most searched first, at most {cfg.synth_max_queries}, {cfg.synth_per_query} each",
+        f"fewest positives first, at most {cfg.synth_max_queries}, {cfg.synth_per_query} each",
         "eligible": int(
             freq.join(positives, on="query", how="left")
             .filter(pl.col("positives").fill_null(0) < cfg.synth_min_positives)
