@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +39,28 @@ def _summary_table(summary: dict, title: str) -> Table:
     return table
 
 
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr (when it is a terminal): yields progress(task, done, total)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    tasks: dict[str, int] = {}
+    columns = (
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, disable=not err.is_terminal) as bar:
+
+        def progress(task: str, done: int, total: int) -> None:
+            if task not in tasks:
+                tasks[task] = bar.add_task(task, total=total)
+            bar.update(tasks[task], completed=done, total=total)
+
+        yield progress
+
+
 class ScaleName(StrEnum):
     tiny = "tiny"
     default = "default"
@@ -50,28 +74,13 @@ def simulate(
     seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes")] = 1,
 ) -> None:
     """Simulate a short-video platform with a filter bubble: logs, test sets, truth, summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from crops.world.config import WorldConfig
     from crops.world.simulate import simulate as run
 
     if out.exists() and not out.is_dir():
         _fail(f"--out {out}: exists and is not a directory")
     cfg = WorldConfig.for_scale(scale.value, seed=seed)
-    tasks: dict[str, int] = {}
-    columns = (
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as bar:
-
-        def progress(task: str, advance: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = bar.add_task(task, total=total)
-            bar.update(tasks[task], advance=advance, total=total)
-
+    with _progress_bar() as progress:
         meta = run(cfg, out, progress)
     console.print(f"[bold]world written to {out}[/] (scale {scale.value}, seed {seed})")
     console.print(_summary_table(meta["counts"], "counts"))
@@ -159,7 +168,6 @@ def mine(
 ) -> None:
     """Mine graded samples: cascade labels, reformulation, recommendation feed, LLM synthesis."""
     from pydantic import ValidationError
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from crops.engine.config import MineConfig
     from crops.engine.mine import mine as run
@@ -205,21 +213,8 @@ def mine(
             scorer = RelevanceFilter(filter_model)
         except (ValueError, ImportError, OSError) as exc:
             _fail(str(exc))
-    tasks: dict[str, int] = {}
-    columns = (
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
     try:
-        with Progress(*columns, console=err, disable=not err.is_terminal) as bar:
-
-            def progress(task: str, done: int, total: int) -> None:
-                if task not in tasks:
-                    tasks[task] = bar.add_task(task, total=total)
-                bar.update(tasks[task], completed=done, total=total)
-
+        with _progress_bar() as progress:
             report = run(world, out, cfg, backend, scorer=scorer, progress=progress)
     except SchemaError as exc:
         _fail(str(exc))
@@ -237,9 +232,13 @@ def mine(
         )
     )
     syn = report["synthesis"]
-    kind = "an LLM" if syn["is_llm"] else "not an LLM"
+    kind = (
+        ""
+        if "not an LLM" in syn["backend"]
+        else (" (an LLM)" if syn["is_llm"] else " (not an LLM)")
+    )
     console.print(
-        f"synthesis: {syn['backend']} ({kind}),"
+        f"synthesis: {syn['backend']}{kind},"
         f" {syn['videos']} videos for {syn['policy']['selected']} queries,"
         f" {syn['requests_sent']} requests, {syn['cache_hits']} cached"
     )

@@ -20,7 +20,7 @@ from crops.world.platform import REL_REFORMULATION, RELATIONS, Impressions, Requ
 from crops.world.world import World
 
 DAY_MS = 86_400_000
-Progress = Callable[[str, int, int], None]  # (task, advance, total)
+Progress = Callable[[str, int, int], None]  # (task, done, total)
 
 
 @dataclass
@@ -138,7 +138,7 @@ def simulate_day(
         searches.append(s)
         truths.append(t)
         if progress:
-            progress(f"day {day}", hi - lo, len(users))
+            progress(f"day {day}", hi, len(users))
     if not searches:  # nobody searched that day: empty tables with the right schemas
         s, t = search_rows(world, *_no_requests(cfg.retrieve_k), ids, day)
         searches, truths = [s], [t]
