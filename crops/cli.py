@@ -290,6 +290,87 @@ def _synthesis_backend(cfg, world: Path, cache: Path):
     return synthesis.NoSynthesis()
 
 
+class LossName(StrEnum):
+    h_infonce = "h-infonce"
+    infonce = "infonce"
+    softmax = "softmax"
+
+
+@app.command()
+def train(
+    samples: Annotated[Path, typer.Option(help="samples.parquet from `crops mine`")],
+    videos: Annotated[Path, typer.Option(help="videos.parquet the samples refer to")],
+    out: Annotated[Path, typer.Option(help="MODEL_DIR to write")],
+    loss: Annotated[LossName, typer.Option(help="training loss")] = LossName.h_infonce,
+    encoder: Annotated[str, typer.Option(help="hash | hf:<name-or-path> (hf:minilm)")] = "hash",
+    separate_towers: Annotated[bool, typer.Option(help="query and video towers apart")] = False,
+    workers: Annotated[int, typer.Option(help="Ray Train workers (DDP)")] = 2,
+    epochs: Annotated[int, typer.Option(help="passes over the samples")] = 2,
+    queries_per_batch: Annotated[int, typer.Option(help="query groups per global batch")] = 32,
+    group_size: Annotated[int, typer.Option(help="samples per query group")] = 8,
+    lr: Annotated[float | None, typer.Option(help="default 2e-5 (hf), 1e-3 (hash)")] = None,
+    hard_negatives: Annotated[str, typer.Option(help="none | bm25 (DPR-style)")] = "none",
+    n_hard: Annotated[int, typer.Option(help="hard negatives per query group")] = 0,
+    max_steps_per_epoch: Annotated[int | None, typer.Option(help="cap steps (smoke runs)")] = None,
+    gpu: Annotated[bool, typer.Option(help="GPU workers (NCCL)")] = False,
+    storage_path: Annotated[
+        str | None, typer.Option(help="checkpoints: a folder or s3://... (default OUT/checkpoints)")
+    ] = None,
+    synth_videos: Annotated[
+        Path | None, typer.Option(help="synthetic videos (default: beside the samples, if there)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Train the dual encoder with Ray Train (TorchTrainer, DDP) and write a loadable MODEL_DIR."""
+    from pydantic import ValidationError
+
+    from crops.model.train import TrainConfig
+    from crops.model.train import train as run
+
+    for path, what in ((samples, "--samples"), (videos, "--videos")):
+        if not path.exists():
+            _fail(f"{what} {path}: not found")
+    video_files = [str(videos)]
+    synth = synth_videos or samples.parent / "synth_videos.parquet"
+    if synth.exists():
+        video_files.append(str(synth))
+    elif synth_videos is not None:
+        _fail(f"--synth-videos {synth_videos}: not found")
+    try:
+        cfg = TrainConfig(
+            samples=str(samples),
+            videos=video_files,
+            out=str(out),
+            loss=loss.value,
+            encoder=encoder,
+            shared=not separate_towers,
+            workers=workers,
+            epochs=epochs,
+            queries_per_batch=queries_per_batch,
+            group_size=group_size,
+            lr=lr,
+            hard_negatives=hard_negatives,
+            n_hard=n_hard,
+            max_steps_per_epoch=max_steps_per_epoch,
+            use_gpu=gpu,
+            storage_path=storage_path,
+            seed=seed,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _fail(f"bad option {first['loc'][0]}: {first['msg']}")
+        return
+    if not (encoder == "hash" or encoder.startswith("hf:")):
+        _fail(f"--encoder {encoder!r}: use hash or hf:<name-or-path>")
+    summary = run(cfg)
+    m = summary["metrics"]
+    loss_value = m.get("loss", float("nan"))
+    console.print(
+        f"[bold]model written to {out}[/]: {cfg.epochs} epochs, loss {loss_value:.4f},"
+        f" {m.get('samples_per_s', 0):,.0f} samples/s, {summary['wall_s']:.0f} s"
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

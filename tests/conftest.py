@@ -45,3 +45,25 @@ def run(monkeypatch):
         return result.exit_code, ANSI.sub("", result.stdout), ANSI.sub("", result.stderr)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def mined_fast(tiny_dir: Path, tiny_world: World, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny world mined without the filter model (knowledge synthesis): (out, world dir)."""
+    from crops.engine.config import MineConfig
+    from crops.engine.knowledge import KnowledgeBackend
+    from crops.engine.mine import mine
+
+    out = tmp_path_factory.mktemp("mined-fast")
+    mine(tiny_dir, out, MineConfig(filter_model="none"), KnowledgeBackend(tiny_world))
+    return out, tiny_dir
+
+
+@pytest.fixture(scope="session")
+def training_data(mined_fast):
+    from crops.model.data import load_training_data
+
+    out, world = mined_fast
+    return load_training_data(
+        out / "samples.parquet", [world / "videos.parquet", out / "synth_videos.parquet"]
+    )

@@ -1,0 +1,1 @@
+"""Encoders, losses and the Ray Train loop."""

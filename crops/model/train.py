@@ -1,0 +1,356 @@
+"""Distributed training of the dual encoder on Ray Train (V2): `crops train`.
+
+Every worker builds the same global batch (a pure function of seed and epoch), encodes its
+own slice of queries and their docs, and all-gathers the embeddings so the loss sees the whole
+global batch as in-batch negatives. The gathered copy of a worker's own slice is the local
+tensor itself, so gradients flow into the local shard only; the loss is scaled by the world
+size because DDP averages gradients across workers. One checkpoint per epoch goes to the
+storage path (a folder or an S3-compatible URI); when a worker dies, Ray restarts the group
+(FailureConfig) and training resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Test hook: "epoch:step:rank:flagfile" makes that worker die once (when the flag is absent).
+FAULT_ENV = "CROPS_FAULT_INJECT"
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs; stored beside the model it produces."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: str
+    videos: list[str]
+    out: str
+    loss: Literal["h-infonce", "infonce", "softmax"] = "h-infonce"
+    encoder: str = "hash"
+    shared: bool = True
+    dim: int = Field(128, ge=8)
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = Field(128, ge=8)
+    epochs: int = Field(2, ge=1)
+    queries_per_batch: int = Field(32, ge=1)
+    group_size: int = Field(8, ge=2)
+    lr: float | None = Field(None, gt=0, description="default 2e-5 for hf encoders, 1e-3 for hash")
+    weight_decay: float = Field(1e-4, ge=0)
+    temperature: float = Field(0.05, gt=0)
+    positive_min_label: int = Field(4, ge=1, le=5)
+    hard_negatives: Literal["none", "bm25"] = "none"
+    n_hard: int = Field(0, ge=0)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    storage_path: str | None = Field(None, description="checkpoints; default OUT/checkpoints")
+    name: str = "crops-train"
+    max_failures: int = Field(2, ge=0)
+    seed: int = 0
+
+    def learning_rate(self) -> float:
+        return (
+            self.lr if self.lr is not None else (2e-5 if self.encoder.startswith("hf:") else 1e-3)
+        )
+
+
+def _gather(x, rank: int, world: int):
+    """All-gather a (padded, equal-shape) tensor, keeping the autograd graph of the local one."""
+    import torch
+    import torch.distributed as dist
+
+    if world == 1:
+        return x
+    parts = [torch.zeros_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[rank] = x
+    return torch.cat(parts)
+
+
+def _pad_rows(x, n: int):
+    import torch
+
+    if x.shape[0] == n:
+        return x
+    return torch.cat([x, x.new_zeros((n - x.shape[0], *x.shape[1:]))])
+
+
+def global_labels(batch, world: int, q_pad: int, d_pad: int):
+    """Labels of the gathered batch: rank r's queries are rows r*q_pad.., its docs columns
+    r*d_pad..; a query's own group keeps its labels, every other real doc is 0, pads are -1."""
+    import numpy as np
+
+    shards = [batch.shard(r, world) for r in range(world)]
+    labels = np.full((world * q_pad, world * d_pad), -1, dtype=np.int64)
+    real_docs = np.zeros(world * d_pad, dtype=bool)
+    for c, t in enumerate(shards):
+        real_docs[c * d_pad : c * d_pad + len(t.docs)] = True
+    for r, s in enumerate(shards):
+        rows = slice(r * q_pad, r * q_pad + len(s.queries))
+        labels[rows, real_docs] = 0
+        labels[rows, r * d_pad : r * d_pad + len(s.docs)] = s.labels
+    return labels
+
+
+STATE_FILE = "crops_state.json"
+
+
+def latest_checkpoint(storage_path: str | None, name: str):
+    """The newest complete checkpoint of run `name` under the storage path, or None.
+
+    Ray Train hands a restarted worker group the last checkpoint its controller registered;
+    a worker that dies right after reporting can beat that registration. Looking in storage
+    (a folder or any pyarrow filesystem URI) makes the resume independent of that race, and
+    lets a new driver continue a run.
+    """
+    if not storage_path:
+        return None
+    import pyarrow.fs as pafs
+    import ray.train
+
+    fs, root = pafs.FileSystem.from_uri(storage_path)
+    run = f"{root.rstrip('/')}/{name}"
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(run, allow_not_found=True))
+    except OSError:
+        return None
+    best = None
+    for entry in entries:
+        if entry.type != pafs.FileType.Directory:
+            continue
+        try:
+            with fs.open_input_stream(f"{entry.path}/{STATE_FILE}") as fh:
+                state = json.loads(fh.read())
+        except (OSError, ValueError):
+            continue  # not a checkpoint of ours, or an incomplete one
+        if best is None or state["global_step"] > best[0]:
+            best = (state["global_step"], entry.path)
+    if best is None:
+        return None
+    return ray.train.Checkpoint(best[1], filesystem=fs)
+
+
+def make_loss(cfg: TrainConfig):
+    from crops.model.losses import HInfoNCELoss, InfoNCELoss, SoftmaxCrossEntropyLoss
+
+    if cfg.loss == "h-infonce":
+        return HInfoNCELoss(temperature=cfg.temperature)
+    if cfg.loss == "infonce":
+        return InfoNCELoss(temperature=cfg.temperature, positive_min_label=cfg.positive_min_label)
+    return SoftmaxCrossEntropyLoss(temperature=cfg.temperature)
+
+
+def _maybe_die(epoch: int, step: int, rank: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    e, s, r, flag = spec.split(":", 3)
+    if (int(e), int(s), int(r)) == (epoch, step, rank) and not Path(flag).exists():
+        Path(flag).write_text(f"killed rank {rank} at epoch {epoch} step {step}\n")
+        os._exit(1)
+
+
+def train_loop(config: dict) -> None:
+    """The per-worker loop (runs inside Ray Train workers)."""
+    import numpy as np
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from crops.model.data import BM25Negatives, GroupBatcher, load_training_data
+    from crops.model.encoders import DualEncoder, build_dual_encoder
+
+    cfg = TrainConfig(**config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg.queries_per_batch < world:
+        raise ValueError(f"queries_per_batch ({cfg.queries_per_batch}) < workers ({world})")
+    torch.manual_seed(cfg.seed)
+    data = load_training_data(cfg.samples, cfg.videos)
+    hard = BM25Negatives(data) if cfg.hard_negatives == "bm25" else None
+    batcher = GroupBatcher(
+        data,
+        queries_per_batch=cfg.queries_per_batch,
+        group_size=cfg.group_size,
+        seed=cfg.seed,
+        hard_negatives=hard,
+        n_hard=cfg.n_hard,
+    )
+    model = build_dual_encoder(
+        cfg.encoder,
+        shared=cfg.shared,
+        dim=cfg.dim,
+        pooling=cfg.pooling,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+    )
+    loss_fn = make_loss(cfg)
+    start_epoch, resumed = 0, None
+    checkpoint = ray.train.get_checkpoint() or latest_checkpoint(cfg.storage_path, cfg.name)
+    state = None
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            model = DualEncoder.load(Path(d) / "model")
+            state = torch.load(Path(d) / "trainer.pt", weights_only=False)
+        loss_fn.load_state_dict(state["loss"])
+        start_epoch = state["epoch"] + 1
+        resumed = {"epoch": state["epoch"], "step": state["global_step"]}
+    device = ray.train.torch.get_device()
+    loss_fn.to(device)
+    ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+    params = list(ddp.parameters()) + list(loss_fn.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+    inner = ddp.module if hasattr(ddp, "module") else ddp
+    global_step = resumed["step"] if resumed else 0
+    metrics_path = Path(cfg.out) / "metrics.jsonl"
+    if rank == 0:
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with metrics_path.open("a") as fh:
+            fh.write(json.dumps({"event": "start", "world": world, "resumed_from": resumed}) + "\n")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        ddp.train()
+        t0, seen, losses = time.perf_counter(), 0, []
+        batches = batcher.epoch(epoch)
+        total = batcher.batches_per_epoch
+        if cfg.max_steps_per_epoch:
+            total = min(total, cfg.max_steps_per_epoch)
+        for step, batch in enumerate(batches):
+            if step >= total:
+                break
+            _maybe_die(epoch, step, rank)
+            shards = [batch.shard(r, world) for r in range(world)]
+            q_pad = max(len(s.queries) for s in shards)
+            d_pad = max(len(s.docs) for s in shards)
+            local = shards[rank]
+            q, d = ddp(local.queries, local.docs)  # one forward through DDP: grads sync
+            q_all = _gather(_pad_rows(q, q_pad), rank, world)
+            d_all = _gather(_pad_rows(d, d_pad), rank, world)
+            labels = torch.as_tensor(global_labels(batch, world, q_pad, d_pad), device=device)
+            loss = loss_fn(q_all, d_all, labels) * world
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            global_step += 1
+            seen += int(sum(len(s.docs) for s in shards))
+            losses.append(float(loss.detach()) / world)
+            if rank == 0:
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                row = {
+                    "epoch": epoch,
+                    "step": step,
+                    "global_step": global_step,
+                    "loss": losses[-1],
+                    "temperature": float(getattr(loss_fn, "temperature", cfg.temperature)),
+                    "samples_per_s": rate,
+                }
+                with metrics_path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                if step % 10 == 0 or step == total - 1:
+                    print(
+                        f"[crops train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{total}"
+                        f" loss {losses[-1]:.4f} {rate:,.0f} samples/s",
+                        flush=True,
+                    )
+        metrics = {
+            "epoch": epoch,
+            "global_step": global_step,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                inner.save(Path(tmp) / "model")
+                torch.save(
+                    {
+                        "epoch": epoch,
+                        "global_step": global_step,
+                        "optimizer": opt.state_dict(),
+                        "loss": loss_fn.state_dict(),
+                    },
+                    Path(tmp) / "trainer.pt",
+                )
+                (Path(tmp) / STATE_FILE).write_text(
+                    json.dumps({"epoch": epoch, "global_step": global_step})
+                )
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _worker_env() -> dict[str, str]:
+    env = {"RAY_TRAIN_V2_ENABLED": "1"}
+    if os.environ.get(FAULT_ENV):
+        env[FAULT_ENV] = os.environ[FAULT_ENV]
+    return env
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run training on Ray (local or a cluster) and write the final model to `cfg.out`."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = cfg.storage_path or str((out / "checkpoints").resolve())
+    if not ray.is_initialized():
+        ray.init(
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}},
+        )
+    name = cfg.name
+    if name == TrainConfig.model_fields["name"].default:
+        # the same configuration resumes (or returns) its own run; another one starts afresh
+        digest = hashlib.sha256(cfg.model_dump_json(exclude={"workers"}).encode()).hexdigest()
+        name = f"{name}-{digest[:10]}"
+    cfg = cfg.model_copy(update={"storage_path": storage, "name": name})
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=cfg.model_dump(),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker=None if cfg.use_gpu else {"CPU": 1},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": _worker_env()},
+        ),
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint (error: {result.error})")
+    with result.checkpoint.as_directory() as d:
+        for item in Path(d, "model").iterdir():
+            target = out / item.name
+            if item.is_dir():
+                shutil.copytree(item, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, target)
+    summary = {
+        "metrics": result.metrics,
+        "checkpoint": result.checkpoint.path,
+        "wall_s": time.perf_counter() - t0,
+        "config": cfg.model_dump(),
+    }
+    (out / "training.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary

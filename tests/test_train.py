@@ -1,0 +1,136 @@
+"""Training: DDP all-gather gradients, a 2-worker Ray Train run, and recovery from a dead worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from crops.model.encoders import DualEncoder, HashTower
+from crops.model.losses import HInfoNCELoss
+from crops.model.train import FAULT_ENV, TrainConfig, _gather, _pad_rows, global_labels
+
+
+def _batch(training_data):
+    from crops.model.data import GroupBatcher
+
+    return next(GroupBatcher(training_data, queries_per_batch=6, group_size=4, seed=2).epoch(0))
+
+
+def _model() -> DualEncoder:
+    return DualEncoder(HashTower(dim=16, buckets=512, hidden=16, seed=7))
+
+
+def _worker(rank: int, world: int, port: int, batch, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(_model())
+    loss_fn = HInfoNCELoss()
+    shards = [batch.shard(r, world) for r in range(world)]
+    q_pad = max(len(s.queries) for s in shards)
+    d_pad = max(len(s.docs) for s in shards)
+    q, d = model(shards[rank].queries, shards[rank].docs)
+    q_all = _gather(_pad_rows(q, q_pad), rank, world)
+    d_all = _gather(_pad_rows(d, d_pad), rank, world)
+    labels = torch.as_tensor(global_labels(batch, world, q_pad, d_pad))
+    loss = loss_fn(q_all, d_all, labels) * world
+    loss.backward()
+    if rank == 0:
+        grads = {
+            n: p.grad.numpy() for n, p in model.module.named_parameters() if p.grad is not None
+        }
+        np.savez(out, loss=loss.item() / world, **grads)
+    dist.destroy_process_group()
+
+
+def test_ddp_all_gather_gives_the_full_batch_gradient(training_data, tmp_path: Path) -> None:
+    """Two DDP workers, each encoding half the batch, get the single-process gradient."""
+    batch = _batch(training_data)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ddp.npz")
+    mp.spawn(_worker, args=(2, port, batch, out), nprocs=2, join=True)
+    got = np.load(out)
+
+    torch.manual_seed(0)
+    model, loss_fn = _model(), HInfoNCELoss()
+    q, d = model(batch.queries, batch.docs)
+    loss = loss_fn(q, d, torch.as_tensor(batch.labels))
+    loss.backward()
+    assert got["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            np.testing.assert_allclose(got[name], p.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_two_workers_train_a_loadable_model(mined_fast, tmp_path: Path, ray_local) -> None:
+    from crops.model.train import train
+
+    out_dir, world = mined_fast
+    cfg = TrainConfig(
+        samples=str(out_dir / "samples.parquet"),
+        videos=[str(world / "videos.parquet"), str(out_dir / "synth_videos.parquet")],
+        out=str(tmp_path / "model"),
+        workers=2,
+        epochs=2,
+        max_steps_per_epoch=4,
+    )
+    summary = train(cfg)
+    model = DualEncoder.load(tmp_path / "model")
+    emb = model.embed(["python loop tutorial"], side="query")
+    assert emb.shape == (1, model.dim) and np.isclose(np.linalg.norm(emb), 1, atol=1e-5)
+    rows = [json.loads(x) for x in (tmp_path / "model/metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "step" in r]
+    assert len(steps) == 8 and all(np.isfinite(r["loss"]) for r in steps)
+    assert rows[0] == {"event": "start", "world": 2, "resumed_from": None}
+    assert summary["metrics"]["epoch"] == 1
+    saved = json.loads((tmp_path / "model/training.json").read_text())
+    assert saved["config"]["loss"] == "h-infonce"
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_from_the_checkpoint(
+    mined_fast, tmp_path: Path, monkeypatch, ray_local
+) -> None:
+    from crops.model.train import train
+
+    out_dir, world = mined_fast
+    flag = tmp_path / "killed"
+    monkeypatch.setenv(FAULT_ENV, f"1:2:1:{flag}")  # rank 1 dies at epoch 1, step 2
+    cfg = TrainConfig(
+        samples=str(out_dir / "samples.parquet"),
+        videos=[str(world / "videos.parquet"), str(out_dir / "synth_videos.parquet")],
+        out=str(tmp_path / "model"),
+        workers=2,
+        epochs=3,
+        max_steps_per_epoch=4,
+        name="fault",
+    )
+    summary = train(cfg)
+    assert flag.exists(), "the worker was never killed"
+    rows = [json.loads(x) for x in (tmp_path / "model/metrics.jsonl").read_text().splitlines()]
+    starts = [r for r in rows if r.get("event") == "start"]
+    assert starts[0]["resumed_from"] is None
+    assert starts[1]["resumed_from"] == {"epoch": 0, "step": 4}  # epoch 0's checkpoint
+    epoch1 = [r for r in rows if r.get("epoch") == 1 and "step" in r]
+    assert [r["step"] for r in epoch1] == [0, 1, 0, 1, 2, 3]  # died at step 2, replayed
+    assert summary["metrics"]["epoch"] == 2 and summary["metrics"]["global_step"] == 12
+    DualEncoder.load(tmp_path / "model")

@@ -1,0 +1,96 @@
+"""Training data and batches: groups by query, no video in two groups, deterministic, sharded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crops.model.data import BM25Negatives, GroupBatcher, load_training_data
+from crops.model.train import global_labels
+
+
+def test_every_sample_is_loaded_with_its_text(training_data, mined_fast) -> None:
+    import polars as pl
+
+    out, _ = mined_fast
+    samples = pl.read_parquet(out / "samples.parquet")
+    assert training_data.n_samples == samples.height
+    assert training_data.quarantined == 0
+    assert len(training_data.queries) == samples["query"].n_unique()
+    assert all(t for t in training_data.texts)
+
+
+def test_batches_hold_query_groups_without_shared_videos(training_data) -> None:
+    batcher = GroupBatcher(training_data, queries_per_batch=16, group_size=6, seed=3)
+    n = 0
+    for batch in batcher.epoch(0):
+        n += 1
+        assert len(set(batch.doc_index.tolist())) == len(batch.doc_index)  # no video twice
+        assert len(set(batch.query_index.tolist())) == len(batch.query_index)
+        for i, q in enumerate(batch.query_index):
+            own = batch.owner == i
+            assert 2 <= own.sum() <= 6
+            docs, labels = training_data.groups[q]
+            truth = dict(zip(docs.tolist(), labels.tolist(), strict=True))
+            assert batch.labels[i, own].tolist() == [truth[d] for d in batch.doc_index[own]]
+            assert (batch.labels[i, ~own] == 0).all()  # other queries' docs: in-batch label 0
+            # the best sample not taken by an earlier group of the batch is always in
+            earlier = set(batch.doc_index[batch.owner < i].tolist())
+            free = [lab for d, lab in truth.items() if d not in earlier]
+            assert batch.labels[i, own].max() == max(free)
+    assert n == batcher.batches_per_epoch
+
+
+def test_batches_are_a_function_of_seed_and_epoch(training_data) -> None:
+    a = list(GroupBatcher(training_data, seed=1).epoch(2))
+    b = list(GroupBatcher(training_data, seed=1).epoch(2))
+    c = list(GroupBatcher(training_data, seed=1).epoch(3))
+    assert [x.doc_index.tolist() for x in a] == [x.doc_index.tolist() for x in b]
+    assert [x.doc_index.tolist() for x in a] != [x.doc_index.tolist() for x in c]
+
+
+def test_shards_partition_the_batch_and_global_labels_match(training_data) -> None:
+    batch = next(GroupBatcher(training_data, queries_per_batch=7, seed=0).epoch(0))
+    shards = [batch.shard(r, 3) for r in range(3)]
+    assert sorted(sum((s.query_index.tolist() for s in shards), [])) == sorted(
+        batch.query_index.tolist()
+    )
+    assert sum(len(s.docs) for s in shards) == len(batch.docs)
+    q_pad = max(len(s.queries) for s in shards)
+    d_pad = max(len(s.docs) for s in shards)
+    g = global_labels(batch, 3, q_pad, d_pad)
+    # undo the padding and compare with the batch's own label matrix (in shard order)
+    rows = [r * q_pad + i for r, s in enumerate(shards) for i in range(len(s.queries))]
+    cols = [c * d_pad + j for c, s in enumerate(shards) for j in range(len(s.docs))]
+    order_q = [q for s in shards for q in s.query_index]
+    order_d = [d for s in shards for d in s.doc_index]
+    qpos = {q: i for i, q in enumerate(batch.query_index)}
+    dpos = {d: j for j, d in enumerate(batch.doc_index)}
+    expected = batch.labels[np.ix_([qpos[q] for q in order_q], [dpos[d] for d in order_d])]
+    assert (g[np.ix_(rows, cols)] == expected).all()
+    pad_rows = sorted(set(range(3 * q_pad)) - set(rows))
+    assert (g[pad_rows] == -1).all()
+
+
+def test_bm25_hard_negatives_are_not_the_querys_samples(training_data) -> None:
+    hard = BM25Negatives(training_data, depth=30)
+    rng = np.random.default_rng(0)
+    for q in range(0, len(training_data.queries), 37):
+        neg = hard.negatives(q, 5, rng)
+        assert not set(neg.tolist()) & set(training_data.groups[q][0].tolist())
+    batcher = GroupBatcher(training_data, group_size=4, hard_negatives=hard, n_hard=3)
+    batch = next(batcher.epoch(0))
+    assert (batch.labels == 0).sum() > 0
+
+
+def test_bad_batch_settings_are_refused(training_data) -> None:
+    with pytest.raises(ValueError, match="group_size"):
+        GroupBatcher(training_data, group_size=1)
+
+
+def test_samples_without_their_videos_are_counted(mined_fast, tmp_path: Path) -> None:
+    out, world = mined_fast
+    data = load_training_data(out / "samples.parquet", [world / "videos.parquet"])
+    assert data.quarantined > 0  # the llm samples' synthetic videos were not given
