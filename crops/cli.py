@@ -362,7 +362,8 @@ def train(
         return
     if not (encoder == "hash" or encoder.startswith("hf:")):
         _fail(f"--encoder {encoder!r}: use hash or hf:<name-or-path>")
-    summary = run(cfg)
+    with _progress_bar() as progress:
+        summary = run(cfg, progress)
     m = summary["metrics"]
     loss_value = m.get("loss", float("nan"))
     console.print(

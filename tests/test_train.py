@@ -100,7 +100,7 @@ def test_two_workers_train_a_loadable_model(mined_fast, tmp_path: Path, ray_loca
     rows = [json.loads(x) for x in (tmp_path / "model/metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "step" in r]
     assert len(steps) == 8 and all(np.isfinite(r["loss"]) for r in steps)
-    assert rows[0] == {"event": "start", "world": 2, "resumed_from": None}
+    assert rows[0] == {"event": "start", "world": 2, "resumed_from": None, "total_steps": 8}
     assert summary["metrics"]["epoch"] == 1
     saved = json.loads((tmp_path / "model/training.json").read_text())
     assert saved["config"]["loss"] == "h-infonce"
@@ -134,3 +134,69 @@ def test_a_killed_worker_resumes_from_the_checkpoint(
     assert [r["step"] for r in epoch1] == [0, 1, 0, 1, 2, 3]  # died at step 2, replayed
     assert summary["metrics"]["epoch"] == 2 and summary["metrics"]["global_step"] == 12
     DualEncoder.load(tmp_path / "model")
+
+
+@pytest.mark.e2e
+def test_cli_train_writes_a_loadable_model(run, mined_fast, tmp_path: Path, ray_local) -> None:
+    out_dir, world = mined_fast
+    code, stdout, stderr = run(
+        "train",
+        "--samples",
+        out_dir / "samples.parquet",
+        "--videos",
+        world / "videos.parquet",
+        "--out",
+        tmp_path / "MD",
+        "--loss",
+        "h-infonce",
+        "--workers",
+        "2",
+        "--max-steps-per-epoch",
+        "3",
+        "--epochs",
+        "1",
+    )
+    assert code == 0, stderr
+    assert "model written" in stdout
+    model = DualEncoder.load(tmp_path / "MD")
+    assert model.embed(["a query"], side="query").shape == (1, model.dim)
+    cfg = json.loads((tmp_path / "MD/training.json").read_text())["config"]
+    assert cfg["videos"][1].endswith("synth_videos.parquet")  # found beside the samples
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--encoder", "word2vec"], "word2vec"),
+        (["--loss", "hinge"], "hinge"),
+        (["--group-size", "1"], "group_size"),
+        (["--synth-videos", "/no/such.parquet"], "/no/such.parquet"),
+    ],
+)
+def test_cli_train_rejects_bad_options(run, mined_fast, tmp_path: Path, args, message) -> None:
+    out_dir, world = mined_fast
+    code, _, stderr = run(
+        "train",
+        "--samples",
+        out_dir / "samples.parquet",
+        "--videos",
+        world / "videos.parquet",
+        "--out",
+        tmp_path / "MD",
+        *args,
+    )
+    assert code == 2
+    assert message in stderr
+
+
+def test_cli_train_needs_its_files(run, tmp_path: Path) -> None:
+    code, _, stderr = run(
+        "train",
+        "--samples",
+        tmp_path / "none.parquet",
+        "--videos",
+        tmp_path / "v.parquet",
+        "--out",
+        tmp_path / "MD",
+    )
+    assert code == 2 and "none.parquet" in stderr

@@ -16,7 +16,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -214,18 +216,21 @@ def train_loop(config: dict) -> None:
     inner = ddp.module if hasattr(ddp, "module") else ddp
     global_step = resumed["step"] if resumed else 0
     metrics_path = Path(cfg.out) / "metrics.jsonl"
+    per_epoch = batcher.batches_per_epoch
+    if cfg.max_steps_per_epoch:
+        per_epoch = min(per_epoch, cfg.max_steps_per_epoch)
     if rank == 0:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        start = {"event": "start", "world": world, "resumed_from": resumed}
+        start["total_steps"] = per_epoch * cfg.epochs
         with metrics_path.open("a") as fh:
-            fh.write(json.dumps({"event": "start", "world": world, "resumed_from": resumed}) + "\n")
+            fh.write(json.dumps(start) + "\n")
 
     for epoch in range(start_epoch, cfg.epochs):
         ddp.train()
         t0, seen, losses = time.perf_counter(), 0, []
         batches = batcher.epoch(epoch)
-        total = batcher.batches_per_epoch
-        if cfg.max_steps_per_epoch:
-            total = min(total, cfg.max_steps_per_epoch)
+        total = per_epoch
         for step, batch in enumerate(batches):
             if step >= total:
                 break
@@ -296,7 +301,36 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def train(cfg: TrainConfig) -> dict:
+class _MetricsTail(threading.Thread):
+    """Follows OUT/metrics.jsonl on the driver and reports (done, total) steps to a callback:
+    the progress bar of a run whose steps happen in Ray workers."""
+
+    def __init__(self, path: Path, progress: Callable[[str, int, int], None]) -> None:
+        super().__init__(daemon=True)
+        self.path, self.progress, self.stop = path, progress, threading.Event()
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def run(self) -> None:
+        total = 0
+        while not self.stop.wait(0.5):
+            if not self.path.exists():
+                continue
+            with self.path.open() as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+            lines = chunk.splitlines(keepends=True)
+            if lines and not lines[-1].endswith("\n"):
+                lines = lines[:-1]  # a line still being written
+            self.offset += sum(len(x) for x in lines)
+            for line in lines:
+                row = json.loads(line)
+                if row.get("event") == "start":
+                    total = row.get("total_steps", total)
+                elif "global_step" in row and total:
+                    self.progress("train", row["global_step"], total)
+
+
+def train(cfg: TrainConfig, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Run training on Ray (local or a cluster) and write the final model to `cfg.out`."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     import ray
@@ -336,7 +370,15 @@ def train(cfg: TrainConfig) -> dict:
         ),
     )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    tail = _MetricsTail(out / "metrics.jsonl", progress) if progress else None
+    if tail:
+        tail.start()
+    try:
+        result = trainer.fit()
+    finally:
+        if tail:
+            tail.stop.set()
+            tail.join()
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint (error: {result.error})")
     with result.checkpoint.as_directory() as d:
