@@ -264,7 +264,7 @@ def part_c(samples: Path, videos: list[Path], steps: int, workers: int, tmp: Pat
     label = f"Ray Train, {workers} workers (driver)"
     print(f"{label:<34}{ray_run.seconds:>9.1f}{ray_rate:>12,.0f}{ray_run.peak_rss_mib:>14,.0f}")
     print(
-        f"Ray wall: {ray_run.seconds - fit_s:.1f} s start-up (ray.init) + {fit_s:.1f} s "
+        f"Ray wall: {ray_run.seconds - fit_s:.1f} s ray.init + result copy-out, {fit_s:.1f} s "
         f"trainer.fit (workers, process group, data, steps, checkpoint); "
         f"{len(step_rows)} steps logged"
     )

@@ -15,7 +15,14 @@ import torch.multiprocessing as mp
 
 from crops.model.encoders import DualEncoder, HashTower
 from crops.model.losses import HInfoNCELoss
-from crops.model.train import FAULT_ENV, TrainConfig, _gather, _pad_rows, global_labels
+from crops.model.train import (
+    FAULT_ENV,
+    TrainConfig,
+    _gather,
+    _pad_rows,
+    global_labels,
+    sync_loss_grads,
+)
 
 
 def _batch(training_data):
@@ -43,10 +50,12 @@ def _worker(rank: int, world: int, port: int, batch, out: str) -> None:
     labels = torch.as_tensor(global_labels(batch, world, q_pad, d_pad))
     loss = loss_fn(q_all, d_all, labels) * world
     loss.backward()
+    sync_loss_grads(loss_fn, world)
     if rank == 0:
         grads = {
             n: p.grad.numpy() for n, p in model.module.named_parameters() if p.grad is not None
         }
+        grads["loss_temperature"] = next(loss_fn.parameters()).grad.numpy()
         np.savez(out, loss=loss.item() / world, **grads)
     dist.destroy_process_group()
 
@@ -70,6 +79,8 @@ def test_ddp_all_gather_gives_the_full_batch_gradient(training_data, tmp_path: P
     for name, p in model.named_parameters():
         if p.grad is not None:
             np.testing.assert_allclose(got[name], p.grad.numpy(), rtol=1e-4, atol=1e-6)
+    temperature_grad = next(loss_fn.parameters()).grad.numpy()
+    np.testing.assert_allclose(got["loss_temperature"], temperature_grad, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -151,6 +151,15 @@ def make_loss(cfg: TrainConfig):
     return SoftmaxCrossEntropyLoss(temperature=cfg.temperature)
 
 
+def sync_loss_grads(loss_fn, world: int) -> None:
+    """The loss's own parameters (the learnable temperature) live outside DDP. Every worker
+    computes the same full-batch loss, scaled by the world size for DDP's averaging, so their
+    gradient is the same on every worker and `world` times too large: undo the scale."""
+    for p in loss_fn.parameters():
+        if p.grad is not None:
+            p.grad.div_(world)
+
+
 def _maybe_die(epoch: int, step: int, rank: int) -> None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
@@ -246,6 +255,7 @@ def train_loop(config: dict) -> None:
             loss = loss_fn(q_all, d_all, labels) * world
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            sync_loss_grads(loss_fn, world)
             opt.step()
             global_step += 1
             seen += int(sum(len(s.docs) for s in shards))
