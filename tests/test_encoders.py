@@ -26,7 +26,8 @@ from crops.model.encoders import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-KUAIREC = REPO.parent / "shared" / "data" / "kuairec" / "kuairec_caption_category.csv"
+SHARED = Path(os.environ.get("CROPS_SHARED", REPO.parent / "shared"))
+KUAIREC = SHARED / "data" / "kuairec" / "kuairec_caption_category.csv"
 TEXTS = ["funny cat video", "how to cook rice", "精神小伙路难走", "晚饭后，运动一下！", ""]
 
 
@@ -41,8 +42,10 @@ def info_nce(q: torch.Tensor, d: torch.Tensor, temperature: float = 0.05) -> tor
 
 @pytest.fixture(scope="session")
 def kuairec_rows() -> list[dict[str, str]]:
-    if not KUAIREC.is_file():
-        pytest.skip(f"KuaiRec captions not found at {KUAIREC}")
+    assert KUAIREC.is_file(), (
+        f"KuaiRec captions not found at {KUAIREC}: the tests read ../shared/data beside the"
+        " repository (or set CROPS_SHARED to the shared folder)"
+    )
     with KUAIREC.open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         return [row for _, row in zip(range(200), reader, strict=False)]
