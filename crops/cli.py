@@ -309,7 +309,9 @@ def train(
     queries_per_batch: Annotated[int, typer.Option(help="query groups per global batch")] = 32,
     group_size: Annotated[int, typer.Option(help="samples per query group")] = 8,
     lr: Annotated[float | None, typer.Option(help="default 2e-5 (hf), 1e-3 (hash)")] = None,
-    hard_negatives: Annotated[str, typer.Option(help="none | bm25 (DPR-style)")] = "none",
+    hard_negatives: Annotated[
+        str, typer.Option(help="none | bm25 (DPR-style) | model (ANCE-style, refreshed per epoch)")
+    ] = "none",
     n_hard: Annotated[int, typer.Option(help="hard negatives per query group")] = 0,
     max_steps_per_epoch: Annotated[int | None, typer.Option(help="cap steps (smoke runs)")] = None,
     gpu: Annotated[bool, typer.Option(help="GPU workers (NCCL)")] = False,

@@ -94,3 +94,20 @@ def test_samples_without_their_videos_are_counted(mined_fast, tmp_path: Path) ->
     out, world = mined_fast
     data = load_training_data(out / "samples.parquet", [world / "videos.parquet"])
     assert data.quarantined > 0  # the llm samples' synthetic videos were not given
+
+
+def test_model_hard_negatives_come_from_the_models_own_index(training_data) -> None:
+    from crops.model.data import ModelNegatives
+    from crops.model.encoders import DualEncoder, HashTower
+
+    model = DualEncoder(HashTower(dim=16, buckets=1024, hidden=16))
+    hard = ModelNegatives(model, training_data, depth=20)
+    docs = model.embed(training_data.texts, side="doc")
+    rng = np.random.default_rng(0)
+    for q in range(0, len(training_data.queries), 41):
+        neg = hard.negatives(q, 3, rng)
+        assert not set(neg.tolist()) & set(training_data.groups[q][0].tolist())
+        # every negative scores at least as high as the 21st-best document overall
+        qv = model.embed([training_data.queries[q]], side="query")[0]
+        scores = docs @ qv
+        assert scores[neg].min() >= np.sort(scores)[-21] - 1e-5

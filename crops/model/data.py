@@ -113,6 +113,31 @@ class BM25Negatives:
         return pool[:k] if len(pool) <= k else rng.choice(pool, size=k, replace=False)
 
 
+class ModelNegatives:
+    """The model's own top documents for each query that are not among its samples: ANCE-style
+    negatives, refreshed by building a new instance from the current model (each epoch)."""
+
+    def __init__(self, model, data: TrainingData, depth: int = 50, batch_size: int = 256) -> None:
+        import logging
+
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # quiet CPU-variant probing
+        import faiss
+
+        docs = model.embed(data.texts, side="doc", batch_size=batch_size).astype(np.float32)
+        queries = model.embed(data.queries, side="query", batch_size=batch_size)
+        index = faiss.IndexFlatIP(docs.shape[1])
+        index.add(docs)
+        _, top = index.search(
+            np.ascontiguousarray(queries, dtype=np.float32), min(depth, len(docs))
+        )
+        own = [set(d.tolist()) for d, _ in data.groups]
+        self.pool = [
+            np.array([x for x in row if x >= 0 and x not in own[q]]) for q, row in enumerate(top)
+        ]
+
+    negatives = BM25Negatives.negatives
+
+
 @dataclass
 class Batch:
     """Queries, their docs, and labels (B, N): label of doc j for query i, 0 across groups."""
@@ -162,7 +187,7 @@ class GroupBatcher:
         if queries_per_batch < 1:
             raise ValueError("queries_per_batch must be at least 1")
         self.data, self.qpb, self.group_size, self.seed = data, queries_per_batch, group_size, seed
-        self.hard, self.n_hard = hard_negatives, n_hard if hard_negatives is not None else 0
+        self.hard, self.n_hard = hard_negatives, n_hard  # `hard` may be set later (per epoch)
         sizes = np.array([len(d) for d, _ in data.groups], dtype=float)
         self.weights = sizes / sizes.sum()
         groups = max(1, int(round(data.n_samples / group_size)))
@@ -188,7 +213,7 @@ class GroupBatcher:
         chosen = [first, *[int(i) for i in np.atleast_1d(rest)[:take]]]
         out_docs = [int(docs[i]) for i in chosen]
         out_labels = [int(labels[i]) for i in chosen]
-        if self.n_hard:
+        if self.n_hard and self.hard is not None:
             for d in self.hard.negatives(q, self.n_hard, rng):
                 if int(d) not in used and int(d) not in out_docs:
                     out_docs.append(int(d))

@@ -49,7 +49,7 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0)
     temperature: float = Field(0.05, gt=0)
     positive_min_label: int = Field(4, ge=1, le=5)
-    hard_negatives: Literal["none", "bm25"] = "none"
+    hard_negatives: Literal["none", "bm25", "model"] = "none"
     n_hard: int = Field(0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     workers: int = Field(2, ge=1)
@@ -177,7 +177,7 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from crops.model.data import BM25Negatives, GroupBatcher, load_training_data
+    from crops.model.data import BM25Negatives, GroupBatcher, ModelNegatives, load_training_data
     from crops.model.encoders import DualEncoder, build_dual_encoder
 
     cfg = TrainConfig(**config)
@@ -194,7 +194,7 @@ def train_loop(config: dict) -> None:
         group_size=cfg.group_size,
         seed=cfg.seed,
         hard_negatives=hard,
-        n_hard=cfg.n_hard,
+        n_hard=cfg.n_hard if cfg.hard_negatives != "none" else 0,
     )
     model = build_dual_encoder(
         cfg.encoder,
@@ -236,6 +236,9 @@ def train_loop(config: dict) -> None:
             fh.write(json.dumps(start) + "\n")
 
     for epoch in range(start_epoch, cfg.epochs):
+        if cfg.hard_negatives == "model":  # ANCE: negatives from the current model's own index
+            inner.eval()
+            batcher.hard = ModelNegatives(inner, data)
         ddp.train()
         t0, seen, losses = time.perf_counter(), 0, []
         batches = batcher.epoch(epoch)
