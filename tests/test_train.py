@@ -211,3 +211,27 @@ def test_cli_train_needs_its_files(run, tmp_path: Path) -> None:
         tmp_path / "MD",
     )
     assert code == 2 and "none.parquet" in stderr
+
+
+def test_the_rayjob_entry_point_is_crops_train() -> None:
+    import subprocess
+    import sys
+
+    entry = Path(__file__).resolve().parents[1] / "ray_jobs" / "train.py"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(entry),
+            "--samples",
+            "/no/such.parquet",
+            "--videos",
+            "/no/v.parquet",
+            "--out",
+            "/tmp/never",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "--samples /no/such.parquet: not found" in done.stderr
