@@ -364,14 +364,25 @@ def train(
         return
     if not (encoder == "hash" or encoder.startswith("hf:")):
         _fail(f"--encoder {encoder!r}: use hash or hf:<name-or-path>")
-    with _progress_bar() as progress:
-        summary = run(cfg, progress)
+    from crops.schema import SchemaError
+
+    try:
+        with _progress_bar() as progress:
+            summary = run(cfg, progress)
+    except (SchemaError, ValueError) as exc:
+        _fail(str(exc))
+        return
     m = summary["metrics"]
     loss_value = m.get("loss", float("nan"))
     console.print(
         f"[bold]model written to {out}[/]: {cfg.epochs} epochs, loss {loss_value:.4f},"
         f" {m.get('samples_per_s', 0):,.0f} samples/s, {summary['wall_s']:.0f} s"
     )
+    if summary["samples_without_video"]:
+        console.print(
+            f"[yellow]{summary['samples_without_video']} samples skipped: their video is in"
+            " none of the video files[/]"
+        )
 
 
 def main() -> None:

@@ -110,9 +110,12 @@ class SchemaError(ValueError):
     """A file-level problem: unreadable file, missing column or incompatible type."""
 
     def __init__(self, path: str | Path, column: str | None, message: str) -> None:
-        self.path, self.column = str(path), column
+        self.path, self.column, self.message = str(path), column, message
         where = f"{self.path}: column '{column}'" if column else self.path
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):  # survives pickling (Ray sends worker errors to the driver)
+        return (SchemaError, (self.path, self.column, self.message))
 
 
 def long_play(watch_ms: pl.Expr, duration_ms: pl.Expr, threshold_ms: int = LONG_PLAY_MS) -> pl.Expr:

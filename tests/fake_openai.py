@@ -10,6 +10,7 @@ crops.engine.synthesis.render_messages writes), so each test drives one failure 
     error500   -> HTTP 500                     flaky     -> HTTP 500 twice for a query, then good
     badfield   -> JSON with tags = []          fenced    -> good JSON inside ```json fences
     dup        -> good JSON, caption "same caption"
+    listy      -> each choice a JSON list of five good videos
     otherwise  -> good JSON whose caption mentions the query
 """
 
@@ -36,6 +37,7 @@ BEHAVIOURS = (
     "badfield",
     "fenced",
     "dup",
+    "listy",
 )
 
 
@@ -193,6 +195,10 @@ class FakeOpenAIServer:
             contents = [f"```json\n{json.dumps(good_video(query, i))}\n```" for i in range(n)]
         elif kind == "dup":
             contents = [json.dumps({**good_video(query), "caption": "same caption"})] * n
+        elif kind == "listy":  # each choice a JSON list of five videos
+            contents = [
+                json.dumps([good_video(query, 10 * i + j) for j in range(5)]) for i in range(n)
+            ]
         else:
             contents = [json.dumps(good_video(query, i)) for i in range(n)]
         return 200, {

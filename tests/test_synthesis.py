@@ -271,12 +271,32 @@ def test_duplicate_captions_and_queries(fake):
         progress=lambda d, t: progress.append((d, t)),
     )
     assert fake.calls == {"dup one": 1, "dup two": 1, "other": 1}
-    captions = [v.caption for v in result.videos]
-    assert captions.count("same caption") == 1
-    assert [v.query for v in result.videos] == ["dup one", "other", "other"]
+    # a caption repeated within a query is kept once; another query may keep the same caption
+    # (it is a positive for that query too)
+    by_query = [(v.query, v.caption) for v in result.videos]
+    assert by_query.count(("dup one", "same caption")) == 1
+    assert by_query.count(("dup two", "same caption")) == 1
+    assert [v.query for v in result.videos] == ["dup one", "dup two", "other", "other"]
     s = result.stats
-    assert s["duplicates_dropped"] == 3 and s["queries"] == 5 and s["unique_queries"] == 3
+    assert s["duplicates_dropped"] == 2 and s["queries"] == 5 and s["unique_queries"] == 3
     assert progress[-1] == (3, 3) and [d for d, _ in progress] == sorted(d for d, _ in progress)
+
+
+def test_a_reply_with_more_videos_than_asked_is_capped(fake):
+    """A JSON list in one choice must not yield more than per_query videos for the query."""
+    from crops.engine.synthesis import parse_reply
+
+    item = {
+        "caption": "c{}",
+        "tags": ["t"],
+        "cover_text": "",
+        "keywords": ["k"],
+        "related_queries": [],
+    }
+    content = json.dumps([{**item, "caption": f"caption {i}"} for i in range(5)])
+    assert len(parse_reply("q", content, "stop")) == 5  # the parser keeps them all
+    result = backend(fake).synthesize(["listy"], per_query=2)
+    assert len([v for v in result.videos if v.query == "listy"]) == 2
 
 
 def test_output_order_follows_input_not_completion(fake):

@@ -80,7 +80,7 @@ def test_ddp_all_gather_gives_the_full_batch_gradient(training_data, tmp_path: P
         if p.grad is not None:
             np.testing.assert_allclose(got[name], p.grad.numpy(), rtol=1e-4, atol=1e-6)
     temperature_grad = next(loss_fn.parameters()).grad.numpy()
-    np.testing.assert_allclose(got["loss_temperature"], temperature_grad, rtol=1e-4)
+    np.testing.assert_allclose(got["loss_temperature"], temperature_grad, rtol=1e-3, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +235,41 @@ def test_the_rayjob_entry_point_is_crops_train() -> None:
     )
     assert done.returncode == 2
     assert "--samples /no/such.parquet: not found" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(hard_negatives="bm25"), "needs n_hard"),
+        (dict(n_hard=3), "needs hard_negatives"),
+        (dict(queries_per_batch=2, workers=4), "every worker needs queries"),
+    ],
+)
+def test_train_config_refuses_options_that_do_nothing(options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(samples="s", videos=["v"], out="o", **options)
+
+
+def test_schema_errors_survive_pickling() -> None:
+    import pickle
+
+    from crops.schema import SchemaError
+
+    err = pickle.loads(pickle.dumps(SchemaError("/data/samples.parquet", "label", "missing")))
+    assert str(err) == "/data/samples.parquet: column 'label': missing"
+    assert err.column == "label"
+
+
+def test_cli_train_reports_a_bad_samples_file_before_starting_ray(
+    run, mined_fast, tmp_path: Path
+) -> None:
+    import polars as pl
+
+    out_dir, world = mined_fast
+    bad = tmp_path / "samples.parquet"
+    pl.read_parquet(out_dir / "samples.parquet").drop("label").write_parquet(bad)
+    code, _, stderr = run(
+        "train", "--samples", bad, "--videos", world / "videos.parquet", "--out", tmp_path / "MD"
+    )
+    assert code == 2
+    assert "column 'label'" in stderr and "missing" in stderr

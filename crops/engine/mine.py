@@ -57,7 +57,9 @@ def load_inputs(world: Path, out: Path) -> tuple[dict[str, pl.DataFrame], dict]:
     videos, q, rep = load_table(world / "videos.parquet", "videos")
     write_quarantine(q, out, "videos")
     frames["videos"], reports["videos"] = videos, rep.as_dict()
-    ids = pl.concat([videos["video_id"], q["video_id"]]).drop_nulls().unique()
+    # only valid videos: a sample needs its video's text, so log rows of a quarantined video
+    # are quarantined too ("video_id not in videos") and counted, never mined blind
+    ids = videos["video_id"]
     for name in ("search_log", "rec_log"):
         valid, q, rep = load_table(world / f"{name}.parquet", name, video_ids=ids)
         write_quarantine(q, out, name)

@@ -363,11 +363,13 @@ def _assemble(
     requests_sent: int,
     latencies: list[float],
     started: float,
+    per_query: int = 1,
 ) -> SynthesisResult:
-    """One place for ordering, caption de-duplication, quarantine rows and stats."""
+    """One place for ordering, the per-query cap, caption de-duplication (per query),
+    quarantine rows and stats."""
     videos: list[SyntheticVideo] = []
     quarantine: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     dropped = 0
     failed = dict.fromkeys(REASONS, 0)
     for q in unique:
@@ -383,8 +385,8 @@ def _assemble(
                 }
             )
             continue
-        for v in oc.videos:
-            key = _caption_key(v.caption)
+        for v in oc.videos[: max(1, per_query)]:
+            key = (v.query, _caption_key(v.caption))  # the same caption may serve two queries
             if key in seen:
                 dropped += 1
                 continue
@@ -661,6 +663,7 @@ class OpenAIChatBackend:
             requests_sent=counters["requests"],
             latencies=latencies,
             started=started,
+            per_query=per_query,
         )
 
     def _key(self, query: str, per_query: int) -> str:
@@ -908,6 +911,7 @@ class VllmOfflineBackend:
             requests_sent=requests,
             latencies=[],
             started=started,
+            per_query=per_query,
         )
 
 

@@ -2,8 +2,10 @@
 query groups for in-batch contrast.
 
 A batch holds several queries, each with a group of its samples across the label levels.
-Every document of the batch is a sample of exactly one query (a video never sits in two
-groups of one batch), so for any other query it is an honest in-batch negative (label 0).
+A video never sits in two groups of one batch; for another query of the batch it is an
+in-batch negative (label 0) unless it is one of that query's known samples too, in which case
+it keeps that label (queries of one intent share videos, and a known positive must not be
+pushed down).
 Batches are a pure function of (seed, epoch), so every DDP worker builds the same global
 batch and takes its own slice, and a resumed run replays the same data.
 """
@@ -135,12 +137,20 @@ class ModelNegatives:
             np.array([x for x in row if x >= 0 and x not in own[q]]) for q, row in enumerate(top)
         ]
 
+    @classmethod
+    def from_pools(cls, pools: list[np.ndarray]) -> ModelNegatives:
+        """Negatives from pools computed elsewhere (rank 0 searches, the others receive)."""
+        self = cls.__new__(cls)
+        self.pool = pools
+        return self
+
     negatives = BM25Negatives.negatives
 
 
 @dataclass
 class Batch:
-    """Queries, their docs, and labels (B, N): label of doc j for query i, 0 across groups."""
+    """Queries, their docs, and labels (B, N): label of doc j for query i; a doc of another
+    query's group is 0 unless it is a known sample of query i too (then its label)."""
 
     query_index: np.ndarray
     queries: list[str]
@@ -188,6 +198,10 @@ class GroupBatcher:
             raise ValueError("queries_per_batch must be at least 1")
         self.data, self.qpb, self.group_size, self.seed = data, queries_per_batch, group_size, seed
         self.hard, self.n_hard = hard_negatives, n_hard  # `hard` may be set later (per epoch)
+        self.min_queries = 1  # the trainer sets it to the world size: no worker left empty
+        # a query's known samples, so another group's video that is also one of this query's
+        # samples keeps its real label instead of posing as a negative
+        self.known = [dict(zip(d.tolist(), lab.tolist(), strict=True)) for d, lab in data.groups]
         sizes = np.array([len(d) for d, _ in data.groups], dtype=float)
         self.weights = sizes / sizes.sum()
         groups = max(1, int(round(data.n_samples / group_size)))
@@ -239,10 +253,15 @@ class GroupBatcher:
                 qs.append(int(q))
                 docs.extend(d)
                 labels.extend(lab)
-            if not qs:
+            if len(qs) < self.min_queries:
                 continue
             owner_a = np.array(owner, dtype=np.int64)
             matrix = np.zeros((len(qs), len(docs)), dtype=np.int64)
+            for i, q in enumerate(qs):
+                known = self.known[q]
+                for j, d in enumerate(docs):
+                    if owner_a[j] != i and d in known:
+                        matrix[i, j] = known[d]
             matrix[owner_a, np.arange(len(docs))] = labels
             yield Batch(
                 query_index=np.array(qs, dtype=np.int64),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,7 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+log = logging.getLogger(__name__)
 
 #: Test hook: "epoch:step:rank:flagfile" makes that worker die once (when the flag is absent).
 FAULT_ENV = "CROPS_FAULT_INJECT"
@@ -58,6 +61,22 @@ class TrainConfig(BaseModel):
     name: str = "crops-train"
     max_failures: int = Field(2, ge=0)
     seed: int = 0
+    fingerprint: str | None = Field(
+        None, description="set by train(): the config and input files a checkpoint belongs to"
+    )
+
+    @model_validator(mode="after")
+    def _hard_negative_options(self) -> TrainConfig:
+        if self.hard_negatives != "none" and self.n_hard == 0:
+            raise ValueError(f"hard_negatives={self.hard_negatives!r} needs n_hard > 0")
+        if self.hard_negatives == "none" and self.n_hard > 0:
+            raise ValueError("n_hard > 0 needs hard_negatives bm25 or model")
+        if self.queries_per_batch < self.workers:
+            raise ValueError(
+                f"queries_per_batch ({self.queries_per_batch}) < workers ({self.workers}):"
+                " every worker needs queries"
+            )
+        return self
 
     def learning_rate(self) -> float:
         return (
@@ -88,25 +107,38 @@ def _pad_rows(x, n: int):
 
 def global_labels(batch, world: int, q_pad: int, d_pad: int):
     """Labels of the gathered batch: rank r's queries are rows r*q_pad.., its docs columns
-    r*d_pad..; a query's own group keeps its labels, every other real doc is 0, pads are -1."""
+    r*d_pad..; real cells copy the batch's own labels, pads are -1."""
     import numpy as np
 
-    shards = [batch.shard(r, world) for r in range(world)]
+    n_q = len(batch.queries)
+    keeps = [np.arange(n_q)[r::world] for r in range(world)]
+    docs = [np.flatnonzero(np.isin(batch.owner, k)) for k in keeps]
     labels = np.full((world * q_pad, world * d_pad), -1, dtype=np.int64)
-    real_docs = np.zeros(world * d_pad, dtype=bool)
-    for c, t in enumerate(shards):
-        real_docs[c * d_pad : c * d_pad + len(t.docs)] = True
-    for r, s in enumerate(shards):
-        rows = slice(r * q_pad, r * q_pad + len(s.queries))
-        labels[rows, real_docs] = 0
-        labels[rows, r * d_pad : r * d_pad + len(s.docs)] = s.labels
+    for r, keep in enumerate(keeps):
+        for c, cols in enumerate(docs):
+            block = batch.labels[np.ix_(keep, cols)]
+            labels[r * q_pad : r * q_pad + len(keep), c * d_pad : c * d_pad + len(cols)] = block
     return labels
 
 
 STATE_FILE = "crops_state.json"
 
 
-def latest_checkpoint(storage_path: str | None, name: str):
+def _step_of(checkpoint) -> int:
+    try:
+        with checkpoint.as_directory() as d:
+            return json.loads((Path(d) / STATE_FILE).read_text())["global_step"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def newest(*checkpoints):
+    """The checkpoint with the most steps among those given (None when there is none)."""
+    found = [c for c in checkpoints if c is not None]
+    return max(found, key=_step_of) if found else None
+
+
+def latest_checkpoint(storage_path: str | None, name: str, fingerprint: str | None = None):
     """The newest complete checkpoint of run `name` under the storage path, or None.
 
     Ray Train hands a restarted worker group the last checkpoint its controller registered;
@@ -134,6 +166,8 @@ def latest_checkpoint(storage_path: str | None, name: str):
                 state = json.loads(fh.read())
         except (OSError, ValueError):
             continue  # not a checkpoint of ours, or an incomplete one
+        if fingerprint is not None and state.get("fingerprint") != fingerprint:
+            continue  # another configuration or other input files: not ours to resume
         if best is None or state["global_step"] > best[0]:
             best = (state["global_step"], entry.path)
     if best is None:
@@ -183,8 +217,6 @@ def train_loop(config: dict) -> None:
     cfg = TrainConfig(**config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if cfg.queries_per_batch < world:
-        raise ValueError(f"queries_per_batch ({cfg.queries_per_batch}) < workers ({world})")
     torch.manual_seed(cfg.seed)
     data = load_training_data(cfg.samples, cfg.videos)
     hard = BM25Negatives(data) if cfg.hard_negatives == "bm25" else None
@@ -196,6 +228,7 @@ def train_loop(config: dict) -> None:
         hard_negatives=hard,
         n_hard=cfg.n_hard if cfg.hard_negatives != "none" else 0,
     )
+    batcher.min_queries = world
     model = build_dual_encoder(
         cfg.encoder,
         shared=cfg.shared,
@@ -206,7 +239,9 @@ def train_loop(config: dict) -> None:
     )
     loss_fn = make_loss(cfg)
     start_epoch, resumed = 0, None
-    checkpoint = ray.train.get_checkpoint() or latest_checkpoint(cfg.storage_path, cfg.name)
+    checkpoint = newest(
+        ray.train.get_checkpoint(), latest_checkpoint(cfg.storage_path, cfg.name, cfg.fingerprint)
+    )
     state = None
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -238,7 +273,10 @@ def train_loop(config: dict) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.hard_negatives == "model":  # ANCE: negatives from the current model's own index
             inner.eval()
-            batcher.hard = ModelNegatives(inner, data)
+            pools = [ModelNegatives(inner, data).pool if rank == 0 else None]
+            if world > 1:  # one search, the same negatives on every worker
+                torch.distributed.broadcast_object_list(pools, src=0)
+            batcher.hard = ModelNegatives.from_pools(pools[0])
         ddp.train()
         t0, seen, losses = time.perf_counter(), 0, []
         batches = batcher.epoch(epoch)
@@ -301,7 +339,9 @@ def train_loop(config: dict) -> None:
                     Path(tmp) / "trainer.pt",
                 )
                 (Path(tmp) / STATE_FILE).write_text(
-                    json.dumps({"epoch": epoch, "global_step": global_step})
+                    json.dumps(
+                        {"epoch": epoch, "global_step": global_step, "fingerprint": cfg.fingerprint}
+                    )
                 )
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
@@ -322,25 +362,31 @@ class _MetricsTail(threading.Thread):
         super().__init__(daemon=True)
         self.path, self.progress, self.stop = path, progress, threading.Event()
         self.offset = path.stat().st_size if path.exists() else 0
+        self.total = 0
 
     def run(self) -> None:
-        total = 0
         while not self.stop.wait(0.5):
-            if not self.path.exists():
-                continue
+            self.read()
+        self.read()  # the last steps written before the stop
+
+    def read(self) -> None:
+        """Report the complete lines appended since the last read."""
+        if not self.path.exists():
+            return
+        try:
             with self.path.open() as fh:
                 fh.seek(self.offset)
-                chunk = fh.read()
-            lines = chunk.splitlines(keepends=True)
+                lines = fh.read().splitlines(keepends=True)
             if lines and not lines[-1].endswith("\n"):
                 lines = lines[:-1]  # a line still being written
-            self.offset += sum(len(x) for x in lines)
-            for line in lines:
-                row = json.loads(line)
+            self.offset += sum(len(x.encode()) for x in lines)
+            for row in map(json.loads, lines):
                 if row.get("event") == "start":
-                    total = row.get("total_steps", total)
-                elif "global_step" in row and total:
-                    self.progress("train", row["global_step"], total)
+                    self.total = row.get("total_steps", self.total)
+                elif "global_step" in row and self.total:
+                    self.progress("train", row["global_step"], self.total)
+        except (OSError, ValueError) as exc:  # a progress bar must never stop training
+            log.warning("progress: cannot read %s: %s", self.path, exc)
 
 
 def train(cfg: TrainConfig, progress: Callable[[str, int, int], None] | None = None) -> dict:
@@ -359,12 +405,22 @@ def train(cfg: TrainConfig, progress: Callable[[str, int, int], None] | None = N
             log_to_driver=True,
             runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}},
         )
+    # the same configuration on the same input files resumes (or returns) its own run; other
+    # settings or re-mined files start afresh (checkpoints carry this fingerprint)
+    digest = hashlib.sha256(cfg.model_dump_json(exclude={"workers", "fingerprint"}).encode())
+    for path in [cfg.samples, *cfg.videos]:
+        st = Path(path).stat()
+        digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    fingerprint = digest.hexdigest()[:16]
     name = cfg.name
     if name == TrainConfig.model_fields["name"].default:
-        # the same configuration resumes (or returns) its own run; another one starts afresh
-        digest = hashlib.sha256(cfg.model_dump_json(exclude={"workers"}).encode()).hexdigest()
-        name = f"{name}-{digest[:10]}"
-    cfg = cfg.model_copy(update={"storage_path": storage, "name": name})
+        name = f"{name}-{fingerprint[:10]}"
+    cfg = cfg.model_copy(update={"storage_path": storage, "name": name, "fingerprint": fingerprint})
+    from crops.model.data import load_training_data
+
+    data = load_training_data(cfg.samples, cfg.videos)  # fail here, clearly, not in workers
+    if len(data.queries) < cfg.workers:
+        raise ValueError(f"{len(data.queries)} queries cannot feed {cfg.workers} workers")
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=cfg.model_dump(),
@@ -401,7 +457,10 @@ def train(cfg: TrainConfig, progress: Callable[[str, int, int], None] | None = N
                 shutil.copytree(item, target, dirs_exist_ok=True)
             else:
                 shutil.copy2(item, target)
+    if tail and tail.total:
+        progress("train", tail.total, tail.total)
     summary = {
+        "samples_without_video": data.quarantined,
         "metrics": result.metrics,
         "checkpoint": result.checkpoint.path,
         "wall_s": time.perf_counter() - t0,
