@@ -30,6 +30,18 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _options(model, **values):
+    """Build a pydantic settings model from CLI options; a bad value exits 2 naming it."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or model.__name__
+        _fail(f"bad option {where}: {first['msg']}")
+
+
 def _summary_table(summary: dict, title: str) -> Table:
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("measure")
@@ -167,7 +179,6 @@ def mine(
     synth_per_query: Annotated[int, typer.Option(help="synthetic videos per query")] = 4,
 ) -> None:
     """Mine graded samples: cascade labels, reformulation, recommendation feed, LLM synthesis."""
-    from pydantic import ValidationError
 
     from crops.engine.config import MineConfig
     from crops.engine.mine import mine as run
@@ -187,23 +198,20 @@ def mine(
             f"--world {world} is not a simulated world (no world.json): the knowledge backend"
             " needs one; give --llm-endpoint or --llm-backend none"
         )
-    try:
-        cfg = MineConfig(
-            reformulation_window_s=window_s,
-            feed_window_s=feed_window_s,
-            feed_max_per_query=feed_max_per_query,
-            relevance_threshold=relevance_threshold,
-            filter_model=filter_model,
-            synth_min_positives=synth_min_positives,
-            synth_max_queries=synth_max_queries,
-            synth_per_query=synth_per_query,
-            llm_backend=backend_name,
-            llm_endpoint=llm_endpoint,
-            llm_model=llm_model,
-        )
-    except ValidationError as exc:
-        _fail(f"bad option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
-        return
+    cfg = _options(
+        MineConfig,
+        reformulation_window_s=window_s,
+        feed_window_s=feed_window_s,
+        feed_max_per_query=feed_max_per_query,
+        relevance_threshold=relevance_threshold,
+        filter_model=filter_model,
+        synth_min_positives=synth_min_positives,
+        synth_max_queries=synth_max_queries,
+        synth_per_query=synth_per_query,
+        llm_backend=backend_name,
+        llm_endpoint=llm_endpoint,
+        llm_model=llm_model,
+    )
     backend = _synthesis_backend(cfg, world, llm_cache or out / "llm_cache.sqlite")
     scorer = None
     if filter_model != "none":
@@ -324,7 +332,6 @@ def train(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
     """Train the dual encoder with Ray Train (TorchTrainer, DDP) and write a loadable MODEL_DIR."""
-    from pydantic import ValidationError
 
     from crops.model.train import TrainConfig
     from crops.model.train import train as run
@@ -338,30 +345,26 @@ def train(
         video_files.append(str(synth))
     elif synth_videos is not None:
         _fail(f"--synth-videos {synth_videos}: not found")
-    try:
-        cfg = TrainConfig(
-            samples=str(samples),
-            videos=video_files,
-            out=str(out),
-            loss=loss.value,
-            encoder=encoder,
-            shared=not separate_towers,
-            workers=workers,
-            epochs=epochs,
-            queries_per_batch=queries_per_batch,
-            group_size=group_size,
-            lr=lr,
-            hard_negatives=hard_negatives,
-            n_hard=n_hard,
-            max_steps_per_epoch=max_steps_per_epoch,
-            use_gpu=gpu,
-            storage_path=storage_path,
-            seed=seed,
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        _fail(f"bad option {first['loc'][0]}: {first['msg']}")
-        return
+    cfg = _options(
+        TrainConfig,
+        samples=str(samples),
+        videos=video_files,
+        out=str(out),
+        loss=loss.value,
+        encoder=encoder,
+        shared=not separate_towers,
+        workers=workers,
+        epochs=epochs,
+        queries_per_batch=queries_per_batch,
+        group_size=group_size,
+        lr=lr,
+        hard_negatives=hard_negatives,
+        n_hard=n_hard,
+        max_steps_per_epoch=max_steps_per_epoch,
+        use_gpu=gpu,
+        storage_path=storage_path,
+        seed=seed,
+    )
     if not (encoder == "hash" or encoder.startswith("hf:")):
         _fail(f"--encoder {encoder!r}: use hash or hf:<name-or-path>")
     from crops.schema import SchemaError

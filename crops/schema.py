@@ -123,6 +123,23 @@ def long_play(watch_ms: pl.Expr, duration_ms: pl.Expr, threshold_ms: int = LONG_
     return watch_ms >= pl.min_horizontal(duration_ms, pl.lit(threshold_ms, pl.Int64))
 
 
+def video_text(videos: pl.DataFrame) -> pl.DataFrame:
+    """(video_id, text): caption, tags and cover text joined, the text models read of a video."""
+    return videos.select(
+        "video_id",
+        pl.concat_str(
+            [
+                pl.col("caption").fill_null(""),
+                pl.col("tags").list.join(" ").fill_null(""),
+                pl.col("cover_text").fill_null(""),
+            ],
+            separator=" ",
+        )
+        .str.strip_chars()
+        .alias("text"),
+    )
+
+
 def log_requests(search: pl.LazyFrame) -> pl.LazyFrame:
     """One row per request of a search log: request_id, session_id, user_id, ts, query.
 

@@ -25,30 +25,13 @@ from crops.engine.hla import assemble, cascade_samples, labelled, to_arrow
 from crops.engine.recfeed import recfeed_candidates
 from crops.engine.reformulation import reformulation_candidates
 from crops.engine.synthesis import SynthesisBackend, SynthesisResult
-from crops.schema import HLA_LABELS, TS, VIDEOS, load_table, write_quarantine
+from crops.schema import HLA_LABELS, TS, VIDEOS, load_table, video_text, write_quarantine
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 
 #: Synthetic video ids live above 2**62 so they never collide with a platform's own ids.
 SYNTHETIC_ID_BASE = 1 << 62
-
-
-def video_text(videos: pl.DataFrame) -> pl.DataFrame:
-    """(video_id, text): caption, tags and cover text, the text encoders see."""
-    return videos.select(
-        "video_id",
-        pl.concat_str(
-            [
-                pl.col("caption").fill_null(""),
-                pl.col("tags").list.join(" ").fill_null(""),
-                pl.col("cover_text").fill_null(""),
-            ],
-            separator=" ",
-        )
-        .str.strip_chars()
-        .alias("text"),
-    )
 
 
 def load_inputs(world: Path, out: Path) -> tuple[dict[str, pl.DataFrame], dict]:

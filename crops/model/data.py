@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import polars as pl
 
-from crops.schema import SchemaError, load_table
+from crops.schema import SchemaError, load_table, video_text
 
 
 @dataclass
@@ -38,23 +38,6 @@ class TrainingData:
         return int(sum(len(d) for d, _ in self.groups))
 
 
-def doc_texts(videos: pl.DataFrame) -> pl.DataFrame:
-    """(video_id, text): caption, tags and cover text, the text the video tower reads."""
-    return videos.select(
-        "video_id",
-        pl.concat_str(
-            [
-                pl.col("caption").fill_null(""),
-                pl.col("tags").list.join(" ").fill_null(""),
-                pl.col("cover_text").fill_null(""),
-            ],
-            separator=" ",
-        )
-        .str.strip_chars()
-        .alias("text"),
-    )
-
-
 def load_training_data(samples: str | Path, videos: Sequence[str | Path]) -> TrainingData:
     """Read samples and the videos they refer to (world videos plus synthetic ones).
 
@@ -64,7 +47,7 @@ def load_training_data(samples: str | Path, videos: Sequence[str | Path]) -> Tra
     frames = []
     for path in videos:
         valid, _, _ = load_table(path, "videos")
-        frames.append(doc_texts(valid))
+        frames.append(video_text(valid))
     if not frames:
         raise SchemaError(samples, None, "no video files given for the samples")
     texts = pl.concat(frames).unique(subset="video_id", keep="first", maintain_order=True)
