@@ -197,14 +197,7 @@ def plain_run(cfg: TrainConfig) -> dict:
     batcher = GroupBatcher(
         data, queries_per_batch=cfg.queries_per_batch, group_size=cfg.group_size, seed=cfg.seed
     )
-    model = build_dual_encoder(
-        cfg.encoder,
-        shared=cfg.shared,
-        dim=cfg.dim,
-        pooling=cfg.pooling,
-        max_length=cfg.max_length,
-        seed=cfg.seed,
-    )
+    model = cfg.build_model()
     loss_fn = make_loss(cfg)
     params = [*model.parameters(), *loss_fn.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)

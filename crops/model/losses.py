@@ -143,7 +143,19 @@ def _mean_over_rows(per_query: Tensor, rows: Tensor) -> Tensor:
     return (per_query * rows).sum() / n.clamp(min=1)
 
 
-class HInfoNCELoss(_TemperatureMixin):
+class _PerQueryLoss(_TemperatureMixin):
+    """Losses defined per query row: the batch loss is their mean over real (unpadded) rows."""
+
+    def per_query(self, query_emb: Tensor, doc_emb: Tensor, labels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, query_emb: Tensor, doc_emb: Tensor, labels: Tensor) -> Tensor:
+        """Mean of L(q) over the queries with at least one non-ignored pair (a scalar)."""
+        per_query = self.per_query(query_emb, doc_emb, labels)
+        return _mean_over_rows(per_query, (labels >= 0).any(dim=1))
+
+
+class HInfoNCELoss(_PerQueryLoss):
     """Hierarchical InfoNCE (H-InfoNCE): each sample is contrasted with those of lower label.
 
     Args:
@@ -195,11 +207,6 @@ class HInfoNCELoss(_TemperatureMixin):
         # nothing lies below (the lowest level present, and padding)
         return F.softplus(log_below.gather(1, level) - s).sum(dim=1)
 
-    def forward(self, query_emb: Tensor, doc_emb: Tensor, labels: Tensor) -> Tensor:
-        """Mean of L(q) over the queries with at least one non-ignored pair (a scalar)."""
-        per_query = self.per_query(query_emb, doc_emb, labels)
-        return _mean_over_rows(per_query, (labels >= 0).any(dim=1))
-
     def get_config_dict(self) -> dict[str, Any]:
         """Constructor arguments (temperature: the current value) for logging and rebuilding."""
         return {
@@ -209,7 +216,7 @@ class HInfoNCELoss(_TemperatureMixin):
         }
 
 
-class InfoNCELoss(_TemperatureMixin):
+class InfoNCELoss(_PerQueryLoss):
     """Binary InfoNCE (NCE / DPR baselines): every positive against all negatives of its query.
 
     Labels >= positive_min_label are positives, other labels >= 0 negatives, -1 ignored. Each
@@ -241,11 +248,6 @@ class InfoNCELoss(_TemperatureMixin):
         log_neg = _safe_log_mass(torch.exp(s_neg - shift).sum(dim=1), shift.squeeze(1))  # (B,)
         terms = torch.where(positive, F.softplus(log_neg[:, None] - s), 0.0)
         return terms.sum(dim=1)
-
-    def forward(self, query_emb: Tensor, doc_emb: Tensor, labels: Tensor) -> Tensor:
-        """Mean over the queries with at least one non-ignored pair (a scalar)."""
-        per_query = self.per_query(query_emb, doc_emb, labels)
-        return _mean_over_rows(per_query, (labels >= 0).any(dim=1))
 
     def get_config_dict(self) -> dict[str, Any]:
         """Constructor arguments (temperature: the current value) for logging and rebuilding."""

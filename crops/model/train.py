@@ -78,6 +78,19 @@ class TrainConfig(BaseModel):
             )
         return self
 
+    def build_model(self):
+        """A fresh dual encoder as this configuration describes it."""
+        from crops.model.encoders import build_dual_encoder
+
+        return build_dual_encoder(
+            self.encoder,
+            shared=self.shared,
+            dim=self.dim,
+            pooling=self.pooling,
+            max_length=self.max_length,
+            seed=self.seed,
+        )
+
     def learning_rate(self) -> float:
         return (
             self.lr if self.lr is not None else (2e-5 if self.encoder.startswith("hf:") else 1e-3)
@@ -212,7 +225,7 @@ def train_loop(config: dict) -> None:
     import torch
 
     from crops.model.data import BM25Negatives, GroupBatcher, ModelNegatives, load_training_data
-    from crops.model.encoders import DualEncoder, build_dual_encoder
+    from crops.model.encoders import DualEncoder
 
     cfg = TrainConfig(**config)
     ctx = ray.train.get_context()
@@ -226,17 +239,10 @@ def train_loop(config: dict) -> None:
         group_size=cfg.group_size,
         seed=cfg.seed,
         hard_negatives=hard,
-        n_hard=cfg.n_hard if cfg.hard_negatives != "none" else 0,
+        n_hard=cfg.n_hard,
     )
     batcher.min_queries = world
-    model = build_dual_encoder(
-        cfg.encoder,
-        shared=cfg.shared,
-        dim=cfg.dim,
-        pooling=cfg.pooling,
-        max_length=cfg.max_length,
-        seed=cfg.seed,
-    )
+    model = cfg.build_model()
     loss_fn = make_loss(cfg)
     start_epoch, resumed = 0, None
     checkpoint = newest(
