@@ -388,6 +388,265 @@ def train(
         )
 
 
+@app.command()
+def evaluate(
+    world: Annotated[Path | None, typer.Option(help="a simulated world: CT, QR, graded")] = None,
+    trec_dir: Annotated[
+        Path | None, typer.Option(help="a collection: TSV docs, TSV queries, TREC qrels")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="MODEL_DIR from `crops train`")] = None,
+    method: Annotated[str | None, typer.Option(help="a baseline instead of a model: bm25")] = None,
+    index: Annotated[
+        Path | None, typer.Option(help="INDEX_DIR from `crops index` (world only; else exact)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="metrics file to write")] = Path("metrics.json"),
+    k: Annotated[int, typer.Option(help="hits retrieved per query", min=1, max=10_000)] = 100,
+    docs: Annotated[
+        Path | None, typer.Option(help="docs TSV (default: found in --trec-dir)")
+    ] = None,
+    queries: Annotated[Path | None, typer.Option(help="queries TSV (default: found)")] = None,
+    qrels: Annotated[Path | None, typer.Option(help="TREC qrels (default: found)")] = None,
+    measure: Annotated[
+        list[str] | None, typer.Option(help="ir-measures names for --trec-dir (R@100, nDCG@10)")
+    ] = None,
+) -> None:
+    """Recall@100 on CT and QR and NDCG@4 on the graded set (or any TREC collection)."""
+    from crops.evaluate.collection import (
+        DEFAULT_TREC_MEASURES,
+        CollectionError,
+        trec_collection,
+        world_collection,
+    )
+    from crops.evaluate.offline import evaluate as run
+    from crops.evaluate.offline import headline, searcher_for
+    from crops.schema import SchemaError
+
+    if (world is None) == (trec_dir is None):
+        _fail("give exactly one of --world or --trec-dir")
+    if (model is None) == (method is None):
+        _fail("give exactly one of --model or --method")
+    if method is not None and method != "bm25":
+        _fail(f"--method {method!r}: the built-in baseline is bm25 (train the others)")
+    if index is not None and (model is None or world is None):
+        _fail("--index goes with --model and --world (its ids are video ids)")
+    if world is not None and (docs or queries or qrels or measure):
+        _fail("--docs, --queries, --qrels and --measure go with --trec-dir")
+    measures = tuple(measure or DEFAULT_TREC_MEASURES)
+    import ir_measures
+
+    for m in measures:
+        try:
+            cutoff = ir_measures.parse_measure(m).params.get("cutoff")
+        except (ValueError, NameError, SyntaxError, TypeError) as exc:
+            _fail(f"--measure {m!r} is not an ir-measures measure ({exc})")
+        if trec_dir is not None and cutoff and cutoff > k:
+            k = int(cutoff)  # R@1000 needs 1,000 hits, whatever --k says
+    try:
+        with _progress_bar() as progress:
+            if world is not None:
+                collection = world_collection(world)
+            else:
+                collection = trec_collection(
+                    trec_dir, docs=docs, queries=queries, qrels=qrels, measures=measures
+                )
+            searcher = searcher_for(
+                collection, model=model, method=method, index=index, progress=progress
+            )
+            result = run(collection, searcher, k=k, progress=progress)
+    except (CollectionError, SchemaError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(_summary_table(headline(result), f"{result['retriever']} on {collection.source}"))
+    console.print(f"metrics written to {out}")
+
+
+@app.command()
+def experiment(
+    world: Annotated[Path, typer.Option(help="a simulated world (`crops simulate`)")],
+    out: Annotated[Path, typer.Option(help="folder for results.md, results.png, runs/")],
+    mined: Annotated[
+        Path | None, typer.Option(help="a `crops mine` folder (default: mine into OUT/mined)")
+    ] = None,
+    method: Annotated[
+        list[str] | None, typer.Option(help="only these rows (repeat); default all")
+    ] = None,
+    encoder: Annotated[str, typer.Option(help="hash | hf:<name-or-path>")] = "hash",
+    steps: Annotated[int, typer.Option(help="optimizer steps per dense method")] = 1500,
+    epochs: Annotated[int, typer.Option(help="epochs the steps are split into")] = 3,
+    queries_per_batch: Annotated[int, typer.Option(help="query groups per batch")] = 32,
+    group_size: Annotated[int, typer.Option(help="samples per query group")] = 8,
+    workers: Annotated[int, typer.Option(help="Ray Train workers per run")] = 2,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    force: Annotated[bool, typer.Option(help="retrain rows that already have results")] = False,
+) -> None:
+    """Train and evaluate the paper's table (BM25, NCE, DPR, ANCE, FS-LR, the CroPS ladder)."""
+    from crops.evaluate.collection import CollectionError
+    from crops.evaluate.experiment import ExperimentConfig, method_by_name, run_experiment
+    from crops.schema import SchemaError
+
+    if not (world / "world.json").is_file():
+        _fail(f"--world {world} is not a simulated world (no world.json)")
+    if mined is not None and not (mined / "samples.parquet").is_file():
+        _fail(f"--mined {mined} has no samples.parquet: run `crops mine` first")
+    names = method or None
+    try:
+        for name in names or []:
+            method_by_name(name)
+    except ValueError as exc:
+        _fail(str(exc))
+    values = {"methods": names} if names else {}
+    cfg = _options(
+        ExperimentConfig,
+        world=str(world),
+        out=str(out),
+        mined=str(mined) if mined else None,
+        encoder=encoder,
+        steps=steps,
+        epochs=epochs,
+        queries_per_batch=queries_per_batch,
+        group_size=group_size,
+        workers=workers,
+        seed=seed,
+        force=force,
+        **values,
+    )
+    try:
+        with _progress_bar() as progress:
+            report = run_experiment(cfg, progress)
+    except (CollectionError, SchemaError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    table = Table(title="offline retrieval (%)", header_style="bold")
+    for col in ("method", "CT R@100", "QR R@100", "NDCG@4"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for name, r in report["results"].items():
+        m = r["metrics"]
+        table.add_row(
+            name, *(f"{100 * m[k]:.1f}" for k in ("ct/R@100", "qr/R@100", "graded/nDCG@4"))
+        )
+    console.print(table)
+    console.print(f"results written to {out / 'results.md'} and {out / 'results.png'}")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="MODEL_DIR from `crops train`")],
+    index: Annotated[Path, typer.Option(help="INDEX_DIR built from that model (`crops index`)")],
+    port: Annotated[int, typer.Option(help="HTTP port (0: any free port)")] = 8080,
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: all)")] = "127.0.0.1",
+    name: Annotated[str, typer.Option(help="model name in the URL: /v1/models/NAME:predict")] = (
+        "crops"
+    ),
+    max_top_k: Annotated[int, typer.Option(help="refuse larger top_k (HTTP 400)")] = 1000,
+    max_batch: Annotated[int, typer.Option(help="refuse more queries per request")] = 64,
+    workers: Annotated[int, typer.Option(help="server processes sharing the port")] = 1,
+    threads: Annotated[int, typer.Option(help="torch and FAISS threads per process")] = 1,
+    access_log: Annotated[bool, typer.Option(help="log every request")] = False,
+) -> None:
+    """Serve the retriever over KServe's v1 and v2 (open inference) REST protocols."""
+    from crops.serve.requests import Limits
+
+    limits = _options(Limits, max_top_k=max_top_k, max_batch=max_batch)
+    if not 0 <= port <= 65535:
+        _fail(f"--port {port}: must be between 0 and 65535")
+    if workers < 1 or threads < 1:
+        _fail("--workers and --threads must be at least 1")
+    for path, what in ((model, "--model"), (index, "--index")):
+        if not path.is_dir():
+            _fail(f"{what} {path}: not a directory")
+    from crops.serve.server import ServeError, ServeSpec
+    from crops.serve.server import serve as run
+
+    spec = ServeSpec(
+        model_dir=model,
+        index_dir=index,
+        host=host,
+        port=port,
+        name=name,
+        limits=limits,
+        threads=threads,
+        access_log=access_log,
+    )
+
+    def ready(url: str) -> None:
+        console.print(
+            f"[bold]serving {name} at {url}[/]: POST {url}/v1/models/{name}:predict"
+            f" (v1), {url}/v2/models/{name}/infer (v2); Ctrl-C stops",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    try:
+        run(spec, workers=workers, on_ready=ready)
+    except ServeError as exc:
+        _fail(str(exc))
+
+
+@app.command("index")
+def index_command(
+    model: Annotated[Path, typer.Option(help="MODEL_DIR from `crops train`")],
+    videos: Annotated[
+        list[Path], typer.Option(help="videos table; repeat for more (e.g. synth_videos.parquet)")
+    ],
+    out: Annotated[Path, typer.Option(help="INDEX_DIR to write")],
+    factory: Annotated[
+        str, typer.Option(help="FAISS factory string: Flat | HNSW32 | IVF4096,PQ32 | ...")
+    ] = "Flat",
+    batch_size: Annotated[int, typer.Option(help="texts per embedding batch")] = 256,
+    actors: Annotated[int, typer.Option(help="Ray Data embedding actors")] = 2,
+    shard_size: Annotated[int, typer.Option(help="vectors per shard (IVF/PQ/SQ: Ray tasks)")] = (
+        250_000
+    ),
+    train_size: Annotated[int, typer.Option(help="training sample (IVF, PQ, SQ)")] = 100_000,
+    nprobe: Annotated[int | None, typer.Option(help="IVF lists searched (default 32)")] = None,
+    ef_search: Annotated[int | None, typer.Option(help="HNSW efSearch (default 64)")] = None,
+    gpu: Annotated[
+        bool | None, typer.Option("--gpu/--no-gpu", help="default: GPUs when Ray has any")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="replace an index already in OUT")] = False,
+) -> None:
+    """Embed every video with Ray Data and build a FAISS index folder (inner product)."""
+    from crops.index.build import IndexConfig, build_index
+
+    cfg = _options(
+        IndexConfig,
+        model_dir=str(model),
+        videos=[str(v) for v in videos],
+        out=str(out),
+        factory=factory,
+        batch_size=batch_size,
+        actors=actors,
+        shard_size=shard_size,
+        train_size=train_size,
+        nprobe=nprobe,
+        ef_search=ef_search,
+        use_gpu=gpu,
+        force=force,
+    )
+    try:
+        with _progress_bar() as progress:
+            summary = build_index(cfg, progress)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    shown = {
+        "count": summary["count"],
+        "dim": summary["dim"],
+        "factory": summary["factory"],
+        "shards": f"{summary['shards']} ({summary['shard_mode']})",
+        "embed_s": summary["embed_s"],
+        "build_s": summary["build_s"],
+        "path": summary["path"],
+    }
+    for key in ("nprobe", "ef_search"):
+        if key in summary:
+            shown[key] = summary[key]
+    console.print(f"[bold]index written to {out}[/]")
+    console.print(_summary_table(shown, "index"))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -10,6 +10,7 @@ An index folder holds
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -83,8 +84,13 @@ class VideoIndex:
     path: Path
 
     @classmethod
-    def load(cls, folder: str | Path, *, nprobe: int | None = None) -> VideoIndex:
-        """Load and check an index folder; errors name the folder and the missing piece."""
+    def load(
+        cls, folder: str | Path, *, nprobe: int | None = None, ef_search: int | None = None
+    ) -> VideoIndex:
+        """Load and check an index folder; errors name the folder and the missing piece.
+
+        ``nprobe`` (IVF) and ``ef_search`` (HNSW) override the manifest's search settings.
+        """
         import faiss
 
         root = Path(folder)
@@ -109,6 +115,8 @@ class VideoIndex:
             )
         if nprobe is not None or "nprobe" in manifest:
             _set_nprobe(index, nprobe if nprobe is not None else int(manifest["nprobe"]))
+        if ef_search is not None or "ef_search" in manifest:
+            _set_ef_search(index, ef_search if ef_search is not None else manifest["ef_search"])
         return cls(index=index, ids=ids, manifest=manifest, path=root)
 
     @property
@@ -142,7 +150,13 @@ class VideoIndex:
 def _set_nprobe(index: Any, nprobe: int) -> None:
     import faiss
 
-    try:
+    with contextlib.suppress(RuntimeError):  # not an IVF index: nothing to set
         faiss.extract_index_ivf(index).nprobe = int(nprobe)
-    except RuntimeError:
-        pass  # not an IVF index: nothing to set
+
+
+def _set_ef_search(index: Any, ef_search: int) -> None:
+    import faiss
+
+    inner = faiss.downcast_index(index)
+    if hasattr(inner, "hnsw"):  # not an HNSW index: nothing to set
+        inner.hnsw.efSearch = int(ef_search)

@@ -54,6 +54,9 @@ class TrainConfig(BaseModel):
     positive_min_label: int = Field(4, ge=1, le=5)
     hard_negatives: Literal["none", "bm25", "model"] = "none"
     n_hard: int = Field(0, ge=0)
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="batches per epoch (default: samples / group_size / batch)"
+    )
     max_steps_per_epoch: int | None = Field(None, ge=1)
     workers: int = Field(2, ge=1)
     use_gpu: bool = False
@@ -242,6 +245,8 @@ def train_loop(config: dict) -> None:
         n_hard=cfg.n_hard,
     )
     batcher.min_queries = world
+    if cfg.steps_per_epoch:  # groups are drawn with replacement, so any length is an epoch
+        batcher.batches_per_epoch = cfg.steps_per_epoch
     model = cfg.build_model()
     loss_fn = make_loss(cfg)
     start_epoch, resumed = 0, None

@@ -1,0 +1,427 @@
+"""`crops experiment`: the paper's offline table, trained and scored on a simulated world.
+
+Every dense method trains the same encoder for the same number of optimizer steps (so a method
+with more samples is not also granted more updates), on a subset of one mined sample file:
+
+- NCE: click positives, in-batch (random) negatives, InfoNCE;
+- DPR: NCE plus BM25 hard negatives;
+- ANCE: NCE plus hard negatives from the model's own index, refreshed every epoch;
+- FS-LR: every search-log level (click, exposed, ranked, prefiltered) graded by HLA, H-InfoNCE;
+- +reformulation, +recommendation, +LLM (CroPS): the ladder, one source at a time;
+- binary InfoNCE: CroPS's samples with labels binarised (>= 4 positive), plain InfoNCE.
+
+BM25 is bm25s over the same videos. The paper's numbers are printed beside ours; ours are on
+the simulated world, so compare margins and orderings, not absolute values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from crops.evaluate.offline import headline
+
+Progress = Callable[[str, int, int], None]
+
+SEARCH_LOG = ("click", "exposed", "ranked", "prefiltered")
+
+#: The paper's Table 2 / ablation numbers in %: (CT Recall@100, QR Recall@100, NDCG@4).
+PAPER: dict[str, tuple[float, float, float | None]] = {
+    "BM25": (42.9, 22.5, 64.8),
+    "NCE": (53.6, 27.5, 65.4),
+    "DPR": (56.0, 30.7, 66.5),
+    "ANCE": (56.9, 31.3, 67.1),
+    "FS-LR": (59.6, 33.0, 66.0),
+    "+reformulation": (63.3, 36.1, None),
+    "+recommendation": (65.7, 37.4, None),
+    "CroPS": (69.1, 40.1, 67.0),
+    "binary InfoNCE": (59.9, 32.1, 66.7),
+}
+BASELINES = ("BM25", "NCE", "DPR", "ANCE", "FS-LR")
+LADDER = ("FS-LR", "+reformulation", "+recommendation", "CroPS")
+COLUMNS = (("ct/R@100", "CT R@100"), ("qr/R@100", "QR R@100"), ("graded/nDCG@4", "NDCG@4"))
+
+
+class Method(BaseModel):
+    name: str
+    slug: str
+    sources: tuple[str, ...] = ()
+    loss: Literal["h-infonce", "infonce", "softmax"] = "h-infonce"
+    hard_negatives: Literal["none", "bm25", "model"] = "none"
+    description: str = ""
+
+    @property
+    def dense(self) -> bool:
+        return bool(self.sources)
+
+
+METHODS: tuple[Method, ...] = (
+    Method(name="BM25", slug="bm25", description="bm25s, English stop words"),
+    Method(
+        name="NCE",
+        slug="nce",
+        sources=("click",),
+        loss="infonce",
+        description="click positives, in-batch random negatives, InfoNCE",
+    ),
+    Method(
+        name="DPR",
+        slug="dpr",
+        sources=("click",),
+        loss="infonce",
+        hard_negatives="bm25",
+        description="NCE + BM25 hard negatives",
+    ),
+    Method(
+        name="ANCE",
+        slug="ance",
+        sources=("click",),
+        loss="infonce",
+        hard_negatives="model",
+        description="NCE + hard negatives from the model's own index, refreshed per epoch",
+    ),
+    Method(
+        name="FS-LR",
+        slug="fs-lr",
+        sources=SEARCH_LOG,
+        description="search-log levels graded by HLA, H-InfoNCE",
+    ),
+    Method(
+        name="+reformulation",
+        slug="plus-reformulation",
+        sources=(*SEARCH_LOG, "reformulation"),
+        description="FS-LR + query-reformulation positives",
+    ),
+    Method(
+        name="+recommendation",
+        slug="plus-recommendation",
+        sources=(*SEARCH_LOG, "reformulation", "recfeed"),
+        description="+ recommendation-feed positives",
+    ),
+    Method(
+        name="CroPS",
+        slug="crops",
+        sources=(*SEARCH_LOG, "reformulation", "recfeed", "llm"),
+        description="+ LLM-synthesised videos: all three perspectives",
+    ),
+    Method(
+        name="binary InfoNCE",
+        slug="binary-infonce",
+        sources=(*SEARCH_LOG, "reformulation", "recfeed", "llm"),
+        loss="infonce",
+        description="CroPS samples, labels binarised (>= 4 positive), InfoNCE",
+    ),
+)
+
+
+class ExperimentConfig(BaseModel):
+    """How `crops experiment` trains each row of the table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    world: str
+    out: str
+    mined: str | None = Field(None, description="a `crops mine` folder; default: mine into OUT")
+    methods: list[str] = Field(default_factory=lambda: [m.name for m in METHODS])
+    encoder: str = "hash"
+    steps: int = Field(1500, ge=1, description="optimizer steps per dense method")
+    queries_per_batch: int = Field(32, ge=1)
+    group_size: int = Field(8, ge=2)
+    n_hard: int = Field(2, ge=1, description="hard negatives per group (DPR, ANCE)")
+    epochs: int = Field(3, ge=1, description="epochs the steps are split into (ANCE refreshes)")
+    workers: int = Field(2, ge=1)
+    lr: float | None = None
+    seed: int = 0
+    force: bool = Field(False, description="retrain methods whose results exist")
+
+
+def method_by_name(name: str) -> Method:
+    for m in METHODS:
+        if m.name.lower() == name.lower() or m.slug == name.lower():
+            return m
+    known = ", ".join(m.name for m in METHODS)
+    raise ValueError(f"unknown method {name!r}; known: {known}")
+
+
+def subset_samples(mined: Path, method: Method, out: Path) -> tuple[Path, int]:
+    """The method's samples (its sources only) as their own parquet file."""
+    import polars as pl
+
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "samples.parquet"
+    rows = pl.scan_parquet(mined / "samples.parquet").filter(
+        pl.col("source").is_in(list(method.sources))
+    )
+    rows.sink_parquet(target, compression="zstd")
+    n = pl.scan_parquet(target).select(pl.len()).collect().item()
+    if n == 0:
+        raise ValueError(f"{method.name}: no samples from sources {method.sources} in {mined}")
+    return target, n
+
+
+def _schedule(cfg: ExperimentConfig) -> tuple[int, int]:
+    """(epochs, steps per epoch): `cfg.steps` steps for every method, whatever its sample count
+    (groups are drawn with replacement), in `cfg.epochs` epochs (ANCE refreshes per epoch)."""
+    return cfg.epochs, max(1, math.ceil(cfg.steps / cfg.epochs))
+
+
+def train_method(
+    cfg: ExperimentConfig, method: Method, mined: Path, progress: Progress | None
+) -> tuple[Path, dict]:
+    from crops.model.train import TrainConfig, train
+
+    root = Path(cfg.out) / "runs" / method.slug
+    samples, n = subset_samples(mined, method, root / "data")
+    videos = [str(Path(cfg.world) / "videos.parquet")]
+    synth = mined / "synth_videos.parquet"
+    if "llm" in method.sources and synth.exists():
+        videos.append(str(synth))
+    epochs, per_epoch = _schedule(cfg)
+    tc = TrainConfig(
+        samples=str(samples),
+        videos=videos,
+        out=str(root / "model"),
+        loss=method.loss,
+        encoder=cfg.encoder,
+        epochs=epochs,
+        steps_per_epoch=per_epoch,
+        queries_per_batch=cfg.queries_per_batch,
+        group_size=cfg.group_size,
+        hard_negatives=method.hard_negatives,
+        n_hard=cfg.n_hard if method.hard_negatives != "none" else 0,
+        workers=cfg.workers,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        name=f"experiment-{method.slug}",
+    )
+
+    def step_progress(task: str, done: int, total: int) -> None:
+        if progress:
+            progress(f"train {method.name}", done, total)
+
+    summary = train(tc, step_progress)
+    info = {
+        "samples": n,
+        "epochs": epochs,
+        "steps": epochs * per_epoch,
+        "train_s": round(summary["wall_s"], 1),
+        "samples_without_video": summary["samples_without_video"],
+    }
+    return root / "model", info
+
+
+def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> dict:
+    """Train and evaluate every method; results.json, results.md and the chart in OUT."""
+    from crops.evaluate.collection import world_collection
+    from crops.evaluate.offline import BM25Searcher, DenseSearcher, evaluate
+    from crops.model.encoders import DualEncoder
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = [method_by_name(n) for n in cfg.methods]
+    collection = world_collection(cfg.world)  # fail on a bad world before any training
+    mined = Path(cfg.mined) if cfg.mined else _mine(cfg, progress)
+    if not (mined / "samples.parquet").is_file():
+        raise FileNotFoundError(f"{mined} has no samples.parquet: run `crops mine` first")
+    results: dict[str, dict] = {}
+    for method in methods:
+        cached = out / "runs" / method.slug / "result.json"
+        if cached.is_file() and not cfg.force:
+            results[method.name] = json.loads(cached.read_text())
+            continue
+        t0 = time.perf_counter()
+        if method.dense:
+            model_dir, info = train_method(cfg, method, mined, progress)
+            searcher = DenseSearcher.exact(
+                DualEncoder.load(model_dir), collection.doc_ids, collection.doc_texts, method.name
+            )
+        else:
+            info, searcher = {}, BM25Searcher(collection.doc_ids, collection.doc_texts)
+        scores = evaluate(collection, searcher)
+        result = {
+            "method": method.name,
+            "description": method.description,
+            "sources": list(method.sources),
+            "loss": method.loss if method.dense else None,
+            "hard_negatives": method.hard_negatives,
+            **info,
+            "metrics": headline(scores),
+            "wall_s": round(time.perf_counter() - t0, 1),
+        }
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(result, indent=2) + "\n")
+        results[method.name] = result
+        if progress:
+            progress("methods", len(results), len(methods))
+    report = {
+        "world": str(cfg.world),
+        "mined": str(mined),
+        "config": cfg.model_dump(),
+        "results": results,
+        "goals": goals(results),
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results.md").write_text(render_markdown(report))
+    plot(results, out / "results.png")
+    return report
+
+
+def _mine(cfg: ExperimentConfig, progress: Progress | None) -> Path:
+    from crops.engine.config import MineConfig
+    from crops.engine.knowledge import KnowledgeBackend
+    from crops.engine.mine import mine
+    from crops.world.world import World
+
+    target = Path(cfg.out) / "mined"
+    if (target / "samples.parquet").is_file() and not cfg.force:
+        return target
+    mine(
+        cfg.world,
+        target,
+        MineConfig(seed=cfg.seed),
+        KnowledgeBackend(World.load(cfg.world)),
+        progress=progress,
+    )
+    return target
+
+
+def goals(results: dict[str, dict]) -> dict:
+    """The issue's goals: CroPS's relative margins over the best baseline and the ladder."""
+    out: dict = {}
+    if "CroPS" not in results:
+        return out
+    crops = results["CroPS"]["metrics"]
+    present = [b for b in BASELINES if b in results]
+    for key, label, need in (("ct/R@100", "CT", 0.15), ("qr/R@100", "QR", 0.20)):
+        if not present:
+            break
+        best = max(present, key=lambda b: results[b]["metrics"][key])
+        base = results[best]["metrics"][key]
+        gain = crops[key] / base - 1 if base > 0 else math.inf
+        out[f"{label} R@100 vs best baseline"] = {
+            "best_baseline": best,
+            "relative_gain": round(gain, 4),
+            "goal": need,
+            "met": bool(gain >= need),
+        }
+    if present:
+        key = "graded/nDCG@4"
+        best = max(present, key=lambda b: results[b]["metrics"][key])
+        diff = crops[key] - results[best]["metrics"][key]
+        out["NDCG@4 vs best baseline"] = {
+            "best_baseline": best,
+            "difference_points": round(100 * diff, 2),
+            "goal": "within 1 point (or ahead)",
+            "met": bool(diff >= -0.01),
+        }
+    ladder = [m for m in LADDER if m in results]
+    if len(ladder) > 1:
+        steps = []
+        for prev, cur in zip(ladder, ladder[1:], strict=False):
+            dct = results[cur]["metrics"]["ct/R@100"] - results[prev]["metrics"]["ct/R@100"]
+            dqr = results[cur]["metrics"]["qr/R@100"] - results[prev]["metrics"]["qr/R@100"]
+            steps.append(
+                {
+                    "step": f"{prev} -> {cur}",
+                    "ct_gain": round(dct, 4),
+                    "qr_gain": round(dqr, 4),
+                    "adds_recall": bool(dct > 0 and dqr > 0),
+                }
+            )
+        out["ladder"] = {"steps": steps, "met": all(s["adds_recall"] for s in steps)}
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}"
+
+
+def render_markdown(report: dict) -> str:
+    results = report["results"]
+    cfg = report["config"]
+    lines = [
+        "# CroPS offline experiment",
+        "",
+        f"World `{Path(report['world']).name}`; samples from `{Path(report['mined']).name}`;"
+        f" encoder `{cfg['encoder']}`, {cfg['steps']} optimizer steps per dense method,"
+        f" {cfg['queries_per_batch']} queries x {cfg['group_size']} samples per batch.",
+        "Ours are on the simulated world, the paper's on Kuaishou's logs (in %): compare"
+        " margins and orderings, not absolute values.",
+        "",
+        "| method | CT R@100 | QR R@100 | NDCG@4 | paper CT | paper QR | paper NDCG@4 |"
+        " samples | what it is |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, r in results.items():
+        m = r["metrics"]
+        paper = PAPER.get(name, (None, None, None))
+        ours = " | ".join(_pct(m[k]) for k, _ in COLUMNS)
+        theirs = " | ".join("" if p is None else f"{p:.1f}" for p in paper)
+        lines.append(
+            f"| {name} | {ours} | {theirs} | {r.get('samples', '')} | {r['description']} |"
+        )
+    g = report["goals"]
+    if g:
+        lines += ["", "## Goals", ""]
+        for key, v in g.items():
+            if key == "ladder":
+                for s in v["steps"]:
+                    lines.append(
+                        f"- ladder {s['step']}: CT {100 * s['ct_gain']:+.1f},"
+                        f" QR {100 * s['qr_gain']:+.1f} points"
+                        f" ({'adds recall' if s['adds_recall'] else 'does NOT add recall'})"
+                    )
+            elif "relative_gain" in v:
+                lines.append(
+                    f"- {key} ({v['best_baseline']}): {100 * v['relative_gain']:+.1f} % relative,"
+                    f" goal +{100 * v['goal']:.0f} %: {'met' if v['met'] else 'NOT met'}"
+                )
+            else:
+                lines.append(
+                    f"- {key} ({v['best_baseline']}): {v['difference_points']:+.2f} points,"
+                    f" goal {v['goal']}: {'met' if v['met'] else 'NOT met'}"
+                )
+    lines += ["", "![results](results.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict], path: Path) -> None:
+    """Grouped bars: each method's three scores, ours solid and the paper's as outlines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(results)
+    x = np.arange(len(names))
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(names)), 4.8))
+    colors = ("#1f77b4", "#ff7f0e", "#2ca02c")
+    for i, (key, label) in enumerate(COLUMNS):
+        ours = [100 * results[n]["metrics"][key] for n in names]
+        ax.bar(x + (i - 1) * width, ours, width, label=f"{label} (ours)", color=colors[i])
+        paper = [PAPER.get(n, (None, None, None))[i] for n in names]
+        ax.scatter(
+            [x[j] + (i - 1) * width for j, p in enumerate(paper) if p is not None],
+            [p for p in paper if p is not None],
+            marker="_",
+            s=300,
+            color="black",
+            zorder=3,
+            label="paper" if i == 0 else None,
+        )
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.set_title("Offline retrieval: simulated world (bars) and the paper (black ticks)")
+    ax.legend(ncols=4, fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

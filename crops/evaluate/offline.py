@@ -1,0 +1,187 @@
+"""Offline evaluation: run a retriever over a collection's queries and score it with ir-measures.
+
+Retrievers here answer ``search(queries, k) -> [[(doc_id, score), ...], ...]`` with string doc
+ids, so one scorer serves a world's videos and any TREC collection. A query that retrieves
+nothing still counts (as a miss), and judged queries without text are reported, not dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from crops.evaluate.collection import Collection
+
+Hits = list[list[tuple[str, float]]]
+Progress = Callable[[str, int, int], None]
+
+
+class Searcher(Protocol):
+    name: str
+
+    def search(self, queries: Sequence[str], k: int) -> Hits: ...
+
+
+class BM25Searcher:
+    """bm25s over the documents, English stop words, as the production lexical channel."""
+
+    name = "bm25"
+
+    def __init__(self, doc_ids: Sequence[str], texts: Sequence[str]) -> None:
+        import bm25s
+
+        self.doc_ids = list(doc_ids)
+        self.model = bm25s.BM25()
+        self.model.index(
+            bm25s.tokenize(list(texts), stopwords="en", show_progress=False), show_progress=False
+        )
+
+    def search(self, queries: Sequence[str], k: int) -> Hits:
+        import bm25s
+
+        k = min(k, len(self.doc_ids))
+        docs, scores = self.model.retrieve(
+            bm25s.tokenize(list(queries), stopwords="en", show_progress=False),
+            k=k,
+            show_progress=False,
+            n_threads=1,
+        )
+        return [
+            [(self.doc_ids[d], float(s)) for d, s in zip(row, srow, strict=True) if s > 0]
+            for row, srow in zip(np.asarray(docs), np.asarray(scores), strict=True)
+        ]
+
+
+class DenseSearcher:
+    """A dual encoder over the documents: an exact (Flat) FAISS index built in memory, or a
+    built index folder (`crops index`) whose video ids are the document ids."""
+
+    def __init__(self, model, index, doc_ids: Sequence[str] | None, name: str) -> None:
+        self.model, self.index, self.name = model, index, name
+        self.doc_ids = None if doc_ids is None else np.asarray(list(doc_ids), dtype=object)
+
+    @classmethod
+    def exact(
+        cls,
+        model,
+        doc_ids: Sequence[str],
+        texts: Sequence[str],
+        name: str = "dense",
+        batch_size: int = 256,
+        progress: Progress | None = None,
+    ) -> DenseSearcher:
+        import faiss
+
+        from crops.index.store import VideoIndex
+
+        index = faiss.IndexFlatIP(model.dim)
+        for start in range(0, len(texts), batch_size * 8):
+            index.add(model.embed(list(texts[start : start + batch_size * 8]), side="doc"))
+            if progress:
+                progress("embed documents", min(start + batch_size * 8, len(texts)), len(texts))
+        rows = np.arange(len(texts), dtype=np.int64)
+        return cls(model, VideoIndex(index, rows, {}, Path("<memory>")), doc_ids, name)
+
+    def search(self, queries: Sequence[str], k: int) -> Hits:
+        scores, ids = self.index.search(self.model.embed(list(queries), side="query"), k)
+        out: Hits = []
+        for row, srow in zip(ids, scores, strict=True):
+            keep = row >= 0
+            names = self.doc_ids[row[keep]] if self.doc_ids is not None else row[keep].astype(str)
+            out.append([(str(d), float(s)) for d, s in zip(names, srow[keep], strict=True)])
+        return out
+
+
+def evaluate(
+    collection: Collection,
+    searcher: Searcher,
+    *,
+    k: int = 100,
+    batch_size: int = 256,
+    progress: Progress | None = None,
+) -> dict:
+    """Scores per qrels set and measure, with the counts a reader needs to trust them."""
+    import ir_measures
+
+    judged = collection.judged_queries()
+    run: list = []
+    empty = 0
+    t0 = time.perf_counter()
+    for start in range(0, len(judged), batch_size):
+        qids = judged[start : start + batch_size]
+        hits = searcher.search([collection.queries[q] for q in qids], k)
+        for qid, row in zip(qids, hits, strict=True):
+            if not row:  # nothing retrieved is a miss, not a query left out of the average
+                empty += 1
+                row = [("__none__", 0.0)]
+            run.extend(ir_measures.ScoredDoc(qid, d, s) for d, s in row)
+        if progress:
+            progress("search", min(start + batch_size, len(judged)), len(judged))
+    search_s = time.perf_counter() - t0
+    metrics: dict[str, dict[str, float]] = {}
+    sets: dict[str, dict] = {}
+    for qrels in collection.qrels:
+        runnable = {q: d for q, d in qrels.judgements.items() if q in collection.queries}
+        measures = [ir_measures.parse_measure(m) for m in qrels.measures]
+        pairs = [ir_measures.Qrel(q, d, g) for q, docs in runnable.items() for d, g in docs.items()]
+        wanted = set(runnable)
+        scores = ir_measures.calc_aggregate(
+            measures, pairs, [r for r in run if r.query_id in wanted]
+        )
+        metrics[qrels.name] = {str(m): float(scores.get(m, 0.0)) for m in measures}
+        sets[qrels.name] = {
+            "queries": len(runnable),
+            "judgements": sum(len(v) for v in runnable.values()),
+            "queries_without_text": len(qrels.judgements) - len(runnable),
+            "judged_docs_not_in_collection": qrels.unknown_docs,
+        }
+    return {
+        "collection": collection.source,
+        "retriever": searcher.name,
+        "k": k,
+        "documents": len(collection.doc_ids),
+        "documents_quarantined": collection.docs_quarantined,
+        "queries_run": len(judged),
+        "queries_with_no_hits": empty,
+        "search_s": round(search_s, 3),
+        "metrics": metrics,
+        "sets": sets,
+    }
+
+
+def headline(result: dict) -> dict[str, float]:
+    """Flat `set/measure` -> value, for tables and KFP metrics."""
+    return {f"{s}/{m}": v for s, ms in result["metrics"].items() for m, v in ms.items()}
+
+
+def searcher_for(
+    collection: Collection,
+    *,
+    model: str | Path | None = None,
+    method: str | None = None,
+    index: str | Path | None = None,
+    progress: Progress | None = None,
+) -> Searcher:
+    """The searcher the CLI options name: a baseline, a model (exact), or a model + index."""
+    if method == "bm25":
+        return BM25Searcher(collection.doc_ids, collection.doc_texts)
+    if method is not None:
+        raise ValueError(f"unknown method {method!r}: the built-in baseline is bm25")
+    if model is None:
+        raise ValueError("give a model folder or a method")
+    from crops.model.encoders import DualEncoder
+
+    name = f"model {Path(model).name}"
+    if index is not None:
+        from crops.index.retriever import DenseRetriever
+
+        dense = DenseRetriever.load(model, index)
+        return DenseSearcher(dense.model, dense.index, None, f"{name} + index {Path(index).name}")
+    encoder = DualEncoder.load(model)
+    return DenseSearcher.exact(
+        encoder, collection.doc_ids, collection.doc_texts, name=name, progress=progress
+    )
