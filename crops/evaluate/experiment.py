@@ -130,7 +130,7 @@ class ExperimentConfig(BaseModel):
     mined: str | None = Field(None, description="a `crops mine` folder; default: mine into OUT")
     methods: list[str] = Field(default_factory=lambda: [m.name for m in METHODS])
     encoder: str = "hash"
-    steps: int = Field(1500, ge=1, description="optimizer steps per dense method")
+    steps: int = Field(600, ge=1, description="optimizer steps per dense method")
     queries_per_batch: int = Field(32, ge=1)
     group_size: int = Field(8, ge=2)
     n_hard: int = Field(2, ge=1, description="hard negatives per group (DPR, ANCE)")
