@@ -473,7 +473,7 @@ def experiment(
         list[str] | None, typer.Option(help="only these rows (repeat); default all")
     ] = None,
     encoder: Annotated[str, typer.Option(help="hash | hf:<name-or-path>")] = "hash",
-    steps: Annotated[int, typer.Option(help="optimizer steps per dense method")] = 600,
+    steps: Annotated[int, typer.Option(help="optimizer steps per dense method")] = 1500,
     epochs: Annotated[int, typer.Option(help="epochs the steps are split into")] = 3,
     queries_per_batch: Annotated[int, typer.Option(help="query groups per batch")] = 32,
     group_size: Annotated[int, typer.Option(help="samples per query group")] = 8,

@@ -304,11 +304,15 @@ def test_experiment_writes_table_and_chart(run, tmp_path, mined_fast):
     report = json.loads((out / "results.json").read_text())
     assert report["results"]["CroPS"]["steps"] == 6
     assert "llm" in report["results"]["CroPS"]["sources"]
-    # rows with results are reused, not retrained
+    # rows with results are reused, not retrained; other settings retrain
     before = (out / "runs" / "nce" / "result.json").stat().st_mtime_ns
     code, _, err = run(*args, "--method", "NCE")
     assert code == 0, err
     assert (out / "runs" / "nce" / "result.json").stat().st_mtime_ns == before
+    more = [a if a != "6" else "8" for a in args]
+    code, _, err = run(*more, "--method", "NCE")
+    assert code == 0, err
+    assert json.loads((out / "runs" / "nce" / "result.json").read_text())["steps"] == 8
 
 
 def test_cli_experiment_bad_options(run, tmp_path, tiny_dir):

@@ -130,7 +130,7 @@ class ExperimentConfig(BaseModel):
     mined: str | None = Field(None, description="a `crops mine` folder; default: mine into OUT")
     methods: list[str] = Field(default_factory=lambda: [m.name for m in METHODS])
     encoder: str = "hash"
-    steps: int = Field(600, ge=1, description="optimizer steps per dense method")
+    steps: int = Field(1500, ge=1, description="optimizer steps per dense method")
     queries_per_batch: int = Field(32, ge=1)
     group_size: int = Field(8, ge=2)
     n_hard: int = Field(2, ge=1, description="hard negatives per group (DPR, ANCE)")
@@ -232,9 +232,12 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> d
     results: dict[str, dict] = {}
     for method in methods:
         cached = out / "runs" / method.slug / "result.json"
+        key = _run_key(cfg, method, mined)
         if cached.is_file() and not cfg.force:
-            results[method.name] = json.loads(cached.read_text())
-            continue
+            previous = json.loads(cached.read_text())
+            if previous.get("key") == key:  # same settings and inputs: reuse
+                results[method.name] = previous
+                continue
         t0 = time.perf_counter()
         if method.dense:
             model_dir, info = train_method(cfg, method, mined, progress)
@@ -253,6 +256,7 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> d
             **info,
             "metrics": headline(scores),
             "wall_s": round(time.perf_counter() - t0, 1),
+            "key": key,
         }
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(result, indent=2) + "\n")
@@ -270,6 +274,19 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> d
     (out / "results.md").write_text(render_markdown(report))
     plot(results, out / "results.png")
     return report
+
+
+def _run_key(cfg: ExperimentConfig, method: Method, mined: Path) -> str:
+    """What a row's result depends on: the method, the training settings and the input files
+    (path, size, mtime); a cached row with another key is retrained."""
+    import hashlib
+
+    settings = cfg.model_dump(exclude={"out", "mined", "methods", "force", "workers"})
+    parts = [method.model_dump_json(), json.dumps(settings, sort_keys=True)]
+    for path in (Path(cfg.world) / "videos.parquet", mined / "samples.parquet"):
+        st = path.stat()
+        parts.append(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _mine(cfg: ExperimentConfig, progress: Progress | None) -> Path:
