@@ -326,7 +326,7 @@ def read_corpus(paths: Sequence[str | Path]) -> tuple[np.ndarray, list[str], lis
         frames.append(text)
         files.append({"path": str(path), "rows": text.height, "quarantined": quarantine.height})
         for earlier, ids in seen.items():
-            both = text.filter(pl.col("video_id").is_in(ids))["video_id"]
+            both = text.filter(pl.col("video_id").is_in(ids.implode()))["video_id"]
             if both.len():
                 shown = ", ".join(str(v) for v in both.head(5).to_list())
                 raise SchemaError(
