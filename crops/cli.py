@@ -647,6 +647,123 @@ def index_command(
     console.print(_summary_table(shown, "index"))
 
 
+@app.command()
+def abtest(
+    world: Annotated[Path, typer.Option(help="a simulated world (`crops simulate`)")],
+    control: Annotated[str, typer.Option(help="control arm: a KServe v1 URL or a MODEL_DIR")],
+    treatment: Annotated[str, typer.Option(help="treatment arm: a KServe v1 URL or a MODEL_DIR")],
+    out: Annotated[Path, typer.Option(help="report folder R")],
+    treatment_share: Annotated[float, typer.Option(help="users in treatment, 0 < s < 1")] = 0.1,
+    users: Annotated[int | None, typer.Option(help="a seeded sample of users (default all)")] = (
+        None
+    ),
+    days: Annotated[int, typer.Option(help="simulated days; a sequential look after each")] = 5,
+    searches_per_user: Annotated[float, typer.Option(help="mean searches per user a day")] = 1.0,
+    seed: Annotated[int, typer.Option(help="traffic seed (same seed, same report)")] = 0,
+    salt: Annotated[str, typer.Option(help="salt of the assignment hash")] = "crops-abtest",
+    control_index: Annotated[
+        Path | None, typer.Option(help="INDEX_DIR for a MODEL_DIR control (default: exact)")
+    ] = None,
+    treatment_index: Annotated[
+        Path | None, typer.Option(help="INDEX_DIR for a MODEL_DIR treatment (default: exact)")
+    ] = None,
+    primary: Annotated[str, typer.Option(help="ctr | long_play_rate | reformulation_rate")] = "ctr",
+    alpha: Annotated[float, typer.Option(help="two-sided level over all looks")] = 0.05,
+    spending: Annotated[str, typer.Option(help="obrien-fleming | pocock")] = "obrien-fleming",
+    min_users_per_arm: Annotated[int, typer.Option(help="no promotion below this")] = 500,
+    max_error_rate: Annotated[float, typer.Option(help="treatment errors+timeouts/requests")] = (
+        0.01
+    ),
+    max_p99_ms: Annotated[float, typer.Option(help="treatment p99 latency limit (ms)")] = 200.0,
+    timeout_s: Annotated[float, typer.Option(help="per-request endpoint timeout")] = 2.0,
+    concurrency: Annotated[int, typer.Option(help="requests in flight per arm")] = 8,
+    apply: Annotated[
+        bool, typer.Option(help="patch the InferenceService's canary traffic with the decision")
+    ] = False,
+    isvc: Annotated[str | None, typer.Option(help="InferenceService name (--apply)")] = None,
+    namespace: Annotated[str | None, typer.Option(help="its namespace (--apply)")] = None,
+) -> None:
+    """Online A/B test of two retrieval endpoints with simulated users; canary decision."""
+    from crops.evaluate.abtest import AbTestConfig, AbTestError, apply_decision, run_abtest
+    from crops.evaluate.canary import CanaryPolicy
+
+    if apply and not (isvc and namespace):
+        _fail("--apply needs --isvc NAME and --namespace NS")
+    if not apply and (isvc or namespace):
+        _fail("--isvc and --namespace go with --apply")
+    policy = _options(
+        CanaryPolicy,
+        primary=primary,
+        alpha=alpha,
+        looks=max(days, 1),
+        spending=spending,
+        min_users_per_arm=min_users_per_arm,
+        max_error_rate=max_error_rate,
+        max_p99_ms=max_p99_ms,
+    )
+    cfg = _options(
+        AbTestConfig,
+        world=world,
+        control=control,
+        treatment=treatment,
+        control_index=control_index,
+        treatment_index=treatment_index,
+        treatment_share=treatment_share,
+        users=users,
+        days=days,
+        searches_per_user=searches_per_user,
+        seed=seed,
+        salt=salt,
+        timeout_s=timeout_s,
+        concurrency=concurrency,
+        policy=policy,
+        out=out,
+    )
+    try:
+        with _progress_bar() as progress:
+            report = run_abtest(cfg, progress=progress)
+    except AbTestError as exc:
+        _fail(str(exc))
+        return
+    decision = report["decision"]
+    colour = {"promote": "green", "hold": "yellow", "rollback": "red"}[decision["action"]]
+    console.print(
+        f"[bold {colour}]{decision['action'].upper()}[/] after look {report['looks_run']} of "
+        f"{report['looks_planned']}",
+        highlight=False,
+    )
+    for reason in decision["reasons"]:
+        console.print(f"  - {escape(reason)}", highlight=False, soft_wrap=True)
+    analysis, shown = report["analysis"], {}
+    for arm in ("control", "treatment"):
+        shown[f"{arm} users"] = analysis["arms"][arm]["users"]
+    for metric, lift in analysis["metrics"].items():
+        for arm in ("control", "treatment"):
+            shown[f"{metric} {arm}"] = analysis["arms"][arm]["metrics"][metric]["value"]
+        shown[f"{metric} lift"] = lift["lift"]
+        shown[f"{metric} p"] = lift["p_value"]
+    for arm, g in report["guardrails"].items():
+        shown[f"{arm} error rate"] = g["error_rate"]
+        shown[f"{arm} p99 ms"] = report["timings"]["latency_ms"][arm]["p99_ms"]
+    console.print(_summary_table(shown, "A/B test"))
+    console.print(f"report written to {out / 'ab_report.json'} and {out / 'report.md'}")
+    if apply:
+        from crops.k8s.inference_service import KubeError
+
+        try:
+            applied = apply_decision(decision, isvc=isvc, namespace=namespace)
+        except KubeError as exc:
+            _fail(str(exc), code=1)
+            return
+        if applied["patched"]:
+            console.print(
+                f"InferenceService {namespace}/{isvc}: canaryTrafficPercent set to "
+                f"{applied['canary_traffic_percent']}"
+            )
+        else:
+            console.print(f"InferenceService {namespace}/{isvc}: hold, left unchanged")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
