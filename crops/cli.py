@@ -483,7 +483,12 @@ def experiment(
 ) -> None:
     """Train and evaluate the paper's table (BM25, NCE, DPR, ANCE, FS-LR, the CroPS ladder)."""
     from crops.evaluate.collection import CollectionError
-    from crops.evaluate.experiment import ExperimentConfig, method_by_name, run_experiment
+    from crops.evaluate.experiment import (
+        COLUMNS,
+        ExperimentConfig,
+        method_by_name,
+        run_experiment,
+    )
     from crops.schema import SchemaError
 
     if not (world / "world.json").is_file():
@@ -519,13 +524,11 @@ def experiment(
         _fail(str(exc))
         return
     table = Table(title="offline retrieval (%)", header_style="bold")
-    for col in ("method", "CT R@100", "QR R@100", "NDCG@4"):
-        table.add_column(col, justify="left" if col == "method" else "right")
+    table.add_column("method")
+    for _, label in COLUMNS:
+        table.add_column(label, justify="right")
     for name, r in report["results"].items():
-        m = r["metrics"]
-        table.add_row(
-            name, *(f"{100 * m[k]:.1f}" for k in ("ct/R@100", "qr/R@100", "graded/nDCG@4"))
-        )
+        table.add_row(name, *(f"{100 * r['metrics'][key]:.1f}" for key, _ in COLUMNS))
     console.print(table)
     console.print(f"results written to {out / 'results.md'} and {out / 'results.png'}")
 

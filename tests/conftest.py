@@ -73,21 +73,11 @@ def training_data(mined_fast):
 def tiny_index(tiny_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
     """An untrained hash-model folder and a Flat index over the tiny world's videos, built
     directly (no Ray): (model_dir, index_dir). Read-only; copy before changing."""
-    import faiss
-    import polars as pl
-
-    from crops.index.store import model_hash, write_index
+    from crops.index.build import build_exact_index
     from crops.model.encoders import build_dual_encoder
-    from crops.schema import video_text
 
     root = tmp_path_factory.mktemp("tiny-index")
     model_dir, index_dir = root / "model", root / "index"
-    model = build_dual_encoder("hash", seed=0)
-    model.save(model_dir)
-    videos = video_text(pl.read_parquet(tiny_dir / "videos.parquet"))
-    vectors = model.embed(videos["text"].to_list(), side="doc")
-    index = faiss.index_factory(model.dim, "Flat", faiss.METRIC_INNER_PRODUCT)
-    index.add(vectors)
-    manifest = {"model_hash": model_hash(model_dir), "factory": "Flat", "metric": "ip"}
-    write_index(index_dir, index, videos["video_id"].to_numpy(), manifest)
+    build_dual_encoder("hash", seed=0).save(model_dir)
+    build_exact_index(model_dir, tiny_dir / "videos.parquet", index_dir)
     return model_dir, index_dir

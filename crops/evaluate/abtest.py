@@ -169,23 +169,6 @@ def _check_model_dir(path: Path, arm: str) -> None:
         raise AbTestError(f"--{arm} {path}: not a CroPS model folder (no {MANIFEST})")
 
 
-def build_exact_index(model_dir: Path, world_dir: Path, out: Path) -> Path:
-    """Embed the world's videos with the model and write an exact (Flat, inner product) index."""
-    import faiss
-
-    from crops.index.store import model_hash, write_index
-    from crops.model.encoders import DualEncoder
-    from crops.schema import video_text
-
-    model = DualEncoder.load(model_dir)
-    videos = video_text(pl.read_parquet(world_dir / "videos.parquet"))
-    vectors = np.ascontiguousarray(model.embed(videos["text"].to_list(), side="doc"), "float32")
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    manifest = {"model_hash": model_hash(model_dir), "factory": "Flat", "metric": "ip"}
-    return write_index(out, index, videos["video_id"].to_numpy(), manifest)
-
-
 _READY = re.compile(r"serving \S+ at (http://\S+): POST")
 
 
@@ -224,6 +207,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 def resolve_arms(cfg: AbTestConfig, stack: ExitStack, progress: Progress | None) -> list[Arm]:
     """Check both arms, then build indexes and start servers; all before any traffic."""
+    from crops.index.build import build_exact_index
     from crops.index.store import model_hash
 
     specs = {
@@ -249,7 +233,8 @@ def resolve_arms(cfg: AbTestConfig, stack: ExitStack, progress: Progress | None)
         if index is None:
             if progress:
                 progress(f"index {name}", 0, 1)
-            index = build_exact_index(model_dir, cfg.world, cfg.out / "indexes" / name)
+            videos = Path(cfg.world) / "videos.parquet"
+            index = build_exact_index(model_dir, videos, cfg.out / "indexes" / name)
             if progress:
                 progress(f"index {name}", 1, 1)
         log = cfg.out / "logs" / name / "server.log"
@@ -738,7 +723,6 @@ __all__ = [
     "apply_decision",
     "assign",
     "assignment_hash",
-    "build_exact_index",
     "render_markdown",
     "run_abtest",
 ]

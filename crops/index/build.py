@@ -340,6 +340,24 @@ def read_corpus(paths: Sequence[str | Path]) -> tuple[np.ndarray, list[str], lis
     return corpus["video_id"].to_numpy().astype(np.int64), corpus["text"].to_list(), files
 
 
+def build_exact_index(model_dir: str | Path, videos: str | Path, out: str | Path) -> Path:
+    """An exact (Flat, inner product) index folder of one videos table, embedded in this
+    process without Ray: for small corpora (tests, a local A/B arm)."""
+    import faiss
+    import polars as pl
+
+    from crops.model.encoders import DualEncoder
+    from crops.schema import video_text
+
+    model = DualEncoder.load(model_dir)
+    table = video_text(pl.read_parquet(videos))
+    vectors = np.ascontiguousarray(model.embed(table["text"].to_list(), side="doc"), "float32")
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    manifest = {"model_hash": model_hash(model_dir), "factory": "Flat", "metric": "ip"}
+    return write_index(out, index, table["video_id"].to_numpy(), manifest)
+
+
 def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"out {out} exists and is not a folder")
