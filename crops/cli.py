@@ -685,6 +685,12 @@ def abtest(
     ] = False,
     isvc: Annotated[str | None, typer.Option(help="InferenceService name (--apply)")] = None,
     namespace: Annotated[str | None, typer.Option(help="its namespace (--apply)")] = None,
+    canary_mode: Annotated[
+        str, typer.Option(help="auto | Standard (spec.canary) | Serverless (--apply)")
+    ] = "auto",
+    kubeconfig: Annotated[
+        str | None, typer.Option(help="kubeconfig (--apply; default: in-cluster, ~/.kube/config)")
+    ] = None,
 ) -> None:
     """Online A/B test of two retrieval endpoints with simulated users; canary decision."""
     from crops.evaluate.abtest import AbTestConfig, AbTestError, apply_decision, run_abtest
@@ -694,6 +700,16 @@ def abtest(
         _fail("--apply needs --isvc NAME and --namespace NS")
     if not apply and (isvc or namespace):
         _fail("--isvc and --namespace go with --apply")
+    if canary_mode not in ("auto", "Standard", "Serverless"):
+        _fail(f"--canary-mode must be auto, Standard or Serverless, got {canary_mode!r}")
+    kube = None
+    if apply:  # a missing cluster configuration should fail before the test, not after it
+        from crops.k8s.client import KubeError, api_client
+
+        try:
+            kube = api_client(kubeconfig)
+        except KubeError as exc:
+            _fail(str(exc))
     policy = _options(
         CanaryPolicy,
         primary=primary,
@@ -751,20 +767,26 @@ def abtest(
     console.print(_summary_table(shown, "A/B test"))
     console.print(f"report written to {out / 'ab_report.json'} and {out / 'report.md'}")
     if apply:
-        from crops.k8s.inference_service import KubeError
-
         try:
-            applied = apply_decision(decision, isvc=isvc, namespace=namespace)
+            applied = apply_decision(
+                decision,
+                isvc=isvc,
+                namespace=namespace,
+                client=kube,
+                mode=canary_mode,
+            )
         except KubeError as exc:
             _fail(str(exc), code=1)
             return
-        if applied["patched"]:
+        where = f"InferenceService {namespace}/{isvc}"
+        if not applied["patched"]:
             console.print(
-                f"InferenceService {namespace}/{isvc}: canaryTrafficPercent set to "
-                f"{applied['canary_traffic_percent']}"
+                f"{where}: hold, left unchanged (canary at {applied['canary_traffic_percent']} %)"
             )
+        elif decision["action"] == "promote":
+            console.print(f"{where}: canary promoted to all traffic")
         else:
-            console.print(f"InferenceService {namespace}/{isvc}: hold, left unchanged")
+            console.print(f"{where}: canary rolled back, all traffic to the previous predictor")
 
 
 def main() -> None:

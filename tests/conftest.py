@@ -81,3 +81,28 @@ def tiny_index(tiny_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
     build_dual_encoder("hash", seed=0).save(model_dir)
     build_exact_index(model_dir, tiny_dir / "videos.parquet", index_dir)
     return model_dir, index_dir
+
+
+@pytest.fixture(scope="session")
+def apiserver(tmp_path_factory):
+    """A real kube-apiserver + etcd on loopback with the KubeRay and KServe CRDs installed
+    (tests/apiserver.py; the binary is built once and cached). Stopped at session end."""
+    from apiserver import start
+
+    server = start(tmp_path_factory.mktemp("apiserver"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def namespace(apiserver) -> str:
+    """A fresh namespace per test, so tests never see each other's objects."""
+    import uuid
+
+    from kubernetes import client
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    client.CoreV1Api(apiserver.api_client()).create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name))
+    )
+    return name

@@ -696,25 +696,33 @@ def plot_history(report: dict[str, Any], out: Path) -> None:
 
 
 def apply_decision(
-    decision: Any, *, isvc: str, namespace: str, client: Any = None
+    decision: Any,
+    *,
+    isvc: str,
+    namespace: str,
+    client: Any = None,
+    mode: str = "auto",
 ) -> dict[str, Any]:
-    """Apply a canary decision to a KServe InferenceService's canary traffic.
+    """Apply a canary decision to the KServe InferenceService `namespace/isvc`.
 
-    promote -> canaryTrafficPercent 100 (KServe makes the canary the default revision),
-    rollback -> 0, hold -> no change. `client` is a kubernetes CustomObjectsApi (default: from
-    the in-cluster or local configuration). Raises `crops.k8s.inference_service.KubeError`.
+    promote -> the canary becomes the only predictor; rollback -> all traffic back to the
+    previous predictor and the canary dropped; hold -> nothing changes (the canary keeps its
+    share for the next run). `client` is a kubernetes ApiClient (default: in-cluster, else the
+    local kubeconfig); `mode` Standard | Serverless | auto (read off the object). Raises
+    `crops.k8s.client.KubeError` naming the object and the API's reason.
     """
-    from crops.k8s.inference_service import set_canary_traffic
+    from crops.k8s.inference_service import InferenceServiceClient, canary_percent
 
     action = _as_dict(decision)["action"]
-    percent = {"promote": 100, "rollback": 0, "hold": None}.get(action, "unknown")
-    if percent == "unknown":
+    if action not in ("promote", "rollback", "hold"):
         raise ValueError(f"unknown decision action {action!r}")
+    isvcs = InferenceServiceClient(client, mode=mode)
     result: dict[str, Any] = {"action": action, "isvc": isvc, "namespace": namespace}
-    if percent is None:
-        return {**result, "patched": False, "canary_traffic_percent": None}
-    set_canary_traffic(isvc, namespace, int(percent), api=client)
-    return {**result, "patched": True, "canary_traffic_percent": percent}
+    if action == "hold":
+        obj = isvcs.get(isvc, namespace)
+        return {**result, "patched": False, "canary_traffic_percent": canary_percent(obj)}
+    obj = isvcs.promote(isvc, namespace) if action == "promote" else isvcs.rollback(isvc, namespace)
+    return {**result, "patched": True, "canary_traffic_percent": canary_percent(obj)}
 
 
 __all__ = [

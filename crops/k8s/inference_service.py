@@ -1,69 +1,321 @@
-"""The KServe InferenceService's canary traffic: the one knob the A/B job turns.
+"""The KServe InferenceService of the retrieval endpoint: deploy, canary, promote, roll back.
 
-KServe rolls a new predictor out as a canary next to the last ready revision and splits traffic
-by `spec.predictor.canaryTrafficPercent`: 100 promotes the canary (the controller makes it the
-default revision), 0 sends everything back to the previous one. The `kubernetes` package is
-imported inside the functions so that importing `crops.k8s` stays cheap.
+KServe has two ways to run a canary, and a platform team picks one per cluster:
+
+- **Standard** (raw Deployments, no Knative): the new predictor goes in `spec.canary`, a list of
+  `{predictor, trafficPercent}`; promoting moves it into `spec.predictor` and clears the list,
+  rolling back clears the list.
+- **Serverless** (Knative revisions): the new predictor replaces `spec.predictor` with
+  `canaryTrafficPercent`; KServe keeps the last rolled-out revision for the rest of the traffic.
+  Promoting removes the percent (the new revision takes all), rolling back sets it to 0.
+
+`mode="auto"` reads which one an existing object uses (a `spec.canary` list, or the
+deployment-mode annotation). Promote and roll back read, change and replace the object with its
+`resourceVersion`, so a concurrent writer makes the call fail (409) rather than be overwritten.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import copy
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from crops.k8s.client import KubeError, api_client, api_errors, conditions, wait_for
 
 if TYPE_CHECKING:
-    from kubernetes.client import CustomObjectsApi
+    from kubernetes.client import ApiClient
 
-GROUP = "serving.kserve.io"
-VERSION = "v1beta1"
-PLURAL = "inferenceservices"
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+Mode = Literal["Standard", "Serverless"]
+# Values of the annotation that mean each mode (KServe renamed RawDeployment to Standard).
+ANNOTATION_MODES: dict[str, Mode] = {
+    "Standard": "Standard",
+    "RawDeployment": "Standard",
+    "Serverless": "Serverless",
+    "Knative": "Serverless",
+}
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
-class KubeError(RuntimeError):
-    """The Kubernetes API refused or could not be reached; the message says which and why."""
+class InferenceServiceSpec(BaseModel):
+    """The retrieval endpoint: the crops image serving one model folder and its index."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=DNS_LABEL)
+    namespace: str = Field("default", pattern=DNS_LABEL)
+    image: str = Field(min_length=1)
+    model_path: str = Field(min_length=1)
+    index_path: str = Field(min_length=1)
+    mode: Mode = "Standard"
+    model_name: str = "crops"
+    port: int = Field(8080, ge=1, le=65535)
+    service_account: str = "crops-serve"
+    pvc: str | None = "crops-artifacts"
+    mount_path: str = "/artifacts"
+    cpu: str = "1"
+    memory: str = "2Gi"
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
 
 
-def custom_objects_api() -> CustomObjectsApi:
-    """A CustomObjectsApi from the in-cluster service account, else from the local kubeconfig."""
-    from kubernetes import client, config
+def predictor(spec: InferenceServiceSpec) -> dict[str, Any]:
+    """The predictor component: a custom container running `crops serve` on the spec's folders."""
+    resources = {"cpu": spec.cpu, "memory": spec.memory}
+    container: dict[str, Any] = {
+        "name": "kserve-container",
+        "image": spec.image,
+        "args": [
+            "serve",
+            "--model",
+            spec.model_path,
+            "--index",
+            spec.index_path,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(spec.port),
+            "--name",
+            spec.model_name,
+        ],
+        "ports": [{"containerPort": spec.port, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": f"/v1/models/{spec.model_name}", "port": spec.port},
+            "periodSeconds": 5,
+        },
+        "resources": {"requests": dict(resources), "limits": resources},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    if spec.pvc:
+        container["volumeMounts"].append(
+            {"name": "artifacts", "mountPath": spec.mount_path, "readOnly": True}
+        )
+        volumes.append({"name": "artifacts", "persistentVolumeClaim": {"claimName": spec.pvc}})
+    return {
+        "serviceAccountName": spec.service_account,
+        "minReplicas": spec.min_replicas,
+        "maxReplicas": spec.max_replicas,
+        "containers": [container],
+        "volumes": volumes,
+    }
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
+
+def manifest(spec: InferenceServiceSpec) -> dict[str, Any]:
+    """The InferenceService object for `spec`, serving its predictor to all traffic."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "labels": {"app.kubernetes.io/part-of": "crops"},
+            "annotations": {MODE_ANNOTATION: spec.mode},
+        },
+        "spec": {"predictor": predictor(spec)},
+    }
+
+
+def mode_of(obj: dict[str, Any]) -> Mode:
+    """Which canary mechanism an existing InferenceService uses."""
+    if (obj.get("spec") or {}).get("canary"):
+        return "Standard"
+    annotation = ((obj.get("metadata") or {}).get("annotations") or {}).get(MODE_ANNOTATION)
+    if annotation in ANNOTATION_MODES:
+        return ANNOTATION_MODES[annotation]
+    if "canaryTrafficPercent" in ((obj.get("spec") or {}).get("predictor") or {}):
+        return "Serverless"
+    return "Standard"
+
+
+def canary_percent(obj: dict[str, Any]) -> int | None:
+    """The traffic share the canary gets now (None when there is no canary)."""
+    spec = obj.get("spec") or {}
+    if spec.get("canary"):
+        return int(spec["canary"][0]["trafficPercent"])
+    percent = (spec.get("predictor") or {}).get("canaryTrafficPercent")
+    return None if percent is None else int(percent)
+
+
+def _check_percent(percent: int) -> int:
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+        raise ValueError(f"canary traffic percent must be an integer in 0..100, got {percent!r}")
+    return percent
+
+
+class InferenceServiceClient:
+    """Deploys and steers the retrieval InferenceService; `mode` "auto" reads it off the object."""
+
+    def __init__(
+        self, client: ApiClient | None = None, mode: Mode | Literal["auto"] = "auto"
+    ) -> None:
+        from kubernetes.client import CustomObjectsApi
+
+        if mode not in ("auto", "Standard", "Serverless"):
+            raise ValueError(f"mode must be auto, Standard or Serverless, got {mode!r}")
+        self.api = CustomObjectsApi(client if client is not None else api_client())
+        self.mode = mode
+
+    # ------------------------------------------------------------------ plain API calls
+    def get(self, name: str, namespace: str) -> dict[str, Any]:
+        with api_errors(f"reading InferenceService {namespace}/{name}"):
+            return self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def exists(self, name: str, namespace: str) -> bool:
         try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as exc:
-            raise KubeError(
-                f"no Kubernetes configuration (in-cluster or kubeconfig): {exc}"
-            ) from exc
-    return client.CustomObjectsApi()
+            self.get(name, namespace)
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def create(self, spec: InferenceServiceSpec) -> dict[str, Any]:
+        with api_errors(f"creating InferenceService {spec.namespace}/{spec.name}"):
+            return self.api.create_namespaced_custom_object(
+                GROUP, VERSION, spec.namespace, PLURAL, manifest(spec)
+            )
+
+    def _patch(self, name: str, namespace: str, body: Any, what: str) -> dict[str, Any]:
+        with api_errors(f"{what} on InferenceService {namespace}/{name}"):
+            return self.api.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, body
+            )
+
+    def _replace(self, obj: dict[str, Any], what: str) -> dict[str, Any]:
+        meta = obj["metadata"]
+        with api_errors(f"{what} on InferenceService {meta['namespace']}/{meta['name']}"):
+            return self.api.replace_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], obj
+            )
+
+    def _mode(self, obj: dict[str, Any]) -> Mode:
+        return mode_of(obj) if self.mode == "auto" else self.mode
+
+    # ------------------------------------------------------------------ the rollout
+    def deploy(self, spec: InferenceServiceSpec, canary_percent: int | None) -> dict[str, Any]:
+        """Create the service if it is missing (all traffic to `spec`); otherwise roll `spec` out
+        as a canary taking `canary_percent` of the traffic, or to all traffic when None."""
+        if not self.exists(spec.name, spec.namespace):
+            return self.create(spec)
+        new = predictor(spec)
+        if canary_percent is None:
+            body = {"spec": {"predictor": new, "canary": None}}
+            return self._patch(spec.name, spec.namespace, body, "rolling out a new predictor")
+        percent = _check_percent(canary_percent)
+        mode = spec.mode if self.mode == "auto" else self.mode
+        if mode == "Standard":
+            body = {"spec": {"canary": [{"predictor": new, "trafficPercent": percent}]}}
+        else:
+            body = {"spec": {"predictor": {**new, "canaryTrafficPercent": percent}}}
+        return self._patch(spec.name, spec.namespace, body, f"deploying a {percent} % canary")
+
+    def set_canary_traffic(self, name: str, namespace: str, percent: int) -> dict[str, Any]:
+        """Give the running canary `percent` of the traffic (0..100)."""
+        percent = _check_percent(percent)
+        obj = self.get(name, namespace)
+        if self._mode(obj) == "Serverless":
+            body = {"spec": {"predictor": {"canaryTrafficPercent": percent}}}
+            return self._patch(name, namespace, body, f"setting canaryTrafficPercent={percent}")
+        obj = copy.deepcopy(obj)
+        if not (obj.get("spec") or {}).get("canary"):
+            raise KubeError(f"InferenceService {namespace}/{name} has no canary (spec.canary)")
+        obj["spec"]["canary"][0]["trafficPercent"] = percent
+        return self._replace(obj, f"setting the canary's trafficPercent={percent}")
+
+    def promote(self, name: str, namespace: str) -> dict[str, Any]:
+        """Make the canary the only predictor (all traffic)."""
+        obj = copy.deepcopy(self.get(name, namespace))
+        spec = obj.setdefault("spec", {})
+        if self._mode(obj) == "Serverless":
+            if "canaryTrafficPercent" not in spec.get("predictor", {}):
+                raise KubeError(f"InferenceService {namespace}/{name} has no canary to promote")
+            spec["predictor"].pop("canaryTrafficPercent")
+            return self._replace(obj, "promoting the canary")
+        if not spec.get("canary"):
+            raise KubeError(f"InferenceService {namespace}/{name} has no canary to promote")
+        spec["predictor"] = spec.pop("canary")[0]["predictor"]
+        return self._replace(obj, "promoting the canary")
+
+    def rollback(self, name: str, namespace: str) -> dict[str, Any]:
+        """Send all traffic back to the previous predictor and drop the canary."""
+        obj = copy.deepcopy(self.get(name, namespace))
+        spec = obj.setdefault("spec", {})
+        if self._mode(obj) == "Serverless":
+            if "canaryTrafficPercent" not in spec.get("predictor", {}):
+                raise KubeError(f"InferenceService {namespace}/{name} has no canary to roll back")
+            spec["predictor"]["canaryTrafficPercent"] = 0
+            return self._replace(obj, "rolling the canary back")
+        if not spec.get("canary"):
+            raise KubeError(f"InferenceService {namespace}/{name} has no canary to roll back")
+        spec.pop("canary")
+        return self._replace(obj, "rolling the canary back")
+
+    def wait_ready(
+        self, name: str, namespace: str, timeout_s: float, poll_s: float = 2.0
+    ) -> dict[str, Any]:
+        """Wait for condition Ready=True; a False with a reason is reported in the timeout."""
+
+        def state(obj: dict[str, Any]) -> str:
+            ready = conditions(obj).get("Ready")
+            if ready is None:
+                return "no Ready condition yet"
+            return (
+                f"Ready={ready.get('status')} reason={ready.get('reason', '')} "
+                f"message={ready.get('message', '')}"
+            )
+
+        return wait_for(
+            f"InferenceService {namespace}/{name} Ready",
+            lambda: self.get(name, namespace),
+            lambda o: conditions(o).get("Ready", {}).get("status") == "True",
+            timeout_s,
+            poll_s,
+            describe=state,
+        )
+
+
+def deploy(
+    spec: InferenceServiceSpec,
+    canary_percent: int | None,
+    client: ApiClient | None = None,
+    wait_s: float | None = None,
+) -> dict[str, Any]:
+    """Create or roll out `spec` (see `InferenceServiceClient.deploy`); wait for Ready if asked."""
+    isvc = InferenceServiceClient(client, mode=spec.mode)
+    obj = isvc.deploy(spec, canary_percent)
+    if wait_s:
+        obj = isvc.wait_ready(spec.name, spec.namespace, wait_s)
+    return obj
 
 
 def set_canary_traffic(
-    name: str, namespace: str, percent: int, api: CustomObjectsApi | None = None
+    name: str, namespace: str, percent: int, client: ApiClient | None = None
 ) -> dict[str, Any]:
-    """Merge-patch `spec.predictor.canaryTrafficPercent` of InferenceService `name`.
-
-    Returns the patched object. Raises `ValueError` for a percent outside 0..100 and `KubeError`
-    naming the object and the API's reason when the patch fails (missing object, RBAC, schema).
-    """
-    if not 0 <= percent <= 100:
-        raise ValueError(f"canary traffic percent must be within 0..100, got {percent}")
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
-    api = api if api is not None else custom_objects_api()
-    body = {"spec": {"predictor": {"canaryTrafficPercent": int(percent)}}}
-    try:
-        return api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
-    except ApiException as exc:
-        raise KubeError(
-            f"patching InferenceService {namespace}/{name} canaryTrafficPercent={percent} "
-            f"failed: HTTP {exc.status} {exc.reason}: {(exc.body or '').strip()[:500]}"
-        ) from exc
-    except (HTTPError, OSError) as exc:
-        raise KubeError(
-            f"patching InferenceService {namespace}/{name}: the API server is unreachable: {exc}"
-        ) from exc
+    """Give the canary of InferenceService `name` `percent` of the traffic (mode read off it)."""
+    return InferenceServiceClient(client).set_canary_traffic(name, namespace, percent)
 
 
-__all__ = ["GROUP", "PLURAL", "VERSION", "KubeError", "custom_objects_api", "set_canary_traffic"]
+__all__ = [
+    "GROUP",
+    "PLURAL",
+    "VERSION",
+    "InferenceServiceClient",
+    "InferenceServiceSpec",
+    "KubeError",
+    "canary_percent",
+    "deploy",
+    "manifest",
+    "mode_of",
+    "predictor",
+    "set_canary_traffic",
+]
