@@ -28,14 +28,14 @@ import asyncio
 import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+
+from crops.serve.process import ServerProcessError, start_server, stop_server, wait_for_url
 
 GOAL_P99_MS = 20.0
 
@@ -121,34 +121,15 @@ def reference(model_dir: Path, index_dir: Path, queries: list[str], k: int) -> n
     return np.array(out)
 
 
-def start_server(model_dir: Path, index_dir: Path, log: Path, extra: list[str]):
-    cmd = [
-        sys.executable,
-        "-m",
-        "crops.cli",
-        "serve",
-        "--model",
-        str(model_dir),
-        "--index",
-        str(index_dir),
-        "--port",
-        "0",
-        "--max-top-k",
-        "1000",
-        *extra,
-    ]
-    with open(log, "wb") as fh:  # a file, not a pipe: a full pipe blocks the server
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        found = re.search(r"serving \S+ at (http://\S+): POST", log.read_text(errors="replace"))
-        if found:
-            return proc, found.group(1)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"server did not start:\n{log.read_text(errors='replace')}")
+def start(model_dir: Path, index_dir: Path, log: Path, extra: list[str]):
+    """`crops serve` on a free port (crops.serve.process): (process, URL)."""
+    args = ["--model", model_dir, "--index", index_dir, "--port", "0", "--max-top-k", "1000"]
+    proc = start_server([*args, *extra], log)
+    try:
+        return proc, wait_for_url(proc, log, 180)
+    except ServerProcessError as exc:
+        stop_server(proc)
+        raise SystemExit(str(exc)) from exc
 
 
 class Connection:
@@ -268,7 +249,7 @@ def main() -> None:
     queries, reqs = make_requests(args.requests, args.bad_share, vocab, args.top_k)
     ref = reference(model_dir, index_dir, queries[: args.reference], args.top_k)
 
-    proc, url = start_server(model_dir, index_dir, work / "server.log", args.server_args)
+    proc, url = start(model_dir, index_dir, work / "server.log", args.server_args)
     try:
         server = psutil.Process(proc.pid)
         me = psutil.Process()
@@ -286,11 +267,7 @@ def main() -> None:
         results, wall = asyncio.run(load(url, reqs, args.rate, args.top_k, args.timeout))
         cpu1_s, cpu1_me = server_cpu_s(), me.cpu_times()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc, grace_s=20)
 
     lat = np.array([r[0] for r in results])
     service = np.array([r[1] for r in results])

@@ -4,17 +4,15 @@ evaluate. Each step is the installed `crops` console script in its own process."
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from crops.serve.process import ServerProcess
 from crops.world.online import HttpRetriever
 
 
@@ -80,28 +78,9 @@ def test_simulate_mine_train_index_serve_evaluate(tmp_path):
     # 40 steps of training already beat the lexical baseline on click recall
     assert scores["exact"]["ct"]["R@100"] > scores["bm25"]["ct"]["R@100"]
 
-    port = free_port()
-    log = (tmp_path / "serve.log").open("w")
     exe = shutil.which("crops") or str(Path(sys.executable).with_name("crops"))
-    server = subprocess.Popen(
-        [exe, "serve", "--model", model, "--index", index, "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("server not ready in 120 s:\n" + (tmp_path / "serve.log").read_text())
+    args = ["--model", model, "--index", index, "--port", "0"]
+    with ServerProcess(args, tmp_path / "serve.log", timeout_s=120, exe=[exe]) as url:
         queries = (world / "tests" / "queries.tsv").read_text().splitlines()[:5]
         texts = [line.split("\t", 1)[1] for line in queries]
         retriever = HttpRetriever(url)
@@ -111,7 +90,3 @@ def test_simulate_mine_train_index_serve_evaluate(tmp_path):
         from crops.index.retriever import DenseRetriever
 
         assert answers == DenseRetriever.load(model, index)(texts, 10)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()

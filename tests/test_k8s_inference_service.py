@@ -76,6 +76,11 @@ def test_standard_mode_canary_promote_and_rollback(apiserver, namespace) -> None
 
     obj = deploy(_spec(namespace, "v2"), canary_percent=10, client=api)
     assert _serving(obj) == ("v1", "v2", 10) and mode_of(obj) == "Standard"
+    canary = obj["spec"]["canary"][0]["predictor"]  # named, no autoscaling fields (KServe 0.20)
+    assert canary["name"] == "candidate" and "minReplicas" not in canary
+    assert _spec(namespace, "v2").canary_url == (
+        f"http://crops-candidate-predictor.{namespace}.svc.cluster.local"
+    )
     assert _serving(set_canary_traffic("crops", namespace, 50, client=api)) == ("v1", "v2", 50)
 
     held = apply_decision({"action": "hold"}, isvc="crops", namespace=namespace, client=api)
@@ -90,7 +95,10 @@ def test_standard_mode_canary_promote_and_rollback(apiserver, namespace) -> None
 
     out = apply_decision({"action": "promote"}, isvc="crops", namespace=namespace, client=api)
     assert out["patched"] and out["canary_traffic_percent"] is None
-    assert _serving(isvcs.get("crops", namespace)) == ("v2", None, None)
+    promoted = isvcs.get("crops", namespace)
+    assert _serving(promoted) == ("v2", None, None)
+    assert promoted["spec"]["predictor"]["name"] == "candidate"  # retargeted, not restarted
+    assert promoted["spec"]["predictor"]["minReplicas"] == 1  # the stable one's scaling stays
 
     deploy(_spec(namespace, "v3"), canary_percent=10, client=api)
     apply_decision({"action": "rollback"}, isvc="crops", namespace=namespace, client=api)

@@ -21,8 +21,10 @@ def test_the_deployment_probes_models_and_takes_the_key_from_a_secret() -> None:
     dep = deployment(_spec("ml", max_model_len=4096))
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models"
-    assert container["startupProbe"]["httpGet"]["path"] == "/v1/models"
+    for probe in ("readinessProbe", "startupProbe"):
+        command = container[probe]["exec"]["command"]
+        assert "/v1/models" in command[-1] and "os.environ['VLLM_API_KEY']" in command[-1]
+    assert container["args"][0] == "Qwen/Qwen2.5-1.5B-Instruct"  # `vllm serve MODEL`
     assert container["startupProbe"]["failureThreshold"] * 10 >= 1800  # weights take minutes
     key = next(e for e in container["env"] if e["name"] == "VLLM_API_KEY")
     assert key == {
@@ -48,6 +50,41 @@ def test_bad_specs_are_refused() -> None:
         VllmSpec(namespace="ml", model="")
     with pytest.raises(ValidationError, match="name"):
         VllmSpec(name="vLLM", namespace="ml", model="m")
+
+
+def test_the_probe_really_sends_the_key_and_needs_a_200(tmp_path) -> None:
+    """Run the probe's command against a local server that wants the key (a test fake)."""
+    import http.server
+    import os
+    import subprocess
+    import sys
+
+    from crops.k8s.vllm import models_probe
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Authorization")))
+            ok = self.headers.get("Authorization") == "Bearer s3cret"
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cmd = [sys.executable, *models_probe(server.server_address[1])[1:]]
+        good = subprocess.run(cmd, env={**os.environ, "VLLM_API_KEY": "s3cret"}, check=False)
+        bad = subprocess.run(
+            cmd, env={**os.environ, "VLLM_API_KEY": "wrong"}, capture_output=True, check=False
+        )
+    finally:
+        server.shutdown()
+    assert good.returncode == 0 and bad.returncode != 0
+    assert seen[0] == ("/v1/models", "Bearer s3cret")
 
 
 def test_apply_creates_then_updates_and_wait_reads_readiness(apiserver, namespace) -> None:

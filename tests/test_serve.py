@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +16,7 @@ from kserve.protocol.infer_type import RequestedOutput
 from crops.index.retriever import DenseRetriever
 from crops.model.encoders import build_dual_encoder
 from crops.serve.predictor import RetrievalModel
+from crops.serve.process import start_server, stop_server, wait_for_url
 from crops.serve.requests import Limits
 from crops.world.online import HttpRetriever
 
@@ -226,33 +223,17 @@ def test_v2_bad_requests(model, make, message):
 # ------------------------------------------------------------------ the real server
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as fh:  # a file, not a pipe: a full pipe would block the server
-        return subprocess.Popen(
-            [sys.executable, "-m", "crops.cli", "serve", *args], stdout=fh, stderr=subprocess.STDOUT
-        )
-
-
-def _wait_url(proc: subprocess.Popen, log: Path, timeout_s: float = 60) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = re.search(r"serving crops at (http://\S+): POST", log.read_text(errors="replace"))
-        if found:
-            url = found.group(1)
-            assert httpx.get(f"{url}/v2/health/ready").status_code == 200
-            assert httpx.get(f"{url}/v1/models/crops").json() == {"name": "crops", "ready": True}
-            return url
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise AssertionError(f"server did not come up:\n{log.read_text(errors='replace')}")
+def _ready(url: str) -> str:
+    assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+    assert httpx.get(f"{url}/v1/models/crops").json() == {"name": "crops", "ready": True}
+    return url
 
 
 @pytest.fixture(scope="module")
 def server(tiny_index, tmp_path_factory):
     model_dir, index_dir = tiny_index
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    proc = _start(
+    proc = start_server(
         [
             "--model",
             model_dir,
@@ -268,13 +249,9 @@ def server(tiny_index, tmp_path_factory):
         log,
     )
     try:
-        yield _wait_url(proc, log), proc, log
+        yield _ready(wait_for_url(proc, log, 60)), proc, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 def test_server_answers_v1_and_v2_like_the_retriever(server, reference, queries):

@@ -18,10 +18,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -38,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from crops.evaluate.abstats import COUNTS, METRICS, add_user_tables, analyze, user_table
 from crops.evaluate.canary import CanaryPolicy, decide
 from crops.schema import SEARCH_LOG
+from crops.serve.process import ServerProcessError, start_server, stop_server, wait_for_url
 from crops.world.online import EndpointStats, HttpRetriever, OnlineRun, run_online
 from crops.world.world import World
 
@@ -169,42 +168,6 @@ def _check_model_dir(path: Path, arm: str) -> None:
         raise AbTestError(f"--{arm} {path}: not a CroPS model folder (no {MANIFEST})")
 
 
-_READY = re.compile(r"serving \S+ at (http://\S+): POST")
-
-
-def start_server(model_dir: Path, index_dir: Path, log: Path, model_name: str) -> subprocess.Popen:
-    """Start `crops serve` on a free loopback port, writing to `log` (a full pipe would block)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "crops.cli", "serve", "--model", str(model_dir)]
-    cmd += ["--index", str(index_dir), "--port", "0", "--host", "127.0.0.1", "--name", model_name]
-    with open(log, "wb") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-
-
-def wait_for_server(proc: subprocess.Popen, log: Path, timeout_s: float) -> str:
-    """The URL the server announces once ready; `AbTestError` with the log's tail otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = _READY.search(log.read_text(errors="replace"))
-        if found:
-            return found.group(1)
-        if proc.poll() is not None or time.monotonic() > deadline:
-            why = f"exited with {proc.returncode}" if proc.poll() is not None else "timed out"
-            tail = log.read_text(errors="replace")[-2000:]
-            raise AbTestError(f"`crops serve` ({log}) {why}:\n{tail}")
-        time.sleep(0.1)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def resolve_arms(cfg: AbTestConfig, stack: ExitStack, progress: Progress | None) -> list[Arm]:
     """Check both arms, then build indexes and start servers; all before any traffic."""
     from crops.index.build import build_exact_index
@@ -238,14 +201,18 @@ def resolve_arms(cfg: AbTestConfig, stack: ExitStack, progress: Progress | None)
             if progress:
                 progress(f"index {name}", 1, 1)
         log = cfg.out / "logs" / name / "server.log"
-        proc = start_server(model_dir, Path(index), log, cfg.model_name)
+        args = ["--model", model_dir, "--index", index, "--port", "0", "--host", "127.0.0.1"]
+        proc = start_server([*args, "--name", cfg.model_name], log)
         stack.callback(stop_server, proc)
         started[name] = proc, log
         arms[name] = Arm(name, "", "model", str(model_dir), str(index), model_hash(model_dir))
     for i, (name, (proc, log)) in enumerate(started.items()):  # both start at once
         if progress:
             progress("servers", i, len(started))
-        arms[name].url = wait_for_server(proc, log, cfg.server_start_s)
+        try:
+            arms[name].url = wait_for_url(proc, log, cfg.server_start_s)
+        except ServerProcessError as exc:
+            raise AbTestError(str(exc)) from exc
     if progress and started:
         progress("servers", len(started), len(started))
     return [arms[name] for name in ARMS]

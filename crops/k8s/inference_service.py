@@ -2,9 +2,10 @@
 
 KServe has two ways to run a canary, and a platform team picks one per cluster:
 
-- **Standard** (raw Deployments, no Knative): the new predictor goes in `spec.canary`, a list of
-  `{predictor, trafficPercent}`; promoting moves it into `spec.predictor` and clears the list,
-  rolling back clears the list.
+- **Standard** (raw Deployments, no Knative; KServe 0.20+): the new predictor goes in
+  `spec.canary`, a list of `{trafficPercent, predictor}` whose predictor is named (KServe runs it
+  as Deployment and Service `{isvc}-{name}-predictor`) and carries no autoscaling fields;
+  promoting moves it into `spec.predictor` and clears the list, rolling back clears the list.
 - **Serverless** (Knative revisions): the new predictor replaces `spec.predictor` with
   `canaryTrafficPercent`; KServe keeps the last rolled-out revision for the rest of the traffic.
   Promoting removes the percent (the new revision takes all), rolling back sets it to 0.
@@ -59,6 +60,17 @@ class InferenceServiceSpec(BaseModel):
     memory: str = "2Gi"
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
+    canary_name: str = Field("candidate", pattern=DNS_LABEL, description="Standard mode")
+
+    @property
+    def url(self) -> str:
+        """In-cluster base URL of the stable predictor (the A/B job's control arm)."""
+        return f"http://{self.name}-predictor.{self.namespace}.svc.cluster.local"
+
+    @property
+    def canary_url(self) -> str:
+        """In-cluster base URL of the Standard-mode canary (the A/B job's treatment arm)."""
+        return f"http://{self.name}-{self.canary_name}-predictor.{self.namespace}.svc.cluster.local"
 
 
 def predictor(spec: InferenceServiceSpec) -> dict[str, Any]:
@@ -108,6 +120,16 @@ def predictor(spec: InferenceServiceSpec) -> dict[str, Any]:
         "containers": [container],
         "volumes": volumes,
     }
+
+
+# Fields KServe refuses in a Standard-mode canary predictor (its replicas follow the traffic).
+AUTOSCALING_FIELDS = ("minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "autoScaling")
+
+
+def canary_predictor(spec: InferenceServiceSpec) -> dict[str, Any]:
+    """The predictor as a Standard-mode canary: named, without autoscaling fields."""
+    body = {k: v for k, v in predictor(spec).items() if k not in AUTOSCALING_FIELDS}
+    return {"name": spec.canary_name, **body}
 
 
 def manifest(spec: InferenceServiceSpec) -> dict[str, Any]:
@@ -214,7 +236,8 @@ class InferenceServiceClient:
         percent = _check_percent(canary_percent)
         mode = spec.mode if self.mode == "auto" else self.mode
         if mode == "Standard":
-            body = {"spec": {"canary": [{"predictor": new, "trafficPercent": percent}]}}
+            canary = {"predictor": canary_predictor(spec), "trafficPercent": percent}
+            body = {"spec": {"canary": [canary]}}
         else:
             body = {"spec": {"predictor": {**new, "canaryTrafficPercent": percent}}}
         return self._patch(spec.name, spec.namespace, body, f"deploying a {percent} % canary")
@@ -243,7 +266,10 @@ class InferenceServiceClient:
             return self._replace(obj, "promoting the canary")
         if not spec.get("canary"):
             raise KubeError(f"InferenceService {namespace}/{name} has no canary to promote")
-        spec["predictor"] = spec.pop("canary")[0]["predictor"]
+        # KServe retargets the stable predictor to the canary's Deployment (no restart); the
+        # stable predictor keeps its autoscaling settings.
+        kept = {k: v for k, v in spec["predictor"].items() if k in AUTOSCALING_FIELDS}
+        spec["predictor"] = {**spec.pop("canary")[0]["predictor"], **kept}
         return self._replace(obj, "promoting the canary")
 
     def rollback(self, name: str, namespace: str) -> dict[str, Any]:
@@ -313,6 +339,7 @@ __all__ = [
     "InferenceServiceSpec",
     "KubeError",
     "canary_percent",
+    "canary_predictor",
     "deploy",
     "manifest",
     "mode_of",

@@ -2,8 +2,10 @@
 
 vLLM's OpenAI-compatible server takes minutes to load weights, so the startup probe allows for
 that before liveness applies, and readiness is `GET /v1/models` (answered only once the model
-is loaded). Weights are cached on a PVC so a restart does not download them again. The API key
-comes from a Secret by reference; no value is ever written into a manifest.
+is loaded). With an API key vLLM answers 401 there without it, and an httpGet probe cannot read
+a Secret, so the probes are a tiny exec that sends the key from the container's environment.
+Weights are cached on a PVC so a restart does not download them again. The API key comes from a
+Secret by reference; no value is ever written into a manifest.
 """
 
 from __future__ import annotations
@@ -55,19 +57,31 @@ class VllmSpec(BaseModel):
         return f"http://{self.name}.{self.namespace}.svc.cluster.local:{self.port}"
 
 
+def models_probe(port: int) -> list[str]:
+    """`GET /v1/models` with the API key from the environment; fails unless HTTP 200."""
+    code = (
+        "import os, urllib.request as u; u.urlopen(u.Request("
+        f"'http://127.0.0.1:{port}/v1/models', "
+        "headers={'Authorization': 'Bearer ' + os.environ['VLLM_API_KEY']}), timeout=4)"
+    )
+    return ["python3", "-c", code]
+
+
 def _labels(spec: VllmSpec) -> dict[str, str]:
     return {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/part-of": "crops"}
 
 
 def deployment(spec: VllmSpec) -> dict[str, Any]:
     """The vLLM Deployment (apps/v1)."""
-    args = ["--model", spec.model, "--port", str(spec.port), "--served-model-name", spec.model]
+    # The image's entrypoint is `vllm serve`, which takes the model as its argument and reads
+    # VLLM_API_KEY from the environment (the key never appears on the command line).
+    args = [spec.model, "--port", str(spec.port), "--served-model-name", spec.model]
     if spec.max_model_len:
         args += ["--max-model-len", str(spec.max_model_len)]
     resources: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
     if spec.gpus:
         resources["nvidia.com/gpu"] = spec.gpus
-    probe = {"httpGet": {"path": "/v1/models", "port": spec.port}, "periodSeconds": 10}
+    probe = {"exec": {"command": models_probe(spec.port)}, "periodSeconds": 10, "timeoutSeconds": 5}
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     if spec.cache_pvc:
@@ -184,4 +198,4 @@ class VllmClient:
         return spec.url
 
 
-__all__ = ["VLLM_IMAGE", "VllmClient", "VllmSpec", "deployment", "service"]
+__all__ = ["VLLM_IMAGE", "VllmClient", "VllmSpec", "deployment", "models_probe", "service"]
