@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from crops.evaluate.collection import Collection
+from crops.lexical import bm25_index, bm25_retrieve
 
 Hits = list[list[tuple[str, float]]]
 Progress = Callable[[str, int, int], None]
@@ -32,27 +33,14 @@ class BM25Searcher:
     name = "bm25"
 
     def __init__(self, doc_ids: Sequence[str], texts: Sequence[str]) -> None:
-        import bm25s
-
         self.doc_ids = list(doc_ids)
-        self.model = bm25s.BM25()
-        self.model.index(
-            bm25s.tokenize(list(texts), stopwords="en", show_progress=False), show_progress=False
-        )
+        self.model = bm25_index(texts)
 
     def search(self, queries: Sequence[str], k: int) -> Hits:
-        import bm25s
-
-        k = min(k, len(self.doc_ids))
-        docs, scores = self.model.retrieve(
-            bm25s.tokenize(list(queries), stopwords="en", show_progress=False),
-            k=k,
-            show_progress=False,
-            n_threads=1,
-        )
+        docs, scores = bm25_retrieve(self.model, queries, min(k, len(self.doc_ids)))
         return [
             [(self.doc_ids[d], float(s)) for d, s in zip(row, srow, strict=True) if s > 0]
-            for row, srow in zip(np.asarray(docs), np.asarray(scores), strict=True)
+            for row, srow in zip(docs, scores, strict=True)
         ]
 
 

@@ -82,14 +82,11 @@ class BM25Negatives:
     """Top BM25 (bm25s) documents for the query that are not among its samples: DPR's negatives."""
 
     def __init__(self, data: TrainingData, depth: int = 50) -> None:
-        import bm25s
+        from crops.lexical import bm25_index, bm25_retrieve
 
-        model = bm25s.BM25()
-        model.index(bm25s.tokenize(data.texts, show_progress=False), show_progress=False)
+        model = bm25_index(data.texts, stopwords=None)
         k = min(depth, len(data.texts))
-        docs, _ = model.retrieve(
-            bm25s.tokenize(data.queries, show_progress=False), k=k, show_progress=False
-        )
+        docs, _ = bm25_retrieve(model, data.queries, k, stopwords=None)
         own = [set(d.tolist()) for d, _ in data.groups]
         self.pool = [np.array([x for x in row if x not in own[q]]) for q, row in enumerate(docs)]
 

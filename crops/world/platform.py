@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import bm25s
 import numpy as np
 
+from crops.lexical import bm25_index, bm25_retrieve
 from crops.schema import long_play_np
 from crops.world.catalog import FORM_KINDS, Forms, Intents, Users, Videos, grades
 from crops.world.config import WorldConfig
@@ -87,13 +87,10 @@ class Platform:
 
     def _lexical_pools(self) -> tuple[np.ndarray, np.ndarray]:
         """BM25 (bm25s) top `lexical_pool` per distinct query, ties broken by popularity."""
-        corpus = bm25s.tokenize(video_text(self.videos), stopwords="en", show_progress=False)
-        model = bm25s.BM25()
-        model.index(corpus, show_progress=False)
+        model = bm25_index(video_text(self.videos))
         k = self.cfg.lexical_pool
-        queries = bm25s.tokenize(self.forms.text, stopwords="en", show_progress=False)
-        docs, scores = model.retrieve(queries, k=k, show_progress=False, n_threads=1)
-        docs, scores = np.asarray(docs), np.asarray(scores, dtype=np.float32)
+        docs, scores = bm25_retrieve(model, self.forms.text, k)
+        scores = scores.astype(np.float32)
         popular = np.argsort(-self.videos.popularity, kind="stable")
         for q in np.flatnonzero((scores <= 0).any(axis=1)):
             hit = docs[q][scores[q] > 0]
