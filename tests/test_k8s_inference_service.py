@@ -63,8 +63,12 @@ def test_the_manifest_is_kept_whole_by_the_crd(apiserver, namespace) -> None:
     stored = isvcs.get("crops", namespace)
     assert_sent_is_kept(manifest(spec)["spec"], stored["spec"])
     assert stored["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
-    container = stored["spec"]["predictor"]["containers"][0]
-    assert container["args"][:1] == ["serve"]
+    pod = stored["spec"]["predictor"]
+    # the labels the chart's NetworkPolicies admit, and no API token in the serving pod
+    assert pod["labels"]["app.kubernetes.io/component"] == "predictor"
+    assert pod["automountServiceAccountToken"] is False
+    container = pod["containers"][0]
+    assert container["command"] == ["crops"] and container["args"][:1] == ["serve"]
     assert container["securityContext"]["runAsNonRoot"] is True
 
 

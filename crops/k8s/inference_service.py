@@ -79,6 +79,7 @@ def predictor(spec: InferenceServiceSpec) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "kserve-container",
         "image": spec.image,
+        "command": ["crops"],
         "args": [
             "serve",
             "--model",
@@ -93,9 +94,16 @@ def predictor(spec: InferenceServiceSpec) -> dict[str, Any]:
             spec.model_name,
         ],
         "ports": [{"containerPort": spec.port, "protocol": "TCP"}],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        # Ready only once the model and its index are loaded and belong together.
         "readinessProbe": {
             "httpGet": {"path": f"/v1/models/{spec.model_name}", "port": spec.port},
             "periodSeconds": 5,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": spec.port},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 20,
         },
         "resources": {"requests": dict(resources), "limits": resources},
         "securityContext": {
@@ -115,6 +123,19 @@ def predictor(spec: InferenceServiceSpec) -> dict[str, Any]:
         volumes.append({"name": "artifacts", "persistentVolumeClaim": {"claimName": spec.pvc}})
     return {
         "serviceAccountName": spec.service_account,
+        "automountServiceAccountToken": False,  # the predictor never calls the API
+        # The NetworkPolicies admit traffic to pods with these labels only.
+        "labels": {
+            "app.kubernetes.io/part-of": "crops",
+            "app.kubernetes.io/component": "predictor",
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "minReplicas": spec.min_replicas,
         "maxReplicas": spec.max_replicas,
         "containers": [container],
