@@ -1,0 +1,79 @@
+{{/* Labels every object carries. */}}
+{{- define "crops.labels" -}}
+app.kubernetes.io/part-of: crops
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{/* The platform image. */}}
+{{- define "crops.image" -}}
+{{ printf "%s:%s" .Values.image.repository (toString .Values.image.tag) }}
+{{- end }}
+
+{{/* The image of Ray pods: the CUDA build on GPU clusters. */}}
+{{- define "crops.rayImage" -}}
+{{- if .Values.gpu.enabled -}}
+{{ printf "%s:%s" .Values.image.repository (toString .Values.gpu.rayImageTag) }}
+{{- else -}}
+{{ include "crops.image" . }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level security: a fixed non-root user, the runtime's default seccomp profile. */}}
+{{- define "crops.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container-level security: read-only root, no privilege escalation, no capabilities. */}}
+{{- define "crops.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end }}
+
+{{/* Requests and limits are required: a container without them is a render error. */}}
+{{- define "crops.resources" -}}
+{{- $r := required "resources are required" . -}}
+requests:
+  {{- toYaml (required "resources.requests is required" $r.requests) | nindent 2 }}
+limits:
+  {{- toYaml (required "resources.limits is required" $r.limits) | nindent 2 }}
+{{- end }}
+
+{{/* GPU scheduling for a pod spec. */}}
+{{- define "crops.gpuScheduling" -}}
+{{- with .Values.gpu.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.gpu.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Serverless (Knative) or Standard (RawDeployment). */}}
+{{- define "crops.serverless" -}}
+{{- if eq .Values.serving.mode "Serverless" -}}true{{- else if eq .Values.serving.mode "Standard" -}}{{- else -}}
+{{- fail (printf "serving.mode must be Standard or Serverless, got %q" .Values.serving.mode) -}}
+{{- end -}}
+{{- end }}
+
+{{/* KServe's in-cluster URL of a predictor, optionally through a Knative tag. */}}
+{{- define "crops.predictorUrl" -}}
+{{- $ := index . 0 -}}{{- $name := index . 1 -}}{{- $tag := index . 2 -}}
+{{- if $tag -}}
+{{ printf "http://%s-%s-predictor.%s.svc.cluster.local" $tag $name $.Release.Namespace }}
+{{- else -}}
+{{ printf "http://%s-predictor.%s.svc.cluster.local" $name $.Release.Namespace }}
+{{- end -}}
+{{- end }}

