@@ -241,3 +241,19 @@ def test_default_world_positives_are_precise_and_beyond_exposure(minilm, tmp_pat
     for source in ("reformulation", "recfeed"):
         assert q[source]["precision"] >= 0.8, (source, q[source])
         assert q[source]["never_shown_share"] > 0.5, (source, q[source])
+
+
+def test_rayjob_entry_point_mines_like_the_cli(tiny_dir: Path, tmp_path: Path) -> None:
+    """`python ray_jobs/mine.py ...` is `crops mine ...`: same outputs, exit 2 on bad input."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ray_jobs"))
+    try:
+        from mine import main
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "mined"
+    args = ["--world", str(tiny_dir), "--out", str(out), "--filter-model", "none"]
+    assert main([*args, "--llm-backend", "knowledge"]) == 0
+    assert (out / "samples.parquet").is_file() and (out / "synth_videos.parquet").is_file()
+    assert main(["--world", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
