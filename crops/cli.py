@@ -789,6 +789,198 @@ def abtest(
             console.print(f"{where}: canary rolled back, all traffic to the previous predictor")
 
 
+pipeline_app = typer.Typer(
+    name="pipeline",
+    help="The Kubeflow pipeline: compile it, run it here (kfp.local), submit it to a cluster.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(
+    out: Annotated[Path, typer.Option(help="IR YAML to write")] = Path("crops_pipeline.yaml"),
+    target: Annotated[str, typer.Option(help="cluster | local")] = "cluster",
+    image: Annotated[
+        str | None, typer.Option(help="image of every task (default crops:0.1.0)")
+    ] = None,
+    source: Annotated[str, typer.Option(help="simulate | ingest (the world_uri parameter)")] = (
+        "simulate"
+    ),
+    synthesis: Annotated[
+        str, typer.Option(help="endpoint (a vLLM server) | vllm-offline (GPU mine task)")
+    ] = "endpoint",
+    task_gpus: Annotated[int, typer.Option(help="GPUs of the train/index tasks themselves")] = 0,
+    s3_secret: Annotated[
+        str | None, typer.Option(help="a Secret with AWS_* keys for s3:// URIs")
+    ] = None,
+) -> None:
+    """Compile the pipeline to KFP v2 IR YAML (cluster: GPU nodes, PVC, Secrets)."""
+    from crops.pipeline import PipelineError, compile_pipeline
+
+    options: dict = {"source": source, "synthesis": synthesis, "task_gpus": task_gpus}
+    if image:
+        options["image"] = image
+    if s3_secret:
+        options["s3_secret"] = s3_secret
+    try:
+        path = compile_pipeline(out, target, **options)
+    except PipelineError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"[bold]pipeline compiled to {path}[/] (target {target})", highlight=False)
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    local: Annotated[bool, typer.Option("--local", help="run here under kfp.local")] = False,
+    scale: Annotated[str, typer.Option(help="world size: default | tiny")] = "default",
+    seed: Annotated[int, typer.Option(help="world seed")] = 1,
+    steps: Annotated[
+        int | None, typer.Option(help="optimizer steps per model (default: the scale's)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="pipeline root: task outputs and logs")] = Path(
+        "runs/pipeline"
+    ),
+    param: Annotated[
+        list[str] | None, typer.Option(help="another pipeline argument NAME=VALUE (repeat)")
+    ] = None,
+    cache: Annotated[bool, typer.Option(help="reuse the outputs of unchanged tasks")] = False,
+    verbose: Annotated[bool, typer.Option(help="show every task's output")] = False,
+) -> None:
+    """Run the whole pipeline here under kfp.local, on the embedded default world."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from crops.evaluate.experiment import COLUMNS
+    from crops.pipeline import PipelineError, build, local_arguments, parse_params, run_local
+
+    if not local:
+        _fail("give --local (to run on a cluster: crops pipeline submit --host URL)")
+    try:
+        arguments = local_arguments(scale, seed, steps, parse_params(param or [], build("local")))
+    except PipelineError as exc:
+        _fail(str(exc))
+        return
+    columns = (
+        SpinnerColumn(finished_text="[green]done[/]"),
+        TextColumn("{task.description:<40}"),
+        TimeElapsedColumn(),
+        TextColumn("[dim]{task.fields[last]}"),
+    )
+    live = err.is_terminal and not verbose
+    with Progress(*columns, console=err, disable=not live, redirect_stdout=False) as bar:
+        ids: dict[str, int] = {}
+        finished: set[str] = set()
+
+        def on_task(event: str, name: str, label: str, detail: str) -> None:
+            if event == "start":
+                ids[name] = bar.add_task(label, total=1, last="")
+            elif event == "update":
+                if name in ids and name not in finished:  # a late tick of a finished task
+                    bar.update(ids[name], last=escape(detail[-80:]))
+                return
+            elif event == "success":
+                finished.add(name)
+                bar.update(ids[name], completed=1, last=f"{detail} s")
+            else:
+                finished.add(name)
+                bar.update(ids[name], description=f"[red]{label} (failed)[/]", last="")
+                bar.stop_task(ids[name])
+            if not live:
+                word = {"start": "start", "success": "done ", "failure": "FAIL "}[event]
+                took = f" ({detail} s)" if event != "start" else ""
+                err.print(f"{word} {label}{took}", highlight=False)
+
+        err.print(f"running the pipeline under kfp.local into {out} ...", highlight=False)
+        try:
+            result = run_local(out, arguments, on_task=on_task, verbose=verbose, cache=cache)
+        except PipelineError as exc:
+            bar.stop()
+            _fail(str(exc), code=1)
+            return
+    table = Table(title="offline retrieval (%)", header_style="bold")
+    table.add_column("method")
+    for _, label in COLUMNS:
+        table.add_column(label, justify="right")
+    for name, scores in result["offline"]["scores"].items():
+        table.add_row(name, *(f"{100 * scores[key]:.1f}" for key, _ in COLUMNS))
+    console.print(table)
+    decision = result["decision"]
+    colour = {"promote": "green", "hold": "yellow", "rollback": "red"}[decision["action"]]
+    console.print(
+        f"A/B decision: [bold {colour}]{decision['action'].upper()}[/] after look "
+        f"{result['looks_run']} of {result['looks_planned']}",
+        highlight=False,
+    )
+    for reason in decision["reasons"]:
+        console.print(f"  - {escape(reason)}", highlight=False, soft_wrap=True)
+    shown = {
+        "run folder": result["run_dir"],
+        "offline table": result["offline_table"],
+        "A/B report": result["ab_report_md"],
+        "A/B report (json)": result["ab_report_json"],
+        "InferenceService manifest": result["isvc_manifest"],
+        "task logs": result["log"],
+        "summary": result["summary_json"],
+    }
+    for what, path in shown.items():
+        console.print(f"{what}: {path}", highlight=False, soft_wrap=True)
+    console.print(f"pipeline finished in {result['wall_s']:.0f} s", highlight=False)
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(
+    host: Annotated[str, typer.Option(help="the KFP API, e.g. http://localhost:8888")],
+    experiment: Annotated[str, typer.Option(help="experiment to file the run under")] = "crops",
+    param: Annotated[
+        list[str] | None, typer.Option(help="a pipeline argument NAME=VALUE (repeat)")
+    ] = None,
+    run_name: Annotated[str | None, typer.Option(help="default crops-<time>")] = None,
+    package: Annotated[
+        Path | None, typer.Option(help="a compiled package (default: compile for the cluster)")
+    ] = None,
+    namespace: Annotated[str | None, typer.Option(help="KFP profile namespace")] = None,
+    service_account: Annotated[
+        str | None, typer.Option(help="the run's service account (RayJob, ISVC rights)")
+    ] = None,
+    image: Annotated[str | None, typer.Option(help="image of every task")] = None,
+) -> None:
+    """Submit a run of the pipeline to a Kubeflow Pipelines backend.
+
+    Exit status: 0 submitted, 2 bad input, 1 the host is unreachable or refuses the run.
+    """
+    from crops.pipeline import HostError, PipelineError, build, parse_params, submit
+
+    options = {"image": image} if image else {}
+    try:
+        arguments = parse_params(param or [], build("cluster", **options))
+        result = submit(
+            host,
+            arguments=arguments,
+            experiment=experiment,
+            run_name=run_name,
+            package=package,
+            namespace=namespace,
+            service_account=service_account,
+            options=options,
+        )
+    except HostError as exc:
+        _fail(str(exc), code=1)
+        return
+    except PipelineError as exc:
+        _fail(str(exc))
+        return
+    console.print(
+        f"[bold]run {result['run_id']} submitted[/] (experiment {result['experiment']}):"
+        f" {result['url']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+app.add_typer(pipeline_app, name="pipeline")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,0 +1,3 @@
+from components.abtest.component import abtest
+
+__all__ = ["abtest"]

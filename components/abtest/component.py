@@ -1,0 +1,129 @@
+"""abtest: the online A/B test of the treatment against the control, and the canary decision."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def abtest(
+    world: Input[Dataset],
+    control_model: Input[Model],
+    control_index: Input[Artifact],
+    treatment_model: Input[Model],
+    treatment_index: Input[Artifact],
+    metrics: Output[Metrics],
+    report: Output[Markdown],
+    results: Output[Artifact],
+    control_url: str = "",
+    treatment_url: str = "",
+    treatment_share: float = 0.5,
+    users: int = 0,
+    days: int = 5,
+    searches_per_user: float = 1.0,
+    seed: int = 0,
+    primary: str = "ctr",
+    alpha: float = 0.05,
+    min_users_per_arm: int = 500,
+    max_error_rate: float = 0.01,
+    max_p99_ms: float = 200.0,
+    timeout_s: float = 2.0,
+    concurrency: int = 8,
+    apply: bool = False,
+    isvc: str = "crops",
+    namespace: str = "crops",
+    mode: str = "auto",
+) -> str:
+    """Simulated users of the world search through the two arms; a promote, hold or rollback.
+
+    An arm is a KServe v1 URL when its `*_url` is given (the deployed InferenceService, say),
+    else the model with its index, served by a `crops serve` subprocess for the test's duration
+    (`crops.evaluate.abtest.run_abtest`). With `apply`, the decision is applied to the
+    InferenceService (`apply_decision`: promote makes the canary the only predictor, rollback
+    drops it, hold leaves it).
+
+    Args:
+        world: a simulated world.
+        control_model: the control (the click-only model), served unless control_url is set.
+        control_index: its index folder.
+        treatment_model: the treatment (CroPS), served unless treatment_url is set.
+        treatment_index: its index folder.
+        metrics: per metric the arms' values, lift and p-value; the decision (promote 1,
+            hold 0, rollback -1), the looks run and the users per arm.
+        report: report.md.
+        results: the report folder: ab_report.json, report.md, the plots, the logs per arm.
+        control_url: the control's KServe v1 URL; empty: serve control_model.
+        treatment_url: the treatment's KServe v1 URL; empty: serve treatment_model.
+        treatment_share: users in treatment, 0 < s < 1.
+        users: a seeded sample of the world's users; 0: all.
+        days: simulated days, one sequential look after each.
+        searches_per_user: mean searches per user a day.
+        seed: traffic seed (same seed, same report).
+        primary: ctr | long_play_rate | reformulation_rate.
+        alpha: two-sided level over all looks.
+        min_users_per_arm: no promotion below this.
+        max_error_rate: treatment guardrail: errors and timeouts per request.
+        max_p99_ms: treatment guardrail: p99 latency.
+        timeout_s: per-request endpoint timeout.
+        concurrency: requests in flight per arm.
+        apply: patch the InferenceService's canary traffic with the decision.
+        isvc: the InferenceService (apply).
+        namespace: its namespace (apply).
+        mode: its canary mechanism: Standard | Serverless | auto (read off the object).
+
+    Returns:
+        The decision: promote, hold or rollback.
+    """
+    import json
+    import shutil
+    from pathlib import Path
+
+    from crops.evaluate.abtest import AbTestConfig, apply_decision, run_abtest
+    from crops.evaluate.canary import CanaryPolicy
+
+    policy = CanaryPolicy(
+        primary=primary,
+        alpha=alpha,
+        looks=days,
+        min_users_per_arm=min_users_per_arm,
+        max_error_rate=max_error_rate,
+        max_p99_ms=max_p99_ms,
+    )
+    cfg = AbTestConfig(
+        world=world.path,
+        control=control_url or control_model.path,
+        treatment=treatment_url or treatment_model.path,
+        control_index=None if control_url else control_index.path,
+        treatment_index=None if treatment_url else treatment_index.path,
+        treatment_share=treatment_share,
+        users=users or None,
+        days=days,
+        searches_per_user=searches_per_user,
+        seed=seed,
+        timeout_s=timeout_s,
+        concurrency=concurrency,
+        policy=policy,
+        out=results.path,
+    )
+    rep = run_abtest(cfg)
+    shutil.copy2(Path(results.path) / "report.md", report.path)
+
+    decision = rep["decision"]
+    action = decision["action"]
+    metrics.log_metric("decision", {"promote": 1, "hold": 0, "rollback": -1}[action])
+    metrics.log_metric("looks_run", rep["looks_run"])
+    analysis = rep["analysis"]
+    for arm in ("control", "treatment"):
+        metrics.log_metric(f"{arm}_users", analysis["arms"][arm]["users"])
+    for name, lift in analysis["metrics"].items():
+        for key in ("control", "treatment", "lift", "p_value"):
+            if isinstance(lift.get(key), int | float):
+                metrics.log_metric(f"{name}_{key}", lift[key])
+    results.metadata.update(
+        {"decision": action, "reasons": decision["reasons"], "looks_run": rep["looks_run"]}
+    )
+    if apply:
+        applied = apply_decision(decision, isvc=isvc, namespace=namespace, mode=mode)
+        results.metadata["applied"] = json.loads(json.dumps(applied, default=str))
+    return action

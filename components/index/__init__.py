@@ -1,0 +1,3 @@
+from components.index.component import index
+
+__all__ = ["index"]

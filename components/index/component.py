@@ -1,0 +1,121 @@
+"""index: embed every video with the model and build the FAISS index folder (`crops index`)."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def index(
+    model: Input[Model],
+    world: Input[Dataset],
+    index: Output[Artifact],
+    metrics: Output[Metrics],
+    factory: str = "Flat",
+    actors: int = 2,
+    batch_size: int = 256,
+    nprobe: int = 0,
+    backend: str = "local",
+    namespace: str = "crops",
+    image: str = "crops:0.1.0",
+    workers: int = 1,
+    worker_gpus: int = 1,
+    pvc: str = "crops-artifacts",
+    mount_path: str = "/artifacts",
+    job_name: str = "",
+    timeout_s: float = 2 * 3600.0,
+):
+    """Index the world's videos (the catalogue a retrieval endpoint serves) with the model.
+
+    backend `local` runs `crops.index.build.build_index` here (Ray Data actor pool, faiss).
+    backend `rayjob` copies the model and the videos to the artifacts volume and submits a
+    KubeRay RayJob running `python ray_jobs/build_index.py <crops index options>` (GPU
+    embedding actors, faiss-gpu for IVF factories), then copies the index back.
+
+    Args:
+        model: the model folder from `train`.
+        world: the world (videos.parquet).
+        index: the index folder: index.faiss, ids.npy, manifest.json.
+        metrics: count, dim, embed and build seconds.
+        factory: any FAISS index_factory string (Flat, HNSW32, IVF4096,PQ32, ...).
+        actors: Ray Data embedding actors.
+        batch_size: texts per embedding batch.
+        nprobe: IVF lists searched; 0: the default.
+        backend: local | rayjob.
+        namespace: the RayJob's namespace (rayjob).
+        image: the RayJob's image (rayjob).
+        workers: RayJob workers (rayjob).
+        worker_gpus: GPUs per RayJob worker (rayjob; 0: CPUs).
+        pvc: the artifacts PersistentVolumeClaim (rayjob).
+        mount_path: where it is mounted, here and in the RayJob (rayjob).
+        job_name: the RayJob's name; empty: crops-index-<output hash>-<time>.
+        timeout_s: give up waiting for the RayJob after this long (rayjob).
+    """
+    import hashlib
+    import json
+    import shlex
+    import shutil
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    if backend not in ("local", "rayjob"):
+        raise ValueError(f"backend {backend!r}: use local or rayjob")
+    videos = Path(world.path) / "videos.parquet"
+    if backend == "local":
+        from crops.index.build import IndexConfig, build_index
+
+        cfg = IndexConfig(
+            model_dir=model.path,
+            videos=[str(videos)],
+            out=index.path,
+            factory=factory,
+            actors=actors,
+            batch_size=batch_size,
+            nprobe=nprobe or None,
+        )
+        summary = build_index(cfg)
+    else:
+        from crops.k8s.rayjob import RayJobSpec, submit_and_wait
+
+        key = hashlib.sha256(index.uri.encode()).hexdigest()[:10]
+        root = Path(mount_path) / "runs" / key / "index-job"
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(model.path, root / "model", dirs_exist_ok=True)
+        shutil.copy2(videos, root / "videos.parquet")
+        args = [
+            "--model", root / "model",
+            "--videos", root / "videos.parquet",
+            "--out", root / "index",
+            "--factory", factory,
+            "--actors", actors,
+            "--batch-size", batch_size,
+            "--force",
+        ]  # fmt: skip
+        if nprobe:
+            args += ["--nprobe", nprobe]
+        args.append("--gpu" if worker_gpus > 0 else "--no-gpu")
+        make = RayJobSpec.gpu if worker_gpus > 0 else RayJobSpec  # GPU nodes' selector, taint
+        spec = make(
+            name=job_name or f"crops-index-{key[:8]}-{int(time.time()) % 100_000:05d}",
+            namespace=namespace,
+            image=image,
+            entrypoint="python ray_jobs/build_index.py " + shlex.join(str(a) for a in args),
+            workers=workers,
+            worker_gpus=worker_gpus,
+            pvc=pvc,
+            mount_path=mount_path,
+        )
+        job = submit_and_wait(spec, timeout_s=timeout_s)
+        shutil.copytree(root / "index", index.path)
+        summary = json.loads((Path(index.path) / "manifest.json").read_text())
+        summary["count"] = len(np.load(Path(index.path) / "ids.npy"))
+        index.metadata["rayjob"] = json.loads(json.dumps(job, default=str))
+    for key in ("count", "dim", "embed_s", "build_s"):
+        if isinstance(summary.get(key), int | float):
+            metrics.log_metric(key, summary[key])
+    index.metadata.update(
+        {"factory": summary.get("factory", factory), "model_hash": summary.get("model_hash")}
+    )

@@ -1,0 +1,3 @@
+from components.ingest.component import ingest
+
+__all__ = ["ingest"]

@@ -1,0 +1,3 @@
+from components.mine.component import mine
+
+__all__ = ["mine"]

@@ -1,0 +1,131 @@
+"""mine: the data engine (`crops mine`): cascade labels, reformulations, the recommendation
+feed and LLM synthesis, graded by HLA into the samples table."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def mine(
+    world: Input[Dataset],
+    mined: Output[Dataset],
+    metrics: Output[Metrics],
+    llm_endpoint: str = "",
+    llm_model: str = "",
+    llm_backend: str = "auto",
+    filter_model: str = "minilm",
+    relevance_threshold: float = 0.6,
+    synth_min_positives: int = 200,
+    synth_max_queries: int = 1000,
+    synth_per_query: int = 4,
+    seed: int = 0,
+) -> str:
+    """Mine graded samples from the world's logs.
+
+    Synthesis (perspective 3) runs inside mining: which queries get synthetic videos depends
+    on the positives the other miners found, after the relevance filter.
+
+    Args:
+        world: videos, search_log and rec_log (a simulated world or ingested logs).
+        mined: samples.parquet, synth_videos.parquet, report.json, _quarantine/, the LLM cache.
+        metrics: samples by label and source, filter pass rates, quarantined rows, synthesis.
+        llm_endpoint: an OpenAI-compatible server (vLLM), http://host:8000; empty: the
+            CROPS_LLM_ENDPOINT variable (on a cluster, from the crops-llm Secret). The API key
+            is read from CROPS_LLM_API_KEY, never from a parameter.
+        llm_model: the model the server serves (or CROPS_LLM_MODEL); the Hugging Face model for
+            vllm-offline.
+        llm_backend: without an endpoint: auto (knowledge on a simulated world, else none) |
+            knowledge (the simulator's world knowledge, not an LLM) | none | vllm-offline
+            (vLLM's in-process engine on a GPU node).
+        filter_model: the relevance filter: minilm | a sentence-transformers path | none.
+        relevance_threshold: keep reformulation and recfeed candidates scoring above this.
+        synth_min_positives: synthesise for queries with fewer positives than this.
+        synth_max_queries: at most this many queries get synthetic videos.
+        synth_per_query: synthetic videos per query.
+        seed: seed of the LLM requests and the knowledge backend.
+
+    Returns:
+        The synthesis backend that ran, and whether it is an LLM.
+    """
+    import os
+    from pathlib import Path
+
+    from crops.engine import synthesis
+    from crops.engine.config import MineConfig
+    from crops.engine.mine import mine as run
+
+    world_dir, out = Path(world.path), Path(mined.path)
+    endpoint = llm_endpoint or os.environ.get("CROPS_LLM_ENDPOINT", "")
+    model = llm_model or os.environ.get("CROPS_LLM_MODEL", "")
+    backends = ("auto", "knowledge", "none", "vllm-offline")
+    if llm_backend not in backends:
+        raise ValueError(f"llm_backend {llm_backend!r}: use one of {', '.join(backends)}")
+    if endpoint:
+        name = "openai"
+    elif llm_backend == "auto":
+        name = "knowledge" if (world_dir / "world.json").is_file() else "none"
+    else:
+        name = llm_backend
+    cfg = MineConfig(
+        filter_model=filter_model,
+        relevance_threshold=relevance_threshold,
+        synth_min_positives=synth_min_positives,
+        synth_max_queries=synth_max_queries,
+        synth_per_query=synth_per_query,
+        llm_backend=name,
+        llm_endpoint=endpoint or None,
+        llm_model=model or None,
+        seed=seed,
+    )
+    cache = out / "llm_cache.sqlite"
+    out.mkdir(parents=True, exist_ok=True)
+    if name == "openai":
+        backend = synthesis.make_backend(
+            endpoint,
+            model,
+            concurrency=cfg.llm_concurrency,
+            timeout_s=cfg.llm_timeout_s,
+            max_retries=cfg.llm_max_retries,
+            cache_path=cache,
+            seed=seed,
+        )
+    elif name == "vllm-offline":
+        if not model:
+            raise ValueError("llm_backend vllm-offline needs llm_model (a Hugging Face model)")
+        backend = synthesis.VllmOfflineBackend(model, cache_path=cache, seed=seed)
+    elif name == "knowledge":
+        from crops.engine.knowledge import KnowledgeBackend
+        from crops.world.world import World
+
+        backend = KnowledgeBackend(World.load(world_dir), seed=seed)
+    else:
+        backend = synthesis.NoSynthesis()
+    scorer = None
+    if filter_model != "none":
+        from crops.engine.relevance import RelevanceFilter
+
+        scorer = RelevanceFilter(filter_model)
+    report = run(world_dir, out, cfg, backend, scorer=scorer)
+
+    s = report["samples"]
+    metrics.log_metric("samples", s["rows"])
+    metrics.log_metric("queries", s["queries"])
+    for label, n in s["by_label"].items():
+        metrics.log_metric(f"label_{label}", n)
+    for source, n in s["by_source"].items():
+        metrics.log_metric(f"source_{source}", n)
+    for source in ("reformulation", "recfeed"):
+        metrics.log_metric(f"{source}_pass_rate", report["filter"][source]["pass_rate"])
+    for table, n in report["quarantined"].items():
+        metrics.log_metric(f"quarantined_{table}", n)
+    syn = report["synthesis"]
+    metrics.log_metric("synthetic_videos", syn["videos"])
+    metrics.log_metric("synthesis_is_llm", int(bool(syn["is_llm"])))
+    mined.metadata.update(
+        {"samples": s["rows"], "queries": s["queries"], "synthesis": syn["backend"]}
+    )
+    if "not an LLM" in syn["backend"]:  # the knowledge backend says so itself
+        return syn["backend"]
+    return f"{syn['backend']} ({'an LLM' if syn['is_llm'] else 'not an LLM'})"

@@ -1,0 +1,3 @@
+from components.simulate.component import simulate
+
+__all__ = ["simulate"]

@@ -1,0 +1,198 @@
+"""train: the dual encoder on Ray Train (`crops train`), in the task or as a KubeRay RayJob."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def train(
+    mined: Input[Dataset],
+    world: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    method: str = "crops",
+    steps: int = 1500,
+    epochs: int = 1,
+    queries_per_batch: int = 32,
+    group_size: int = 8,
+    n_hard: int = 2,
+    encoder: str = "hash",
+    lr: float = 0.0,
+    workers: int = 2,
+    seed: int = 0,
+    backend: str = "local",
+    checkpoints: str = "",
+    namespace: str = "crops",
+    image: str = "crops:0.1.0",
+    worker_gpus: int = 1,
+    pvc: str = "crops-artifacts",
+    mount_path: str = "/artifacts",
+    job_name: str = "",
+    timeout_s: float = 6 * 3600.0,
+):
+    """Train one row of the paper's table on the mined samples; the model folder is the output.
+
+    `method` names a row of `crops.evaluate.experiment.METHODS` and fixes the sample sources,
+    the loss and the hard negatives: `crops` (every source, H-InfoNCE on the HLA labels) or
+    `nce` (click positives only, InfoNCE: the click-only control), or any other dense row.
+    Every method gets the same number of optimizer steps, as in `crops experiment`.
+
+    backend `local` trains here with Ray local (TorchTrainer, Train V2, CPU workers, or GPUs
+    when the task has them). backend `rayjob` copies the samples to the artifacts volume,
+    submits a KubeRay RayJob running `python ray_jobs/train.py <crops train options>` with
+    GPU workers that mount the same volume (`crops.k8s.rayjob.submit_and_wait`), waits, and
+    copies the model back.
+
+    Args:
+        mined: the `mine` output (samples.parquet, synth_videos.parquet).
+        world: the world (videos.parquet).
+        model: the model folder (loads with `DualEncoder.load`).
+        metrics: samples, steps, the last loss, samples/s, seconds.
+        method: crops | nce | dpr | ance | fs-lr | plus-reformulation | plus-recommendation |
+            binary-infonce.
+        steps: optimizer steps (split over `epochs`).
+        epochs: epochs the steps are split into (a checkpoint after each).
+        queries_per_batch: query groups per global batch.
+        group_size: samples per query group.
+        n_hard: hard negatives per group for the methods that use them (DPR, ANCE).
+        encoder: hash | hf:<name-or-path>.
+        lr: learning rate; 0: the encoder's default.
+        workers: Ray Train workers (local: CPU workers; rayjob: GPU workers).
+        seed: random seed.
+        backend: local | rayjob.
+        checkpoints: checkpoint folder or s3:// URI (local backend); empty: a temporary folder.
+        namespace: the RayJob's namespace (rayjob).
+        image: the RayJob's image (rayjob).
+        worker_gpus: GPUs per RayJob worker (rayjob; 0 trains on CPUs).
+        pvc: the artifacts PersistentVolumeClaim this task and the RayJob mount (rayjob).
+        mount_path: where that volume is mounted, in this task and in the RayJob (rayjob).
+        job_name: the RayJob's name; empty: crops-train-<method>-<output hash>-<time>.
+        timeout_s: give up waiting for the RayJob after this long (rayjob).
+    """
+    import hashlib
+    import json
+    import math
+    import os
+    import shlex
+    import shutil
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from crops.evaluate.experiment import method_by_name, subset_samples
+
+    m = method_by_name(method)
+    if not m.dense:
+        raise ValueError(f"{m.name} is not a trained method")
+    if backend not in ("local", "rayjob"):
+        raise ValueError(f"backend {backend!r}: use local or rayjob")
+    if steps < 1 or epochs < 1:
+        raise ValueError(f"steps ({steps}) and epochs ({epochs}) must be at least 1")
+    per_epoch = math.ceil(steps / epochs)
+    work = Path(tempfile.mkdtemp(prefix="crops-train-"))
+    samples, n = subset_samples(Path(mined.path), m, work / "data")
+    videos = [Path(world.path) / "videos.parquet"]
+    synth = Path(mined.path) / "synth_videos.parquet"
+    if "llm" in m.sources and synth.is_file():
+        videos.append(synth)
+    hard = n_hard if m.hard_negatives != "none" else 0
+    out = Path(model.path)
+
+    if backend == "local":
+        os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+        from crops.model.train import TrainConfig
+        from crops.model.train import train as run
+
+        cfg = TrainConfig(
+            samples=str(samples),
+            videos=[str(v) for v in videos],
+            out=str(out),
+            loss=m.loss,
+            encoder=encoder,
+            epochs=epochs,
+            steps_per_epoch=per_epoch,
+            queries_per_batch=queries_per_batch,
+            group_size=group_size,
+            hard_negatives=m.hard_negatives,
+            n_hard=hard,
+            workers=workers,
+            lr=lr or None,
+            seed=seed,
+            storage_path=checkpoints or str(work / "checkpoints"),
+            name=f"pipeline-{m.slug}",
+        )
+        summary = run(cfg)
+        result = {"backend": "local", "wall_s": summary["wall_s"], **summary["metrics"]}
+    else:
+        from crops.k8s.rayjob import RayJobSpec, submit_and_wait
+
+        key = hashlib.sha256(model.uri.encode()).hexdigest()[:10]
+        attempt = f"{int(time.time()) % 100_000:05d}"  # a retried task makes a new RayJob
+        root = Path(mount_path) / "runs" / key / m.slug
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(samples, root / "data" / "samples.parquet")
+        shutil.copy2(videos[0], root / "videos.parquet")
+        if len(videos) > 1:  # `crops train` takes synth_videos.parquet beside the samples
+            shutil.copy2(videos[1], root / "data" / "synth_videos.parquet")
+        # `crops train` caps epochs (--max-steps-per-epoch) but cannot lengthen them: a method
+        # with few samples gets more epochs instead, so every method trains about `steps` steps
+        natural = max(1, round(n / group_size) // queries_per_batch)
+        if natural < per_epoch:
+            epochs, per_epoch = math.ceil(steps / natural), natural
+        args = [
+            "--samples", root / "data" / "samples.parquet",
+            "--videos", root / "videos.parquet",
+            "--out", root / "model",
+            "--loss", m.loss,
+            "--encoder", encoder,
+            "--workers", workers,
+            "--epochs", epochs,
+            "--max-steps-per-epoch", per_epoch,
+            "--queries-per-batch", queries_per_batch,
+            "--group-size", group_size,
+            "--hard-negatives", m.hard_negatives,
+            "--n-hard", hard,
+            "--storage-path", root / "checkpoints",
+            "--seed", seed,
+        ]  # fmt: skip
+        if lr:
+            args += ["--lr", lr]
+        if worker_gpus > 0:
+            args.append("--gpu")
+        make = RayJobSpec.gpu if worker_gpus > 0 else RayJobSpec  # GPU nodes' selector, taint
+        spec = make(
+            name=job_name or f"crops-train-{m.slug}-{key[:8]}-{attempt}",
+            namespace=namespace,
+            image=image,
+            entrypoint="python ray_jobs/train.py " + shlex.join(str(a) for a in args),
+            workers=workers,
+            worker_gpus=worker_gpus,
+            pvc=pvc,
+            mount_path=mount_path,
+        )
+        job = submit_and_wait(spec, timeout_s=timeout_s)
+        shutil.copytree(root / "model", out, ignore=shutil.ignore_patterns("checkpoints"))
+        trained = json.loads((out / "training.json").read_text())
+        result = {"backend": "rayjob", "rayjob": spec.name, "wall_s": trained["wall_s"]}
+        result.update(trained.get("metrics", {}))
+        model.metadata["rayjob"] = json.loads(json.dumps(job, default=str))
+    shutil.rmtree(work, ignore_errors=True)
+
+    metrics.log_metric("samples", n)
+    metrics.log_metric("steps", int(result.get("global_step", epochs * per_epoch)))
+    for key in ("loss", "samples_per_s", "wall_s"):
+        if isinstance(result.get(key), int | float):
+            metrics.log_metric(key, float(result[key]))
+    model.metadata.update(
+        {
+            "method": m.name,
+            "slug": m.slug,
+            "loss": m.loss,
+            "sources": list(m.sources),
+            "encoder": encoder,
+            "samples": n,
+            "backend": result["backend"],
+        }
+    )

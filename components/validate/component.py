@@ -1,0 +1,61 @@
+"""validate: `crops validate` on the world; row-level problems quarantined and counted."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def validate(
+    world: Input[Dataset],
+    quarantine: Output[Dataset],
+    metrics: Output[Metrics],
+    max_quarantine_share: float = 0.01,
+) -> NamedTuple("Outputs", quarantined=int):
+    """Check every contract table of the world; fail when too many rows are bad.
+
+    The input folder is not written to: the tables are validated through a folder of links to
+    them, and the quarantined rows (`<table>.parquet` with the reason) and `report.json` land in
+    the `quarantine` output.
+
+    Args:
+        world: a folder of contract tables (videos.parquet required).
+        quarantine: the quarantined rows per table and report.json.
+        metrics: rows, valid and quarantined per table.
+        max_quarantine_share: fail (as `crops validate` exits 1) when a table has more bad rows.
+
+    Returns:
+        quarantined: the number of quarantined rows over all tables.
+    """
+    import shutil
+    import tempfile
+    from collections import namedtuple
+    from pathlib import Path
+
+    from crops.schema import validate_dir
+
+    source = Path(world.path)
+    with tempfile.TemporaryDirectory(prefix="crops-validate-") as tmp:
+        view = Path(tmp) / "world"
+        view.mkdir()
+        for table in source.glob("*.parquet"):
+            (view / table.name).symlink_to(table.resolve())
+        reports = validate_dir(view)
+        shutil.copytree(view / "_quarantine", quarantine.path)
+    total, worst = 0, 0.0
+    for r in reports:
+        metrics.log_metric(f"{r.table}_rows", r.rows)
+        metrics.log_metric(f"{r.table}_quarantined", r.quarantined)
+        total += r.quarantined
+        worst = max(worst, r.quarantined / r.rows if r.rows else 0.0)
+    metrics.log_metric("quarantined", total)
+    quarantine.metadata.update({r.table: r.as_dict() for r in reports})
+    if worst > max_quarantine_share:
+        raise RuntimeError(
+            f"{worst:.2%} of a table's rows quarantined (limit {max_quarantine_share:.2%}):"
+            f" see {quarantine.path}"
+        )
+    return namedtuple("Outputs", ["quarantined"])(total)

@@ -1,0 +1,506 @@
+"""`crops pipeline`: compile the Kubeflow pipeline, run it locally under kfp.local, submit it.
+
+The pipeline and its components live beside the package, in the repository's `pipelines/` and
+`components/` folders (DESIGN.md section 2); `source_root()` finds them (a checkout or an
+editable install; `CROPS_SOURCE` names another checkout). `kfp` is imported inside the
+functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import re
+import sys
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+SCALES = ("tiny", "default", "large")
+#: Scales `crops pipeline run --local` accepts (large is for a cluster).
+LOCAL_SCALES = ("tiny", "default")
+TARGETS = ("local", "cluster")
+
+#: Pipeline arguments of a local run per scale, chosen so that the whole default-scale run
+#: fits in 15 minutes on 2 cores (train: about 3 steps/s per model there; see the README).
+#: Here both endpoints, the simulated users and the world share the machine's cores, so the
+#: latency guardrail is loose: it measures the laptop, not the model.
+LOCAL_PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "steps": 60,
+        "filter_model": "none",
+        "ab_users": 0,
+        "ab_days": 2,
+        "ab_searches_per_user": 2.0,
+        "ab_min_users_per_arm": 50,
+        "ab_max_p99_ms": 2000.0,
+    },
+    "default": {
+        "steps": 500,
+        "filter_model": "minilm",
+        "ab_users": 0,
+        "ab_days": 5,
+        "ab_searches_per_user": 1.6,
+        "ab_min_users_per_arm": 500,
+        "ab_max_p99_ms": 1000.0,
+    },
+}
+
+#: kfp.local warnings that say nothing useful for this pipeline (display names and the
+#: project image are deliberate; a subprocess run uses the current interpreter).
+_QUIET = (
+    r".*have no effect in the current local runner.*",
+    r".*custom or non-Python base image.*",
+)
+
+
+class PipelineError(ValueError):
+    """Bad input or a failed run; the message says which and what to do."""
+
+
+class HostError(PipelineError):
+    """The KFP host cannot be reached, or refused the run."""
+
+
+# ------------------------------------------------------------------------- the definitions
+
+
+def source_root() -> Path:
+    """The folder holding `pipelines/` and `components/`; both importable from now on."""
+    default = Path(__file__).resolve().parent.parent
+    root = Path(os.environ.get("CROPS_SOURCE", default)).resolve()
+    if not (root / "pipelines" / "crops_pipeline.py").is_file():
+        raise PipelineError(
+            f"no pipelines/crops_pipeline.py under {root}: the pipeline lives in the repository "
+            "(install it with `pip install -e .` from a checkout, or set CROPS_SOURCE to one)"
+        )
+    for name in ("components", "pipelines"):
+        _register(name, root / name)
+    return root
+
+
+def _register(name: str, folder: Path) -> None:
+    """Import the package in `folder` as `name` without putting the repository on sys.path
+    (its other top-level folders, docker/ say, would shadow installed packages)."""
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", "") or "").parent.resolve() != folder.resolve():
+            raise PipelineError(f"another {name!r} package is already imported: {loaded!r}")
+        return
+    spec = importlib.util.spec_from_file_location(
+        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
+def definitions():
+    """The `pipelines.crops_pipeline` module."""
+    source_root()
+    return importlib.import_module("pipelines.crops_pipeline")
+
+
+def check_scale(scale: str, allowed: tuple[str, ...] = SCALES) -> str:
+    if scale not in allowed:
+        raise PipelineError(f"scale {scale!r}: use one of {', '.join(allowed)}")
+    return scale
+
+
+def check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise PipelineError(f"target {target!r}: use one of {', '.join(TARGETS)}")
+    return target
+
+
+def check_steps(steps: int) -> int:
+    if steps < 1:
+        raise PipelineError(f"steps must be at least 1, got {steps}")
+    return steps
+
+
+def build(target: str = "local", **options):
+    """`build_pipeline(target, **options)`, with bad options as PipelineError."""
+    check_target(target)
+    try:
+        return definitions().build_pipeline(target, **options)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from exc
+
+
+def parameters(pipeline) -> dict[str, tuple[str, Any]]:
+    """The pipeline's parameters: name -> (KFP type: STRING, NUMBER_INTEGER, ..., default)."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec.pipeline_spec_pb2 import ParameterType
+
+    spec = pipeline.pipeline_spec.root.input_definitions.parameters
+    out = {}
+    for name, p in spec.items():
+        kind = ParameterType.ParameterTypeEnum.Name(p.parameter_type)
+        default = (
+            json_format.MessageToDict(p.default_value) if p.HasField("default_value") else None
+        )
+        out[name] = (kind, default)
+    return out
+
+
+def parse_params(pairs: list[str], pipeline) -> dict[str, Any]:
+    """`k=v` strings as pipeline arguments, typed as the pipeline declares them."""
+    known = parameters(pipeline)
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise PipelineError(f"--param {pair!r}: use NAME=VALUE")
+        if key not in known:
+            raise PipelineError(
+                f"--param {key}: not a pipeline parameter; known: {', '.join(known)}"
+            )
+        kind = known[key][0]
+        try:
+            if kind == "NUMBER_INTEGER":
+                value: Any = int(raw)
+            elif kind == "NUMBER_DOUBLE":
+                value = float(raw)
+            elif kind == "BOOLEAN":
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(raw)
+                value = raw.lower() in ("true", "1", "yes")
+            else:
+                value = raw
+        except ValueError:
+            raise PipelineError(f"--param {key}={raw!r}: expected {kind.lower()}") from None
+        args[key] = value
+    if "scale" in args:
+        check_scale(args["scale"])
+    if "target" in args:
+        check_target(args["target"])
+    if "steps" in args:
+        check_steps(args["steps"])
+    return args
+
+
+def compile_pipeline(out: str | Path, target: str = "cluster", **options) -> Path:
+    """Write the pipeline's IR YAML for `target`; returns the path."""
+    from kfp import compiler
+
+    pipeline = build(target, **options)
+    out = Path(out)
+    if out.is_dir():
+        raise PipelineError(f"--out {out} is a folder: give a file name (crops_pipeline.yaml)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline, package_path=str(out))
+    return out
+
+
+# ------------------------------------------------------------------------- local runs
+
+
+class _TaskLog:
+    """stdout of a local run: every line to the log file, the latest to the progress line."""
+
+    def __init__(self, log: TextIO, echo: TextIO | None) -> None:
+        self.log, self.echo = log, echo
+        self.task: str | None = None
+        self.last = ""
+        self.tail: deque[str] = deque(maxlen=40)
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self.log.write(text)
+            if self.echo is not None:
+                self.echo.write(text)
+            self._partial += text
+            *lines, self._partial = self._partial.split("\n")
+            for line in lines:
+                clean = _ANSI.sub("", line).strip()
+                if clean:
+                    self.tail.append(clean)
+                    if clean[0] not in '{}[]"' or clean.startswith("[crops"):  # not JSON
+                        self.last = clean
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        if self.echo is not None:
+            self.echo.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+#: on_task(event, task, label, detail): event is "start", "update" (detail: the latest log
+#: line), "success" or "failure" (detail: seconds).
+TaskCallback = Callable[[str, str, str, str], None]
+
+
+@contextlib.contextmanager
+def _watch_tasks(
+    labels: dict[str, str], sink: _TaskLog, on_task: TaskCallback | None
+) -> Iterator[dict]:
+    """Report each kfp.local task as it starts and ends (kfp.local runs them one by one)."""
+    from kfp.local.orchestrator import task_executor
+
+    original = task_executor.execute_single_task
+    seen: dict[str, dict[str, Any]] = {}
+    stop = threading.Event()
+
+    def ticker() -> None:
+        while not stop.wait(0.5):
+            task = sink.task
+            if on_task and task:
+                on_task("update", task, labels.get(task, task), sink.last)
+
+    def wrapped(*args, **kwargs):
+        name = kwargs.get("task_name", args[0] if args else "?")
+        label = labels.get(name, name)
+        t0 = time.perf_counter()
+        if on_task:
+            on_task("start", name, label, "")
+        sink.tail.clear()
+        sink.task, sink.last = name, ""  # the ticker reports it from now on
+        try:
+            outputs, status = original(*args, **kwargs)
+        finally:
+            sink.task = None
+        seconds = time.perf_counter() - t0
+        ok = getattr(status, "name", str(status)) == "SUCCESS"
+        seen[name] = {"label": label, "seconds": round(seconds, 1), "ok": ok}
+        if not ok:
+            seen[name]["log_tail"] = list(sink.tail)
+        if on_task:
+            on_task("success" if ok else "failure", name, label, f"{seconds:.0f}")
+        return outputs, status
+
+    thread = threading.Thread(target=ticker, daemon=True)
+    task_executor.execute_single_task = wrapped
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+        task_executor.execute_single_task = original
+
+
+def task_labels(pipeline) -> dict[str, str]:
+    """DAG task name -> display name."""
+    tasks = pipeline.pipeline_spec.root.dag.tasks
+    return {name: (t.task_info.name or name) for name, t in tasks.items()}
+
+
+def local_arguments(
+    scale: str = "default",
+    seed: int = 1,
+    steps: int | None = None,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The arguments of a local run: the scale's profile, then the given values."""
+    check_scale(scale, LOCAL_SCALES)
+    args = {"scale": scale, "seed": seed, "target": "local", **LOCAL_PROFILES[scale]}
+    if steps is not None:
+        args["steps"] = check_steps(steps)
+    args.update(params or {})
+    check_scale(args["scale"], LOCAL_SCALES)  # also when given as --param scale=...
+    if args.get("target") != "local":
+        raise PipelineError("a local run deploys nothing: target must be local")
+    return args
+
+
+def run_local(
+    out: str | Path,
+    arguments: dict[str, Any],
+    *,
+    on_task: TaskCallback | None = None,
+    verbose: bool = False,
+    cache: bool = False,
+) -> dict[str, Any]:
+    """Run the whole pipeline under kfp.local (SubprocessRunner, no venv: this interpreter).
+
+    Task outputs go to OUT/<pipeline>-<time>/<task>/; the tasks' logs to OUT/logs/<time>.log
+    (and to stdout with `verbose`). Returns where everything is, the offline scores and the
+    A/B decision. Raises PipelineError naming the failed task, with its last log lines.
+    """
+    from kfp import local
+
+    pipeline = build("local")
+    known = parameters(pipeline)
+    unknown = sorted(set(arguments) - set(known))
+    if unknown:
+        raise PipelineError(f"not pipeline parameters: {', '.join(unknown)}")
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise PipelineError(f"--out {out}: exists and is not a folder")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    log_path = out / "logs" / f"{stamp}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(out),
+        raise_on_error=True,
+        enable_caching=cache,
+    )
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    t0 = time.perf_counter()
+    with log_path.open("w", encoding="utf-8") as log:
+        sink = _TaskLog(log, sys.stdout if verbose else None)
+        with (
+            warnings.catch_warnings(),
+            _watch_tasks(task_labels(pipeline), sink, on_task) as tasks,
+            contextlib.redirect_stdout(sink),
+        ):
+            for pattern in _QUIET:
+                warnings.filterwarnings("ignore", message=pattern)
+            try:
+                run = pipeline(**arguments)
+            except RuntimeError as exc:
+                failed = next((t for t in tasks.values() if not t["ok"]), None)
+                detail = ""
+                if failed:
+                    lines = [x for x in failed["log_tail"] if x.strip("-")][-15:]
+                    tail = "\n".join(f"  {line}" for line in lines)
+                    detail = f"\ntask {failed['label']!r} failed; its last lines:\n{tail}"
+                message = _ANSI.sub("", str(exc))
+                raise PipelineError(f"{message}{detail}\nfull log: {log_path}") from exc
+    wall = time.perf_counter() - t0
+    return summarize(run.outputs, tasks, wall, log_path, arguments)
+
+
+def summarize(
+    outputs: dict[str, Any], tasks: dict, wall_s: float, log_path: Path, arguments: dict
+) -> dict[str, Any]:
+    """Where the run's outputs are, the offline scores and the A/B decision."""
+    paths = {name: art.path for name, art in outputs.items()}
+    run_dir = Path(paths["offline_table"]).parent.parent
+    offline = json.loads(Path(paths["offline_results"]).read_text())
+    ab_dir = Path(paths["ab_results"])
+    ab = json.loads((ab_dir / "ab_report.json").read_text())
+    summary = {
+        "run_dir": str(run_dir),
+        "wall_s": round(wall_s, 1),
+        "arguments": arguments,
+        "tasks": tasks,
+        "log": str(log_path),
+        "offline_table": paths["offline_table"],
+        "offline_results": paths["offline_results"],
+        "offline": {"columns": offline["columns"], "scores": offline["scores"]},
+        "isvc_manifest": paths["isvc_manifest"],
+        "ab_report_json": str(ab_dir / "ab_report.json"),
+        "ab_report_md": str(ab_dir / "report.md"),
+        "decision": ab["decision"],
+        "looks_run": ab["looks_run"],
+        "looks_planned": ab["looks_planned"],
+        "ab_metrics": ab["analysis"]["metrics"],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    summary["summary_json"] = str(run_dir / "summary.json")
+    return summary
+
+
+# ------------------------------------------------------------------------- a KFP backend
+
+
+def check_host(host: str, timeout_s: float = 5.0) -> str:
+    """Refuse a KFP host that does not answer HTTP, before the client retries for minutes."""
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    parts = urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PipelineError(f"--host {host!r}: give the KFP API's URL, http(s)://host[:port]")
+    url = host.rstrip("/") + "/apis/v2beta1/healthz"
+    try:
+        httpx.get(url, timeout=timeout_s)  # any HTTP answer means something listens there
+    except httpx.HTTPError as exc:
+        raise HostError(
+            f"the KFP host {host} is unreachable ({type(exc).__name__}: {exc}); is the API"
+            " server up, and the URL right (e.g. a `kubectl port-forward svc/ml-pipeline"
+            " 8888:8888 -n kubeflow` gives http://localhost:8888)?"
+        ) from exc
+    return host
+
+
+def submit(
+    host: str,
+    *,
+    arguments: dict[str, Any] | None = None,
+    experiment: str = "crops",
+    run_name: str | None = None,
+    package: str | Path | None = None,
+    namespace: str | None = None,
+    service_account: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compile for the cluster (or take `package`) and create a run on the KFP backend."""
+    import tempfile
+
+    check_host(host)
+    import kfp
+
+    with tempfile.TemporaryDirectory(prefix="crops-pipeline-") as tmp:
+        path = (
+            Path(package)
+            if package
+            else compile_pipeline(Path(tmp) / "crops_pipeline.yaml", "cluster", **(options or {}))
+        )
+        if not path.is_file():
+            raise PipelineError(f"--package {path}: not found")
+        try:
+            client = kfp.Client(host=host, namespace=namespace or "kubeflow")
+            result = client.create_run_from_pipeline_package(
+                str(path),
+                arguments=arguments or {},
+                run_name=run_name or f"crops-{datetime.now():%Y%m%d-%H%M%S}",
+                experiment_name=experiment,
+                namespace=namespace,
+                service_account=service_account,
+            )
+        except Exception as exc:  # the client raises urllib3, ApiException, ValueError, ...
+            reason = getattr(exc, "reason", None) or str(exc).strip().splitlines()[0]
+            raise HostError(
+                f"the KFP host {host} refused the run: {type(exc).__name__}: {reason}"
+            ) from exc
+    run_id = result.run_id
+    return {
+        "run_id": run_id,
+        "url": f"{host.rstrip('/')}/#/runs/details/{run_id}",
+        "experiment": experiment,
+    }
+
+
+__all__ = [
+    "LOCAL_PROFILES",
+    "LOCAL_SCALES",
+    "SCALES",
+    "TARGETS",
+    "HostError",
+    "PipelineError",
+    "build",
+    "check_host",
+    "compile_pipeline",
+    "definitions",
+    "local_arguments",
+    "parameters",
+    "parse_params",
+    "run_local",
+    "source_root",
+    "submit",
+]

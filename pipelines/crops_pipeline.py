@@ -1,0 +1,283 @@
+"""The CroPS pipeline (Kubeflow Pipelines v2).
+
+simulate (or ingest) -> validate -> mine -> train CroPS (every source, H-InfoNCE on the HLA
+labels) and the click-only control (NCE: click positives, InfoNCE) -> index both -> offline
+evaluation -> deploy CroPS as a canary InferenceService -> online A/B test and canary decision.
+
+`build_pipeline(target)` returns the pipeline for a target: `local` runs under `kfp.local`
+(`crops pipeline run --local`); `cluster` adds the kfp-kubernetes settings a KFP backend
+needs: GPU nodes for train and index (and for mine when it runs vLLM in-process), the
+artifacts volume on every task, the LLM endpoint and key from a Secret, an optional S3 Secret.
+`compile_pipeline(path, target)` writes the IR YAML (`crops pipeline compile`).
+"""
+
+from typing import NamedTuple
+
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Artifact, Markdown, Metrics
+
+from components import BASE_IMAGE
+from components.abtest import abtest
+from components.deploy import deploy
+from components.evaluate import evaluate
+from components.index import index
+from components.ingest import ingest
+from components.mine import mine
+from components.simulate import simulate
+from components.train import train
+from components.validate import validate
+
+PIPELINE_NAME = "crops"
+TARGETS = ("local", "cluster")
+SOURCES = ("simulate", "ingest")
+SYNTHESIS = ("endpoint", "vllm-offline")
+
+#: The artifacts volume: RayJob inputs and models, checkpoints, published serving folders.
+ARTIFACTS_PVC = "crops-artifacts"
+MOUNT_PATH = "/artifacts"
+#: The LLM endpoint and its API key (Secret keys -> environment of the mine task).
+LLM_SECRET = "crops-llm"
+LLM_SECRET_ENV = {"endpoint": "CROPS_LLM_ENDPOINT", "api-key": "CROPS_LLM_API_KEY"}
+#: S3-compatible storage credentials (ingest from s3://, checkpoints to s3://), when asked for.
+S3_SECRET_ENV = {
+    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+    "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+}
+GPU_NODE_SELECTOR = ("nvidia.com/gpu.present", "true")
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+class Outputs(NamedTuple):
+    """The pipeline's outputs: the offline table, the InferenceService, the A/B report."""
+
+    offline_table: Markdown
+    offline_metrics: Metrics
+    offline_results: Artifact
+    isvc_manifest: Artifact
+    ab_report: Markdown
+    ab_metrics: Metrics
+    ab_results: Artifact
+
+
+def _on_gpu_nodes(task: dsl.PipelineTask, gpus: int) -> None:
+    kubernetes.add_node_selector(task, *GPU_NODE_SELECTOR)
+    kubernetes.add_toleration(task, **GPU_TOLERATION)
+    if gpus > 0:
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+
+
+def build_pipeline(
+    target: str = "local",
+    *,
+    source: str = "simulate",
+    image: str = BASE_IMAGE,
+    pvc: str = ARTIFACTS_PVC,
+    mount_path: str = MOUNT_PATH,
+    llm_secret: str = LLM_SECRET,
+    s3_secret: str | None = None,
+    synthesis: str = "endpoint",
+    task_gpus: int = 0,
+):
+    """The pipeline for `target` (local | cluster).
+
+    Args:
+        target: `local` (kfp.local; no Kubernetes settings) or `cluster`.
+        source: `simulate` the embedded default world, or `ingest` one from `world_uri`.
+        image: the image of every task (default `BASE_IMAGE`), and the default of the `image`
+            parameter (RayJobs, the predictor).
+        pvc: the artifacts PersistentVolumeClaim, mounted on every task at `mount_path`
+            (cluster).
+        mount_path: where.
+        llm_secret: the Secret with the LLM `endpoint` and `api-key` (cluster; both optional).
+        s3_secret: a Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally
+            AWS_ENDPOINT_URL) for s3:// URIs, set on every task (cluster); None: none.
+        synthesis: `endpoint` (a vLLM server) or `vllm-offline` (vLLM in the mine task, which
+            then goes to a GPU node).
+        task_gpus: GPUs requested by the train and index tasks themselves (their `local`
+            backend on a GPU node); 0 with the default `rayjob` backend, whose workers hold
+            the GPUs.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target {target!r}: use one of {', '.join(TARGETS)}")
+    if source not in SOURCES:
+        raise ValueError(f"source {source!r}: use one of {', '.join(SOURCES)}")
+    if synthesis not in SYNTHESIS:
+        raise ValueError(f"synthesis {synthesis!r}: use one of {', '.join(SYNTHESIS)}")
+    if task_gpus < 0:
+        raise ValueError(f"task_gpus must be >= 0, got {task_gpus}")
+    cluster = target == "cluster"
+    task_image = image  # the `image` parameter below shadows this name
+    checkpoints = f"{mount_path}/checkpoints" if cluster else ""
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="CroPS: mine cross-perspective positives, train with H-InfoNCE against the"
+        " click-only model, index, evaluate offline, deploy as a canary, A/B test and decide.",
+    )
+    def crops_pipeline(
+        scale: str = "default",
+        seed: int = 1,
+        world_uri: str = "",
+        filter_model: str = "minilm",
+        llm_endpoint: str = "",
+        llm_model: str = "",
+        llm_backend: str = "vllm-offline" if synthesis == "vllm-offline" else "auto",
+        steps: int = 1500,
+        epochs: int = 1 if not cluster else 3,
+        encoder: str = "hash",
+        workers: int = 2,
+        train_backend: str = "rayjob" if cluster else "local",
+        worker_gpus: int = 1 if cluster else 0,
+        target: str = target,
+        namespace: str = "crops",
+        image: str = image,
+        isvc_name: str = "crops",
+        serving_mode: str = "Standard",
+        canary_percent: int = 10,
+        control_url: str = "",
+        treatment_url: str = "",
+        ab_share: float = 0.5,
+        ab_users: int = 0,
+        ab_days: int = 5,
+        ab_searches_per_user: float = 1.6,
+        ab_seed: int = 0,
+        ab_min_users_per_arm: int = 500,
+        ab_max_p99_ms: float = 200.0,
+        apply_decision: bool = cluster,
+    ) -> Outputs:
+        if source == "simulate":
+            world_task = simulate(scale=scale, seed=seed).set_display_name("simulate world")
+        else:
+            world_task = ingest(uri=world_uri).set_display_name("ingest world")
+        world = world_task.outputs["world"]
+        checked = validate(world=world).set_display_name("validate")
+        mined_task = mine(
+            world=world,
+            llm_endpoint=llm_endpoint,
+            llm_model=llm_model,
+            llm_backend=llm_backend,
+            filter_model=filter_model,
+            seed=seed,
+        ).after(checked)
+        mined_task.set_display_name("mine (reformulation, recfeed, LLM, HLA)")
+        mined = mined_task.outputs["mined"]
+
+        trained, indexed = {}, {}
+        for key, method, label in (
+            ("crops", "crops", "train CroPS (H-InfoNCE, HLA)"),
+            ("control", "nce", "train control (NCE, clicks)"),
+        ):
+            t = train(
+                mined=mined,
+                world=world,
+                method=method,
+                steps=steps,
+                epochs=epochs,
+                encoder=encoder,
+                workers=workers,
+                seed=seed,
+                backend=train_backend,
+                checkpoints=checkpoints,
+                namespace=namespace,
+                image=image,
+                worker_gpus=worker_gpus,
+                pvc=pvc,
+                mount_path=mount_path,
+            )
+            t.set_display_name(label)
+            ix = index(
+                model=t.outputs["model"],
+                world=world,
+                backend=train_backend,
+                namespace=namespace,
+                image=image,
+                worker_gpus=worker_gpus,
+                pvc=pvc,
+                mount_path=mount_path,
+            )
+            ix.set_display_name(f"index {'CroPS' if key == 'crops' else 'control'}")
+            trained[key], indexed[key] = t, ix
+
+        offline = evaluate(
+            world=world,
+            treatment_model=trained["crops"].outputs["model"],
+            treatment_index=indexed["crops"].outputs["index"],
+            control_model=trained["control"].outputs["model"],
+            control_index=indexed["control"].outputs["index"],
+        ).set_display_name("offline evaluation")
+        deployed = deploy(
+            model=trained["crops"].outputs["model"],
+            index=indexed["crops"].outputs["index"],
+            target=target,
+            name=isvc_name,
+            namespace=namespace,
+            image=image,
+            mode=serving_mode,
+            canary_percent=canary_percent,
+            pvc=pvc,
+            mount_path=mount_path,
+        ).after(offline)
+        deployed.set_display_name("deploy canary")
+        ab = abtest(
+            world=world,
+            control_model=trained["control"].outputs["model"],
+            control_index=indexed["control"].outputs["index"],
+            treatment_model=trained["crops"].outputs["model"],
+            treatment_index=indexed["crops"].outputs["index"],
+            control_url=control_url,
+            treatment_url=treatment_url,
+            treatment_share=ab_share,
+            users=ab_users,
+            days=ab_days,
+            searches_per_user=ab_searches_per_user,
+            seed=ab_seed,
+            min_users_per_arm=ab_min_users_per_arm,
+            max_p99_ms=ab_max_p99_ms,
+            apply=apply_decision,
+            isvc=isvc_name,
+            namespace=namespace,
+            mode=serving_mode,
+        ).after(deployed)
+        ab.set_display_name("A/B test and canary decision")
+
+        if cluster:
+            tasks = [world_task, checked, mined_task, offline, deployed, ab]
+            tasks += [*trained.values(), *indexed.values()]
+            for task in tasks:
+                kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=mount_path)
+                if s3_secret:
+                    kubernetes.use_secret_as_env(task, s3_secret, S3_SECRET_ENV, optional=True)
+            for task in [*trained.values(), *indexed.values()]:
+                _on_gpu_nodes(task, task_gpus)
+                task.set_cpu_request("2").set_memory_request("8G")
+            if synthesis == "vllm-offline":
+                _on_gpu_nodes(mined_task, 1)
+            kubernetes.use_secret_as_env(mined_task, llm_secret, LLM_SECRET_ENV, optional=True)
+            for task in (mined_task, offline, ab):
+                task.set_cpu_request("2").set_memory_request("8G")
+            if task_image != BASE_IMAGE:
+                for task in tasks:
+                    task.set_container_image(task_image)
+
+        return Outputs(
+            offline_table=offline.outputs["table"],
+            offline_metrics=offline.outputs["metrics"],
+            offline_results=offline.outputs["results"],
+            isvc_manifest=deployed.outputs["manifest"],
+            ab_report=ab.outputs["report"],
+            ab_metrics=ab.outputs["metrics"],
+            ab_results=ab.outputs["results"],
+        )
+
+    return crops_pipeline
+
+
+def compile_pipeline(package_path: str, target: str = "cluster", **options) -> str:
+    """Compile `build_pipeline(target, **options)` to KFP IR YAML at `package_path`."""
+    compiler.Compiler().compile(build_pipeline(target, **options), package_path=package_path)
+    return package_path
+
+
+#: The pipeline for kfp.local, as `crops pipeline run --local` runs it.
+crops_pipeline = build_pipeline("local")
