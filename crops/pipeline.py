@@ -44,7 +44,9 @@ LOCAL_PROFILES: dict[str, dict[str, Any]] = {
         "ab_max_p99_ms": 2000.0,
     },
     "default": {
-        "steps": 500,
+        # 1,000 steps: CroPS's cross-perspective gain shows (QR R@100 57 against the click-only
+        # model's 42) and the run stays near 11 minutes on 2 cores; see the README.
+        "steps": 1000,
         "filter_model": "minilm",
         "ab_users": 0,
         "ab_days": 5,

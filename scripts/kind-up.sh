@@ -139,6 +139,7 @@ cat <<EOF
 
 CroPS is applied. Next (docs/kind.md):
   kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 &
-  crops pipeline compile ...
-  crops pipeline submit --host http://localhost:8080 ...
+  crops pipeline compile --out crops_pipeline.yaml --target cluster
+  crops pipeline submit --host http://localhost:8080 --package crops_pipeline.yaml \\
+    --service-account crops-pipeline --param namespace=$NAMESPACE
 EOF

@@ -237,7 +237,7 @@ class RecordingRayJobStub:
 
         self.specs.append(spec)
         argv = shlex.split(spec.entrypoint)
-        assert argv[:2] == ["python", f"ray_jobs/{self.command}.py"]
+        assert argv[:2] == ["python", f"/app/ray_jobs/{self.command}.py"]
         name = "train" if self.command == "train" else "index"
         command = typer.main.get_command(app).commands[name]
         known = {o for p in command.params for o in p.opts + p.secondary_opts}

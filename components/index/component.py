@@ -30,7 +30,7 @@ def index(
 
     backend `local` runs `crops.index.build.build_index` here (Ray Data actor pool, faiss).
     backend `rayjob` copies the model and the videos to the artifacts volume and submits a
-    KubeRay RayJob running `python ray_jobs/build_index.py <crops index options>` (GPU
+    KubeRay RayJob running `python /app/ray_jobs/build_index.py <crops index options>` (GPU
     embedding actors, faiss-gpu for IVF factories), then copies the index back.
 
     Args:
@@ -54,7 +54,6 @@ def index(
     """
     import hashlib
     import json
-    import shlex
     import shutil
     import time
     from pathlib import Path
@@ -78,7 +77,7 @@ def index(
         )
         summary = build_index(cfg)
     else:
-        from crops.k8s.rayjob import RayJobSpec, submit_and_wait
+        from crops.k8s.rayjob import RayJobSpec, entrypoint, submit_and_wait
 
         key = hashlib.sha256(index.uri.encode()).hexdigest()[:10]
         root = Path(mount_path) / "runs" / key / "index-job"
@@ -102,7 +101,7 @@ def index(
             name=job_name or f"crops-index-{key[:8]}-{int(time.time()) % 100_000:05d}",
             namespace=namespace,
             image=image,
-            entrypoint="python ray_jobs/build_index.py " + shlex.join(str(a) for a in args),
+            entrypoint=entrypoint("build_index", args),
             workers=workers,
             worker_gpus=worker_gpus,
             pvc=pvc,

@@ -41,7 +41,7 @@ def train(
 
     backend `local` trains here with Ray local (TorchTrainer, Train V2, CPU workers, or GPUs
     when the task has them). backend `rayjob` copies the samples to the artifacts volume,
-    submits a KubeRay RayJob running `python ray_jobs/train.py <crops train options>` with
+    submits a KubeRay RayJob running `python /app/ray_jobs/train.py <crops train options>` with
     GPU workers that mount the same volume (`crops.k8s.rayjob.submit_and_wait`), waits, and
     copies the model back.
 
@@ -75,7 +75,6 @@ def train(
     import json
     import math
     import os
-    import shlex
     import shutil
     import tempfile
     import time
@@ -126,7 +125,7 @@ def train(
         summary = run(cfg)
         result = {"backend": "local", "wall_s": summary["wall_s"], **summary["metrics"]}
     else:
-        from crops.k8s.rayjob import RayJobSpec, submit_and_wait
+        from crops.k8s.rayjob import RayJobSpec, entrypoint, submit_and_wait
 
         key = hashlib.sha256(model.uri.encode()).hexdigest()[:10]
         attempt = f"{int(time.time()) % 100_000:05d}"  # a retried task makes a new RayJob
@@ -166,7 +165,7 @@ def train(
             name=job_name or f"crops-train-{m.slug}-{key[:8]}-{attempt}",
             namespace=namespace,
             image=image,
-            entrypoint="python ray_jobs/train.py " + shlex.join(str(a) for a in args),
+            entrypoint=entrypoint("train", args),
             workers=workers,
             worker_gpus=worker_gpus,
             pvc=pvc,

@@ -10,6 +10,8 @@ GPUs held. `wait` follows `status.jobDeploymentStatus` and surfaces KubeRay's `r
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -25,6 +27,16 @@ RAY_VERSION = "2.60.0"
 SUCCEEDED = {"Complete"}
 FAILED = {"Failed", "ValidationFailed"}
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+# Where the image keeps the RayJob entry points (docker/Dockerfile: WORKDIR /app). A Ray job's
+# driver does not run in the image's working directory, so the path is absolute.
+RAY_JOBS_DIR = "/app/ray_jobs"
+
+
+def entrypoint(script: str, args: Sequence[object]) -> str:
+    """`python /app/ray_jobs/<script>.py ARGS`, shell-quoted (KubeRay runs it through a shell)."""
+    return f"python {RAY_JOBS_DIR}/{script}.py " + shlex.join(str(a) for a in args)
 
 
 class RayJobFailed(KubeError):
@@ -230,10 +242,12 @@ def submit_and_wait(
 
 
 __all__ = [
+    "RAY_JOBS_DIR",
     "RAY_VERSION",
     "RayJobClient",
     "RayJobFailed",
     "RayJobSpec",
+    "entrypoint",
     "manifest",
     "submit_and_wait",
 ]
