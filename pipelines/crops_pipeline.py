@@ -1,8 +1,9 @@
 """The CroPS pipeline (Kubeflow Pipelines v2).
 
-simulate (or ingest) -> validate -> mine -> train CroPS (every source, H-InfoNCE on the HLA
-labels) and the click-only control (NCE: click positives, InfoNCE) -> index both -> offline
-evaluation -> deploy CroPS as a canary InferenceService -> online A/B test and canary decision.
+simulate (or ingest) -> validate -> synthesize (bring up vLLM) -> mine -> train CroPS (every
+source, H-InfoNCE on the HLA labels) and the click-only control (NCE: click positives,
+InfoNCE) -> index both -> offline evaluation -> deploy CroPS as a canary InferenceService ->
+online A/B test and canary decision.
 
 `build_pipeline(target)` returns the pipeline for a target: `local` runs under `kfp.local`
 (`crops pipeline run --local`); `cluster` adds the kfp-kubernetes settings a KFP backend
@@ -24,6 +25,7 @@ from components.index import index
 from components.ingest import ingest
 from components.mine import mine
 from components.simulate import simulate
+from components.synthesize import synthesize
 from components.train import train
 from components.validate import validate
 
@@ -145,6 +147,8 @@ def build_pipeline(
         ab_min_users_per_arm: int = 500,
         ab_max_p99_ms: float = 200.0,
         apply_decision: bool = cluster,
+        serve_vllm: bool = False,
+        vllm_gpus: int = 1,
     ) -> Outputs:
         if source == "simulate":
             world_task = simulate(scale=scale, seed=seed).set_display_name("simulate world")
@@ -152,9 +156,17 @@ def build_pipeline(
             world_task = ingest(uri=world_uri).set_display_name("ingest world")
         world = world_task.outputs["world"]
         checked = validate(world=world).set_display_name("validate")
+        llm = synthesize(
+            llm_endpoint=llm_endpoint,
+            llm_model=llm_model,
+            target=target,
+            serve_vllm=serve_vllm,
+            namespace=namespace,
+            gpus=vllm_gpus,
+        ).set_display_name("synthesize (vLLM server)")
         mined_task = mine(
             world=world,
-            llm_endpoint=llm_endpoint,
+            llm_endpoint=llm.outputs["Output"],
             llm_model=llm_model,
             llm_backend=llm_backend,
             filter_model=filter_model,
@@ -242,7 +254,7 @@ def build_pipeline(
         ab.set_display_name("A/B test and canary decision")
 
         if cluster:
-            tasks = [world_task, checked, mined_task, offline, deployed, ab]
+            tasks = [world_task, checked, llm, mined_task, offline, deployed, ab]
             tasks += [*trained.values(), *indexed.values()]
             for task in tasks:
                 kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=mount_path)

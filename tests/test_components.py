@@ -590,3 +590,68 @@ def test_simulate_and_validate_run_under_kfp_local(kfp_local: Path) -> None:
     (root,) = kfp_local.glob("world-check-*")
     assert (root / "simulate" / "world" / "videos.parquet").is_file()
     assert (root / "validate" / "quarantine" / "report.json").is_file()
+
+
+# ------------------------------------------------------------------------------ synthesize
+
+
+def test_synthesize_passes_an_endpoint_through_and_refuses_vllm_off_cluster(tmp_path) -> None:
+    from kfp.dsl import Metrics
+
+    from components.synthesize import synthesize
+
+    run = synthesize.python_func
+    summary = Metrics(uri=str(tmp_path / "m"))
+    assert run(summary=summary, llm_endpoint=" http://vllm:8000 ") == "http://vllm:8000"
+    assert summary.metadata == {"served": 0, "has_endpoint": 1}
+    assert run(summary=Metrics(uri=str(tmp_path / "n"))) == ""  # mine falls back
+    with pytest.raises(ValueError, match="needs target=cluster"):
+        run(summary=Metrics(uri=str(tmp_path / "o")), serve_vllm=True, llm_model="m")
+    with pytest.raises(ValueError, match="needs llm_model"):
+        run(summary=Metrics(uri=str(tmp_path / "p")), serve_vllm=True, target="cluster")
+
+
+def test_synthesize_deploys_vllm_on_the_api_server_and_waits(
+    apiserver, namespace, tmp_path, monkeypatch
+):
+    """On a cluster: the Deployment and Service are applied; the test plays the kubelet."""
+    import threading
+
+    import kubernetes
+    from kfp.dsl import Metrics
+    from kubernetes import client as k8s
+
+    from components.synthesize import synthesize
+
+    api = apiserver.api_client()
+    apps = k8s.AppsV1Api(api)
+
+    def kubelet() -> None:
+        for _ in range(100):
+            try:
+                apps.patch_namespaced_deployment_status(
+                    "crops-vllm", namespace, {"status": {"replicas": 1, "readyReplicas": 1}}
+                )
+                return
+            except k8s.ApiException:
+                threading.Event().wait(0.1)
+
+    thread = threading.Thread(target=kubelet, daemon=True)
+    thread.start()
+    # the task's default configuration (no in-cluster account here): the test server's
+    monkeypatch.setattr(
+        kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(apiserver.kubeconfig)
+    )
+    summary = Metrics(uri=str(tmp_path / "m"))
+    url = synthesize.python_func(
+        summary=summary,
+        llm_model="Qwen/Qwen2.5-1.5B-Instruct",
+        target="cluster",
+        serve_vllm=True,
+        namespace=namespace,
+        timeout_s=30,
+    )
+    thread.join()
+    assert url == f"http://crops-vllm.{namespace}.svc.cluster.local:8000"
+    assert summary.metadata["served"] == 1
+    assert k8s.CoreV1Api(api).read_namespaced_service("crops-vllm", namespace).spec.ports

@@ -24,6 +24,7 @@ from crops.pipeline import (
 STEPS = (
     "simulate",
     "validate",
+    "synthesize",
     "mine",
     "train",
     "train-2",
@@ -87,7 +88,10 @@ def test_the_dag_runs_the_steps_in_order(cluster) -> None:
     deps = {name: set(task.get("dependentTasks", [])) for name, task in t.items()}
     assert deps["simulate"] == set()
     assert deps["validate"] == {"simulate"}
-    assert deps["mine"] == {"simulate", "validate"}  # mines only a validated world
+    assert deps["synthesize"] == set()  # the vLLM server comes up while the world is checked
+    assert deps["mine"] == {"simulate", "validate", "synthesize"}  # a validated world only
+    endpoint = t["mine"]["inputs"]["parameters"]["llm_endpoint"]["taskOutputParameter"]
+    assert endpoint["producerTask"] == "synthesize"
     assert deps["train"] == deps["train-2"] == {"simulate", "mine"}
     assert deps["index"] == {"simulate", "train"} and deps["index-2"] == {"simulate", "train-2"}
     assert deps["evaluate"] == {"simulate", "train", "train-2", "index", "index-2"}
@@ -304,7 +308,7 @@ def test_the_whole_pipeline_runs_under_kfp_local_on_the_tiny_world(run, tmp_path
     summary = json.loads(summary_path.read_text())
     assert summary["decision"]["action"] in ("promote", "hold", "rollback")
     assert list(summary["offline"]["scores"]) == ["BM25", "NCE", "CroPS"]
-    assert all(t["ok"] for t in summary["tasks"].values()) and len(summary["tasks"]) == 10
+    assert all(t["ok"] for t in summary["tasks"].values()) and len(summary["tasks"]) == 11
     for key in ("offline_table", "ab_report_json", "ab_report_md", "isvc_manifest"):
         assert Path(summary[key]).is_file(), key
         assert summary[key] in stdout.replace("\n", ""), key

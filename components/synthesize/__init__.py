@@ -1,0 +1,3 @@
+from components.synthesize.component import synthesize
+
+__all__ = ["synthesize"]
