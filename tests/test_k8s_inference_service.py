@@ -185,11 +185,11 @@ def test_wait_ready_follows_the_ready_condition(apiserver, namespace) -> None:
 
     kserve("False", "PredictorNotReady")
     with pytest.raises(KubeTimeout, match="Ready=False reason=PredictorNotReady"):
-        isvcs.wait_ready("crops", namespace, timeout_s=0.6, poll_s=0.2)
+        isvcs.wait_ready("crops", namespace, timeout_s=0.6)
 
     timer = threading.Timer(0.5, kserve, args=("True",))
     timer.start()
-    obj = isvcs.wait_ready("crops", namespace, timeout_s=15, poll_s=0.2)
+    obj = isvcs.wait_ready("crops", namespace, timeout_s=15)
     timer.join()
     assert obj["status"]["conditions"][0]["status"] == "True"
 

@@ -137,7 +137,7 @@ def test_wait_follows_the_deployment_status_to_success(apiserver, namespace) -> 
         ],
         every_s=0.8,  # the operator starts after the create below
     )
-    status = submit_and_wait(spec, timeout_s=30, client=apiserver.api_client(), poll_s=0.2)
+    status = submit_and_wait(spec, timeout_s=30, client=apiserver.api_client())
     thread.join()
     assert status["jobDeploymentStatus"] == "Complete" and status["jobStatus"] == "SUCCEEDED"
 
@@ -161,7 +161,7 @@ def test_a_failed_job_surfaces_kuberays_reason(apiserver, namespace) -> None:
         ],
     ).join()
     with pytest.raises(RayJobFailed, match="AppFailed: train.py exited .* CUDA out of memory") as e:
-        jobs.wait("index", namespace, timeout_s=10, poll_s=0.2)
+        jobs.wait("index", namespace, timeout_s=10)
     assert e.value.reason == "AppFailed"
 
 
@@ -171,7 +171,7 @@ def test_a_deadline_exceeded_job_is_a_failure(apiserver, namespace) -> None:
     status = {"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded"}
     _operator(apiserver, namespace, "slow", [status], every_s=0).join()
     with pytest.raises(RayJobFailed, match="DeadlineExceeded"):
-        jobs.wait("slow", namespace, timeout_s=10, poll_s=0.2)
+        jobs.wait("slow", namespace, timeout_s=10)
 
 
 def test_a_wait_times_out_naming_the_last_state(apiserver, namespace) -> None:
@@ -181,7 +181,7 @@ def test_a_wait_times_out_naming_the_last_state(apiserver, namespace) -> None:
     _operator(apiserver, namespace, "stuck", [status], every_s=0).join()
     t0 = time.monotonic()
     with pytest.raises(KubeTimeout, match="jobDeploymentStatus=Running, jobStatus=RUNNING"):
-        jobs.wait("stuck", namespace, timeout_s=1.0, poll_s=0.2)
+        jobs.wait("stuck", namespace, timeout_s=1.0)
     assert time.monotonic() - t0 < 5
 
 
@@ -193,3 +193,15 @@ def test_missing_jobs_and_refused_tokens_are_clear_errors(apiserver, namespace) 
     with pytest.raises(KubeError, match="HTTP 401") as e:
         stranger.create(_spec(namespace))
     assert e.value.status == 401
+
+
+def test_a_job_deleted_while_waited_on_is_an_error_not_a_hang(apiserver, namespace) -> None:
+    jobs = RayJobClient(apiserver.api_client())
+    jobs.create(_spec(namespace, name="gone"))
+    timer = threading.Timer(0.5, jobs.delete, args=("gone", namespace))
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KubeError, match=f"RayJob {namespace}/gone was deleted while waiting"):
+        jobs.wait("gone", namespace, timeout_s=20)
+    timer.join()
+    assert time.monotonic() - t0 < 10  # the watch saw it; no waiting out the timeout

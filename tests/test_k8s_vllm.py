@@ -105,7 +105,7 @@ def test_apply_creates_then_updates_and_wait_reads_readiness(apiserver, namespac
     assert "--max-model-len" in args.args
 
     with pytest.raises(KubeTimeout, match="0/1 replicas ready"):
-        vllm.wait_ready(spec, timeout_s=0.5, poll_s=0.2)
+        vllm.wait_ready(spec, timeout_s=0.5)
 
     def kubelet() -> None:
         apps.patch_namespaced_deployment_status(
@@ -114,7 +114,7 @@ def test_apply_creates_then_updates_and_wait_reads_readiness(apiserver, namespac
 
     timer = threading.Timer(0.4, kubelet)
     timer.start()
-    assert vllm.wait_ready(spec, timeout_s=10, poll_s=0.2) == spec.url
+    assert vllm.wait_ready(spec, timeout_s=10) == spec.url
     timer.join()
 
 

@@ -77,28 +77,61 @@ def api_errors(what: str) -> Iterator[None]:
         raise KubeError(f"{what}: the API server is unreachable: {exc}") from exc
 
 
-def wait_for(
+def _resource_version(obj: Any) -> str | None:
+    if isinstance(obj, dict):
+        return (obj.get("metadata") or {}).get("resourceVersion")
+    return getattr(getattr(obj, "metadata", None), "resource_version", None)
+
+
+def watch_until(
     what: str,
     read: Callable[[], T],
+    list_call: Callable[..., Any],
+    list_args: tuple[Any, ...],
+    name: str,
     done: Callable[[T], bool],
     timeout_s: float,
-    poll_s: float = 1.0,
     describe: Callable[[T], str] = str,
 ) -> T:
-    """Poll `read()` until `done(value)`; `KubeTimeout` naming the last state after `timeout_s`.
+    """Read the object, then watch it (a field-selected watch from the version read) until
+    `done(obj)`; `KubeTimeout` naming the last state after `timeout_s`.
 
-    Polling (not a watch) because a wait must survive watch expiry and API server restarts;
-    one GET per second per waiting component is nothing next to a controller's load.
+    A watch sees every change as it happens, without a request per second per waiter. When the
+    server ends the stream (its own timeout, or 410 Gone: the version is too old) the object is
+    read again and watched anew, so a long wait survives watch expiry and API server restarts.
     """
+    from kubernetes import watch
+
     deadline = time.monotonic() + timeout_s
-    while True:
-        value = read()
-        if done(value):
-            return value
-        if time.monotonic() >= deadline:
-            last = describe(value)
+    obj = read()
+    while not done(obj):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            last = describe(obj)
             raise KubeTimeout(f"{what}: not done after {timeout_s:g} s; last state: {last}")
-        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
+        stream = watch.Watch()
+        try:
+            with api_errors(f"watching {what}"):
+                for event in stream.stream(
+                    list_call,
+                    *list_args,
+                    field_selector=f"metadata.name={name}",
+                    resource_version=_resource_version(obj),
+                    timeout_seconds=max(1, int(remaining + 0.999)),
+                ):
+                    if event["type"] == "DELETED":
+                        raise KubeError(f"{what} was deleted while waiting", 404)
+                    obj = event["object"]
+                    if done(obj) or time.monotonic() >= deadline:
+                        break
+        except KubeError as exc:
+            if exc.status != 410:
+                raise
+        finally:
+            stream.stop()
+        if not done(obj):
+            obj = read()  # the stream ended: start again from the current version
+    return obj
 
 
 def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -106,4 +139,11 @@ def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
 
 
-__all__ = ["KubeError", "KubeTimeout", "api_client", "api_errors", "conditions", "wait_for"]
+__all__ = [
+    "KubeError",
+    "KubeTimeout",
+    "api_client",
+    "api_errors",
+    "conditions",
+    "watch_until",
+]

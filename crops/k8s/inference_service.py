@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from crops.k8s.client import KubeError, api_client, api_errors, conditions, wait_for
+from crops.k8s.client import KubeError, api_client, api_errors, conditions, watch_until
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -307,9 +307,7 @@ class InferenceServiceClient:
         spec.pop("canary")
         return self._replace(obj, "rolling the canary back")
 
-    def wait_ready(
-        self, name: str, namespace: str, timeout_s: float, poll_s: float = 2.0
-    ) -> dict[str, Any]:
+    def wait_ready(self, name: str, namespace: str, timeout_s: float) -> dict[str, Any]:
         """Wait for condition Ready=True; a False with a reason is reported in the timeout."""
 
         def state(obj: dict[str, Any]) -> str:
@@ -321,12 +319,14 @@ class InferenceServiceClient:
                 f"message={ready.get('message', '')}"
             )
 
-        return wait_for(
+        return watch_until(
             f"InferenceService {namespace}/{name} Ready",
             lambda: self.get(name, namespace),
+            self.api.list_namespaced_custom_object,
+            (GROUP, VERSION, namespace, PLURAL),
+            name,
             lambda o: conditions(o).get("Ready", {}).get("status") == "True",
             timeout_s,
-            poll_s,
             describe=state,
         )
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from crops.k8s.client import KubeError, api_client, api_errors, wait_for
+from crops.k8s.client import KubeError, api_client, api_errors, watch_until
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -205,9 +205,7 @@ class RayJobClient:
         with api_errors(f"deleting RayJob {namespace}/{name}"):
             self.api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
-    def wait(
-        self, name: str, namespace: str, timeout_s: float, poll_s: float = 2.0
-    ) -> dict[str, Any]:
+    def wait(self, name: str, namespace: str, timeout_s: float) -> dict[str, Any]:
         """Wait until the job ends; its status on success, `RayJobFailed` on failure,
         `KubeTimeout` (with the last deployment and job status) when `timeout_s` passes."""
 
@@ -218,12 +216,14 @@ class RayJobClient:
                 f"jobStatus={status.get('jobStatus', 'unset')}"
             )
 
-        obj = wait_for(
+        obj = watch_until(
             f"RayJob {namespace}/{name}",
             lambda: self.get(name, namespace),
+            self.api.list_namespaced_custom_object,
+            (GROUP, VERSION, namespace, PLURAL),
+            name,
             lambda o: (o.get("status") or {}).get("jobDeploymentStatus") in SUCCEEDED | FAILED,
             timeout_s,
-            poll_s,
             describe=state,
         )
         status = obj["status"]
@@ -233,12 +233,12 @@ class RayJobClient:
 
 
 def submit_and_wait(
-    spec: RayJobSpec, timeout_s: float, client: ApiClient | None = None, poll_s: float = 5.0
+    spec: RayJobSpec, timeout_s: float, client: ApiClient | None = None
 ) -> dict[str, Any]:
     """Create the RayJob and wait for it to end; returns its final status (see `wait`)."""
     jobs = RayJobClient(client)
     jobs.create(spec)
-    return jobs.wait(spec.name, spec.namespace, timeout_s, poll_s)
+    return jobs.wait(spec.name, spec.namespace, timeout_s)
 
 
 __all__ = [

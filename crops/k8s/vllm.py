@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from crops.k8s.client import KubeError, api_client, api_errors, wait_for
+from crops.k8s.client import KubeError, api_client, api_errors, watch_until
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -176,7 +176,7 @@ class VllmClient:
                 raise
         return {"url": spec.url, "deployment": name, "namespace": ns}
 
-    def wait_ready(self, spec: VllmSpec, timeout_s: float, poll_s: float = 5.0) -> str:
+    def wait_ready(self, spec: VllmSpec, timeout_s: float) -> str:
         """Wait until the Deployment's replicas are ready (readiness is `/v1/models`); its URL."""
 
         def read() -> Any:
@@ -187,12 +187,14 @@ class VllmClient:
             want = dep.spec.replicas or 0
             return want > 0 and (dep.status.ready_replicas or 0) >= want
 
-        wait_for(
+        watch_until(
             f"vLLM Deployment {spec.namespace}/{spec.name}",
             read,
+            self.apps.list_namespaced_deployment,
+            (spec.namespace,),
+            spec.name,
             ready,
             timeout_s,
-            poll_s,
             describe=lambda d: f"{d.status.ready_replicas or 0}/{d.spec.replicas} replicas ready",
         )
         return spec.url
