@@ -96,14 +96,13 @@ def index(
         if nprobe:
             args += ["--nprobe", nprobe]
         args.append("--gpu" if worker_gpus > 0 else "--no-gpu")
-        make = RayJobSpec.gpu if worker_gpus > 0 else RayJobSpec  # GPU nodes' selector, taint
-        spec = make(
+        spec = RayJobSpec.for_workers(  # GPU nodes' selector and taint when workers take GPUs
+            worker_gpus,
             name=job_name or f"crops-index-{key[:8]}-{int(time.time()) % 100_000:05d}",
             namespace=namespace,
             image=image,
             entrypoint=entrypoint("build_index", args),
             workers=workers,
-            worker_gpus=worker_gpus,
             pvc=pvc,
             mount_path=mount_path,
         )

@@ -160,14 +160,13 @@ def train(
             args += ["--lr", lr]
         if worker_gpus > 0:
             args.append("--gpu")
-        make = RayJobSpec.gpu if worker_gpus > 0 else RayJobSpec  # GPU nodes' selector, taint
-        spec = make(
+        spec = RayJobSpec.for_workers(  # GPU nodes' selector and taint when workers take GPUs
+            worker_gpus,
             name=job_name or f"crops-train-{m.slug}-{key[:8]}-{attempt}",
             namespace=namespace,
             image=image,
             entrypoint=entrypoint("train", args),
             workers=workers,
-            worker_gpus=worker_gpus,
             pvc=pvc,
             mount_path=mount_path,
         )

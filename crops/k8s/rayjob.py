@@ -98,6 +98,11 @@ class RayJobSpec(BaseModel):
         )
         return cls(**fields)
 
+    @classmethod
+    def for_workers(cls, worker_gpus: int, **fields: Any) -> RayJobSpec:
+        """`gpu(...)` when the workers take GPUs, else a plain CPU spec."""
+        return cls.gpu(worker_gpus=worker_gpus, **fields) if worker_gpus > 0 else cls(**fields)
+
 
 def _container(spec: RayJobSpec, name: str, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
