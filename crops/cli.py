@@ -797,6 +797,30 @@ pipeline_app = typer.Typer(
 )
 
 
+@contextmanager
+def _image_warnings() -> Iterator[None]:
+    """The library's ImageWarnings as plain `warning:` lines on stderr; others as usual."""
+    import warnings
+
+    from crops.pipeline import ImageWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImageWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, ImageWarning):
+                    err.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+_SYNTHESIS_HELP = (
+    "endpoint (an LLM server; its Secret is required) | vllm-offline (GPU mine task) | none"
+)
+
+
 @pipeline_app.command("compile")
 def pipeline_compile(
     out: Annotated[Path, typer.Option(help="IR YAML to write")] = Path("crops_pipeline.yaml"),
@@ -807,15 +831,16 @@ def pipeline_compile(
     source: Annotated[str, typer.Option(help="simulate | ingest (the world_uri parameter)")] = (
         "simulate"
     ),
-    synthesis: Annotated[
-        str, typer.Option(help="endpoint (a vLLM server) | vllm-offline (GPU mine task)")
-    ] = "endpoint",
+    synthesis: Annotated[str, typer.Option(help=_SYNTHESIS_HELP)] = "endpoint",
     task_gpus: Annotated[int, typer.Option(help="GPUs of the train/index tasks themselves")] = 0,
     s3_secret: Annotated[
         str | None, typer.Option(help="a Secret with AWS_* keys for s3:// URIs")
     ] = None,
 ) -> None:
-    """Compile the pipeline to KFP v2 IR YAML (cluster: GPU nodes, PVC, Secrets)."""
+    """Compile the pipeline to KFP v2 IR YAML (cluster: GPU nodes, PVC, Secrets).
+
+    For the cluster it warns when the image names no registry host.
+    """
     from crops.pipeline import PipelineError, compile_pipeline
 
     options: dict = {"source": source, "synthesis": synthesis, "task_gpus": task_gpus}
@@ -824,7 +849,8 @@ def pipeline_compile(
     if s3_secret:
         options["s3_secret"] = s3_secret
     try:
-        path = compile_pipeline(out, target, **options)
+        with _image_warnings():
+            path = compile_pipeline(out, target, **options)
     except PipelineError as exc:
         _fail(str(exc))
         return
@@ -939,39 +965,73 @@ def pipeline_submit(
     package: Annotated[
         Path | None, typer.Option(help="a compiled package (default: compile for the cluster)")
     ] = None,
-    namespace: Annotated[str | None, typer.Option(help="KFP profile namespace")] = None,
-    service_account: Annotated[
-        str | None, typer.Option(help="the run's service account (RayJob, ISVC rights)")
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            help="namespace of the pipeline's pods and of what they create (the pipeline's"
+            " `namespace` parameter); multi-user KFP: your profile namespace; standalone KFP:"
+            " its own [default: kubeflow]"
+        ),
     ] = None,
+    service_account: Annotated[
+        str, typer.Option(help="the run's ServiceAccount (RayJob, InferenceService rights)")
+    ] = "crops-pipeline",
     image: Annotated[str | None, typer.Option(help="image of every task")] = None,
+    synthesis: Annotated[str, typer.Option(help=_SYNTHESIS_HELP)] = "endpoint",
+    kubeconfig: Annotated[
+        str | None,
+        typer.Option(help="kubeconfig for the preflight (default: in-cluster, ~/.kube/config)"),
+    ] = None,
+    skip_preflight: Annotated[
+        bool, typer.Option("--skip-preflight", help="submit without checking the namespace")
+    ] = False,
 ) -> None:
     """Submit a run of the pipeline to a Kubeflow Pipelines backend.
 
-    Exit status: 0 submitted, 2 bad input, 1 the host is unreachable or refuses the run.
+    Before the run is created, a preflight checks with your kubeconfig that the pods'
+    namespace has what they need (ServiceAccount and its rights, the artifacts PVC, the
+    ConfigMap crops-platform, the LLM Secret and its keys when LLM synthesis is asked for),
+    and names everything missing. Exit status: 0 submitted, 2 bad input or a failed preflight,
+    1 the KFP host or the Kubernetes API is unreachable, or the host refuses the run.
     """
     from crops.pipeline import HostError, PipelineError, build, parse_params, submit
 
-    options = {"image": image} if image else {}
+    options: dict = {"synthesis": synthesis}
+    if image:
+        options["image"] = image
     try:
-        arguments = parse_params(param or [], build("cluster", **options))
-        result = submit(
-            host,
-            arguments=arguments,
-            experiment=experiment,
-            run_name=run_name,
-            package=package,
-            namespace=namespace,
-            service_account=service_account,
-            options=options,
-        )
+        with _image_warnings():
+            arguments = parse_params(param or [], build("cluster", **options))
+            result = submit(
+                host,
+                arguments=arguments,
+                experiment=experiment,
+                run_name=run_name,
+                package=package,
+                namespace=namespace,
+                service_account=service_account,
+                options=options,
+                kubeconfig=kubeconfig,
+                skip_preflight=skip_preflight,
+            )
     except HostError as exc:
         _fail(str(exc), code=1)
         return
     except PipelineError as exc:
         _fail(str(exc))
         return
+    report = result["preflight"]
+    if report is not None:
+        for note in report.notes:
+            err.print(f"[yellow]preflight:[/] {escape(note)}", highlight=False, soft_wrap=True)
+        err.print(
+            f"preflight: namespace {result['namespace']} has what the run needs"
+            f" ({len(report.passed)} checks passed)",
+            highlight=False,
+        )
     console.print(
-        f"[bold]run {result['run_id']} submitted[/] (experiment {result['experiment']}):"
+        f"[bold]run {result['run_id']} submitted[/] (experiment {result['experiment']},"
+        f" pods in namespace {result['namespace']} as {result['service_account']}):"
         f" {result['url']}",
         highlight=False,
         soft_wrap=True,

@@ -72,6 +72,18 @@ class HostError(PipelineError):
     """The KFP host cannot be reached, or refused the run."""
 
 
+class PreflightError(PipelineError):
+    """The namespace of the run's pods lacks what they need; `report` lists every problem."""
+
+    def __init__(self, message: str, report) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class ImageWarning(UserWarning):
+    """An image reference names no registry host: the cluster resolves it on its own."""
+
+
 # ------------------------------------------------------------------------- the definitions
 
 
@@ -195,8 +207,11 @@ def parse_params(pairs: list[str], pipeline) -> dict[str, Any]:
     return args
 
 
-def compile_pipeline(out: str | Path, target: str = "cluster", **options) -> Path:
-    """Write the pipeline's IR YAML for `target`; returns the path."""
+def compile_pipeline(
+    out: str | Path, target: str = "cluster", *, warn_image: bool = True, **options
+) -> Path:
+    """Write the pipeline's IR YAML for `target`; returns the path. For the cluster, an
+    image without a registry host gets an `ImageWarning` (see `image_warning`)."""
     from kfp import compiler
 
     pipeline = build(target, **options)
@@ -205,7 +220,88 @@ def compile_pipeline(out: str | Path, target: str = "cluster", **options) -> Pat
         raise PipelineError(f"--out {out} is a folder: give a file name (crops_pipeline.yaml)")
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, package_path=str(out))
+    if target == "cluster" and warn_image:
+        warn_images(package_needs(out)["images"])
     return out
+
+
+def registry_host(image: str) -> str | None:
+    """The registry host an image reference names, if any (Docker's rule: a first path part
+    with a '.' or a ':' (a port), or 'localhost')."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def image_warning(image: str) -> str | None:
+    """What to say about an image without a registry host; None when it names one."""
+    if registry_host(image) is not None:
+        return None
+    return (
+        f"image {image!r} names no registry host: the cluster resolves it against its"
+        " container runtime's default registry, unless the image is already on the nodes"
+        " (`kind load docker-image`); give --image REGISTRY-HOST/crops:TAG to pull it from"
+        " your own registry"
+    )
+
+
+def warn_images(images) -> None:
+    """`ImageWarning` for each image (once) that names no registry host."""
+    for image in dict.fromkeys(images):
+        message = image_warning(image)
+        if message:
+            warnings.warn(message, ImageWarning, stacklevel=3)
+
+
+def package_needs(path: str | Path) -> dict[str, Any]:
+    """What a compiled package needs where its pods run, read from its YAML: `images`, `pvcs`
+    (mounted), `secrets` (name -> keys whose env is required, i.e. not optional), `env_secrets`
+    (env var -> Secret name, any) and `defaults` (parameter -> default)."""
+    import yaml
+
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        raise PipelineError(f"{path}: not a compiled pipeline ({exc})") from exc
+    if not docs or "deploymentSpec" not in docs[0]:
+        raise PipelineError(f"{path}: not a compiled pipeline (no deploymentSpec)")
+    spec = docs[0]
+    executors = spec["deploymentSpec"].get("executors") or {}
+    images = [e["container"]["image"] for e in executors.values() if "container" in e]
+    k8s: dict[str, Any] = {}
+    for doc in docs[1:]:
+        k8s = (doc.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {})).get(
+            "executors", {}
+        ) or k8s
+
+    def constant(entry: dict, key: str) -> str:
+        param = entry.get(f"{key}Parameter", {}).get("runtimeValue", {})
+        return str(param.get("constant") or entry.get(key) or "")
+
+    pvcs: dict[str, None] = {}
+    secrets: dict[str, list[str]] = {}
+    env_secrets: dict[str, str] = {}
+    for executor in k8s.values():
+        for mount in executor.get("pvcMount", []):
+            if constant(mount, "pvcName"):
+                pvcs[constant(mount, "pvcName")] = None
+        for entry in executor.get("secretAsEnv", []):
+            name = constant(entry, "secretName")
+            for pair in entry.get("keyToEnv", []):
+                env_secrets[pair["envVar"]] = name
+                if not entry.get("optional", False):
+                    keys = secrets.setdefault(name, [])
+                    if pair["secretKey"] not in keys:
+                        keys.append(pair["secretKey"])
+    params = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    return {
+        "images": list(dict.fromkeys(images)),
+        "pvcs": list(pvcs),
+        "secrets": secrets,
+        "env_secrets": env_secrets,
+        "defaults": {k: v.get("defaultValue") for k, v in params.items()},
+    }
 
 
 # ------------------------------------------------------------------------- local runs
@@ -421,6 +517,13 @@ def summarize(
 
 def check_host(host: str, timeout_s: float = 5.0) -> str:
     """Refuse a KFP host that does not answer HTTP, before the client retries for minutes."""
+    host_info(host, timeout_s)
+    return host
+
+
+def host_info(host: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """The KFP API's healthz answer ({} when it is not JSON: a proxy's page, say), or
+    HostError when nothing answers HTTP there. Its `multi_user` tells the two KFP modes apart."""
     from urllib.parse import urlsplit
 
     import httpx
@@ -430,14 +533,68 @@ def check_host(host: str, timeout_s: float = 5.0) -> str:
         raise PipelineError(f"--host {host!r}: give the KFP API's URL, http(s)://host[:port]")
     url = host.rstrip("/") + "/apis/v2beta1/healthz"
     try:
-        httpx.get(url, timeout=timeout_s)  # any HTTP answer means something listens there
+        answer = httpx.get(url, timeout=timeout_s)  # any HTTP answer: something listens there
     except httpx.HTTPError as exc:
         raise HostError(
             f"the KFP host {host} is unreachable ({type(exc).__name__}: {exc}); is the API"
             " server up, and the URL right (e.g. a `kubectl port-forward svc/ml-pipeline"
             " 8888:8888 -n kubeflow` gives http://localhost:8888)?"
         ) from exc
-    return host
+    try:
+        info = answer.json() if answer.status_code == 200 else {}
+    except ValueError:
+        info = {}
+    return info if isinstance(info, dict) else {}
+
+
+#: Where standalone KFP runs pipeline pods (its own namespace) unless installed elsewhere.
+KFP_NAMESPACE = "kubeflow"
+
+
+def preflight(
+    namespace: str,
+    service_account: str,
+    needs: dict[str, Any],
+    arguments: dict[str, Any],
+    *,
+    kubeconfig: str | None = None,
+    multi_user: bool = False,
+    client=None,
+):
+    """`crops.k8s.preflight.check` for a compiled package and its arguments: its PVCs, and its
+    LLM Secret when the run asks for LLM synthesis through a server (llm_backend `endpoint`).
+    PreflightError lists every problem; HostError when the Kubernetes API cannot be reached. Returns the report."""
+    from crops.k8s import preflight as pf
+    from crops.k8s.client import KubeError, api_client
+
+    llm_secret = needs["env_secrets"].get("CROPS_LLM_API_KEY") or needs["env_secrets"].get(
+        "CROPS_LLM_ENDPOINT"
+    )
+    value = {**needs["defaults"], **arguments}.get
+    # LLM synthesis through a server was asked for: the mine task's backend is `endpoint`.
+    llm = bool(llm_secret) and value("llm_backend") == "endpoint"
+    endpoint_given = bool(value("llm_endpoint")) or bool(value("serve_vllm"))
+    endpoint_given = endpoint_given or value("llm_backend", "endpoint") != "endpoint"
+    try:
+        if client is None:
+            client = api_client(kubeconfig)
+        report = pf.check(
+            client,
+            namespace,
+            service_account,
+            llm=llm,
+            endpoint_given=endpoint_given,
+            llm_secret=llm_secret or pf.LLM_SECRET,
+            pvcs=tuple(needs["pvcs"]),
+            multi_user=multi_user,
+        )
+    except pf.PreflightUnreachable as exc:
+        raise HostError(f"preflight: {exc}; or submit with --skip-preflight") from exc
+    except KubeError as exc:  # no usable kubeconfig
+        raise PipelineError(f"preflight: {exc}; give --kubeconfig, or --skip-preflight") from exc
+    if not report.ok:
+        raise PreflightError(report.text(), report)
+    return report
 
 
 def submit(
@@ -448,31 +605,73 @@ def submit(
     run_name: str | None = None,
     package: str | Path | None = None,
     namespace: str | None = None,
-    service_account: str | None = None,
+    service_account: str | None = "crops-pipeline",
     options: dict[str, Any] | None = None,
+    kubeconfig: str | None = None,
+    skip_preflight: bool = False,
 ) -> dict[str, Any]:
-    """Compile for the cluster (or take `package`) and create a run on the KFP backend."""
+    """Compile for the cluster (or take `package`), check the pods' namespace (the preflight)
+    and create a run on the KFP backend.
+
+    `namespace` is where the run's pods run (default `kubeflow`, standalone KFP's own) and the
+    pipeline's `namespace` argument (where its RayJobs, InferenceService and vLLM go: they
+    share the artifacts PVC with the tasks); on multi-user KFP (its healthz says so) it is also
+    the profile namespace the run is filed in. Order: arguments (PipelineError), the host
+    (HostError, fast), compile, the preflight (PreflightError listing every problem; HostError
+    when the Kubernetes API is down), then the run. Registry-less images get `ImageWarning`.
+    """
     import tempfile
 
-    check_host(host)
+    arguments = dict(arguments or {})
+    pods_ns = namespace or KFP_NAMESPACE
+    given = arguments.get("namespace")
+    if given is not None and given != pods_ns:
+        raise PipelineError(
+            f"--param namespace={given} differs from the namespace of the pipeline's pods "
+            f"({pods_ns}{'' if namespace else ', the default'}): the tasks there share the "
+            f"artifacts PVC with the RayJobs and the InferenceService, so both must be one "
+            f"namespace; give --namespace {given} (and install the platform there) instead"
+        )
+    info = host_info(host)
+    multi_user = info.get("multi_user") is True
     import kfp
 
     with tempfile.TemporaryDirectory(prefix="crops-pipeline-") as tmp:
-        path = (
-            Path(package)
-            if package
-            else compile_pipeline(Path(tmp) / "crops_pipeline.yaml", "cluster", **(options or {}))
-        )
-        if not path.is_file():
-            raise PipelineError(f"--package {path}: not found")
+        if package:
+            path = Path(package)
+            if not path.is_file():
+                raise PipelineError(f"--package {path}: not found")
+        else:
+            path = compile_pipeline(
+                Path(tmp) / "crops_pipeline.yaml",
+                "cluster",
+                warn_image=False,
+                **(options or {}),
+            )
+        needs = package_needs(path)
+        warn_images(needs["images"])
+        if "namespace" in needs["defaults"]:
+            arguments["namespace"] = pods_ns  # carried end to end
+        report = None
+        if not skip_preflight:
+            report = preflight(
+                pods_ns,
+                service_account or "default",
+                needs,
+                arguments,
+                kubeconfig=kubeconfig,
+                multi_user=multi_user,
+            )
+        # Standalone KFP refuses a namespace ("single-user mode"); multi-user requires one.
+        kfp_ns = pods_ns if multi_user else (namespace if not info else None)
         try:
-            client = kfp.Client(host=host, namespace=namespace or "kubeflow")
+            client = kfp.Client(host=host, namespace=kfp_ns or KFP_NAMESPACE)
             result = client.create_run_from_pipeline_package(
                 str(path),
-                arguments=arguments or {},
+                arguments=arguments,
                 run_name=run_name or f"crops-{datetime.now():%Y%m%d-%H%M%S}",
                 experiment_name=experiment,
-                namespace=namespace,
+                namespace=kfp_ns,
                 service_account=service_account,
             )
         except Exception as exc:  # the client raises urllib3, ApiException, ValueError, ...
@@ -485,6 +684,11 @@ def submit(
         "run_id": run_id,
         "url": f"{host.rstrip('/')}/#/runs/details/{run_id}",
         "experiment": experiment,
+        "namespace": pods_ns,
+        "kfp_namespace": kfp_ns,
+        "multi_user": multi_user,
+        "service_account": service_account,
+        "preflight": report,
     }
 
 
@@ -494,14 +698,21 @@ __all__ = [
     "SCALES",
     "TARGETS",
     "HostError",
+    "ImageWarning",
     "PipelineError",
+    "PreflightError",
     "build",
     "check_host",
     "compile_pipeline",
     "definitions",
+    "host_info",
+    "image_warning",
     "local_arguments",
     "parameters",
+    "package_needs",
     "parse_params",
+    "preflight",
+    "registry_host",
     "run_local",
     "source_root",
     "submit",

@@ -25,18 +25,31 @@ from components.index import index
 from components.ingest import ingest
 from components.mine import mine
 from components.simulate import simulate
-from components.synthesize import synthesize
+from components.synthesize import release_llm, synthesize
 from components.train import train
 from components.validate import validate
+from crops.k8s.platform import Platform
 
 PIPELINE_NAME = "crops"
 TARGETS = ("local", "cluster")
 SOURCES = ("simulate", "ingest")
-SYNTHESIS = ("endpoint", "vllm-offline")
+#: How the mine task synthesises videos: `endpoint` (an LLM server is required; on a cluster
+#: the run fails naming what is missing rather than fall back), `vllm-offline` (vLLM in the
+#: task), `none` (no synthesis).
+SYNTHESIS = ("endpoint", "vllm-offline", "none")
+#: The mine task's `llm_backend` default per synthesis; `endpoint` locally keeps `auto` (an
+#: endpoint when one is set, else the simulator's knowledge backend) for `crops pipeline run
+#: --local`, which has no LLM server.
+LLM_BACKEND = {"vllm-offline": "vllm-offline", "none": "none"}
 
-#: The artifacts volume: RayJob inputs and models, checkpoints, published serving folders.
-ARTIFACTS_PVC = "crops-artifacts"
-MOUNT_PATH = "/artifacts"
+#: The chart's default values: the artifacts volume (RayJob inputs and models, checkpoints,
+#: published serving folders), where every task mounts it, and the labels of pipeline pods.
+_PLATFORM = Platform.default()
+ARTIFACTS_PVC = _PLATFORM.artifacts_pvc
+MOUNT_PATH = _PLATFORM.mount_path
+PIPELINE_POD_LABELS = {
+    k: v for k, v in _PLATFORM.pod_labels("pipeline").items() if k != "app.kubernetes.io/instance"
+}
 #: The LLM endpoint and its API key (Secret keys -> environment of the mine task).
 LLM_SECRET = "crops-llm"
 LLM_SECRET_ENV = {"endpoint": "CROPS_LLM_ENDPOINT", "api-key": "CROPS_LLM_API_KEY"}
@@ -86,16 +99,22 @@ def build_pipeline(
     Args:
         target: `local` (kfp.local; no Kubernetes settings) or `cluster`.
         source: `simulate` the embedded default world, or `ingest` one from `world_uri`.
-        image: the image of every task (default `BASE_IMAGE`), and the default of the `image`
-            parameter (RayJobs, the predictor).
+        image: the image of every task (default `BASE_IMAGE`). What the tasks create (RayJobs,
+            the predictor) runs the installed chart's `image` (ConfigMap crops-platform), so the
+            two agree when both name the same build.
         pvc: the artifacts PersistentVolumeClaim, mounted on every task at `mount_path`
             (cluster).
         mount_path: where.
-        llm_secret: the Secret with the LLM `endpoint` and `api-key` (cluster; both optional).
+        llm_secret: the Secret with the LLM `endpoint` and `api-key` (cluster). With
+            synthesis `endpoint` the mine task fails naming it when no endpoint is set (not
+            in the Secret, nor `llm_endpoint`, nor `serve_vllm`); `crops pipeline submit`
+            checks the Secret and its keys first. Unused with `none`.
         s3_secret: a Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally
             AWS_ENDPOINT_URL) for s3:// URIs, set on every task (cluster); None: none.
-        synthesis: `endpoint` (a vLLM server) or `vllm-offline` (vLLM in the mine task, which
-            then goes to a GPU node).
+        synthesis: `endpoint` (an LLM server: the Secret's endpoint, `llm_endpoint` or
+            `serve_vllm`; required on a cluster, where mine's `llm_backend` is `endpoint`;
+            locally `auto`), `none` (no synthesis), or `vllm-offline` (vLLM in the mine
+            task, which then goes to a GPU node).
         task_gpus: GPUs requested by the train and index tasks themselves (their `local`
             backend on a GPU node); 0 with the default `rayjob` backend, whose workers hold
             the GPUs.
@@ -109,7 +128,6 @@ def build_pipeline(
     if task_gpus < 0:
         raise ValueError(f"task_gpus must be >= 0, got {task_gpus}")
     cluster = target == "cluster"
-    task_image = image  # the `image` parameter below shadows this name
     checkpoints = f"{mount_path}/checkpoints" if cluster else ""
 
     @dsl.pipeline(
@@ -124,7 +142,7 @@ def build_pipeline(
         filter_model: str = "minilm",
         llm_endpoint: str = "",
         llm_model: str = "",
-        llm_backend: str = "vllm-offline" if synthesis == "vllm-offline" else "auto",
+        llm_backend: str = LLM_BACKEND.get(synthesis, "endpoint" if cluster else "auto"),
         steps: int = 1500,
         epochs: int = 1 if not cluster else 3,
         encoder: str = "hash",
@@ -133,10 +151,12 @@ def build_pipeline(
         worker_gpus: int = 1 if cluster else 0,
         target: str = target,
         namespace: str = "crops",
-        image: str = image,
         isvc_name: str = "crops",
         serving_mode: str = "Standard",
         canary_percent: int = 10,
+        offline_metric: str = "graded/nDCG@4",
+        offline_tolerance: float = 0.02,
+        deploy_wait_s: float = 900.0,
         control_url: str = "",
         treatment_url: str = "",
         ab_share: float = 0.5,
@@ -174,6 +194,10 @@ def build_pipeline(
         ).after(checked)
         mined_task.set_display_name("mine (reformulation, recfeed, LLM, HLA)")
         mined = mined_task.outputs["mined"]
+        # vLLM down again once mining ends, failed or not, so it does not keep its GPU.
+        released = release_llm(serve_vllm=serve_vllm, namespace=namespace)
+        released.after(mined_task).ignore_upstream_failure()
+        released.set_display_name("release the LLM server")
 
         trained, indexed = {}, {}
         for key, method, label in (
@@ -192,10 +216,7 @@ def build_pipeline(
                 backend=train_backend,
                 checkpoints=checkpoints,
                 namespace=namespace,
-                image=image,
                 worker_gpus=worker_gpus,
-                pvc=pvc,
-                mount_path=mount_path,
             )
             t.set_display_name(label)
             ix = index(
@@ -203,10 +224,7 @@ def build_pipeline(
                 world=world,
                 backend=train_backend,
                 namespace=namespace,
-                image=image,
                 worker_gpus=worker_gpus,
-                pvc=pvc,
-                mount_path=mount_path,
             )
             ix.set_display_name(f"index {'CroPS' if key == 'crops' else 'control'}")
             trained[key], indexed[key] = t, ix
@@ -218,27 +236,37 @@ def build_pipeline(
             control_model=trained["control"].outputs["model"],
             control_index=indexed["control"].outputs["index"],
         ).set_display_name("offline evaluation")
+        # The candidate goes out as a canary beside the control (the platform's image, volume
+        # and mount path), unless the offline table shows it worse than the control.
         deployed = deploy(
             model=trained["crops"].outputs["model"],
             index=indexed["crops"].outputs["index"],
+            control_model=trained["control"].outputs["model"],
+            control_index=indexed["control"].outputs["index"],
+            offline=offline.outputs["results"],
             target=target,
             name=isvc_name,
             namespace=namespace,
-            image=image,
             mode=serving_mode,
             canary_percent=canary_percent,
-            pvc=pvc,
-            mount_path=mount_path,
-        ).after(offline)
+            metric=offline_metric,
+            tolerance=offline_tolerance,
+            wait_s=deploy_wait_s,
+        )
         deployed.set_display_name("deploy canary")
+        # On a cluster the A/B test measures the two predictors the InferenceService serves
+        # (deploy's URLs); locally it serves the model folders unless URLs are given.
         ab = abtest(
             world=world,
             control_model=trained["control"].outputs["model"],
             control_index=indexed["control"].outputs["index"],
             treatment_model=trained["crops"].outputs["model"],
             treatment_index=indexed["crops"].outputs["index"],
-            control_url=control_url,
-            treatment_url=treatment_url,
+            target=target,
+            control_url=deployed.outputs["control_url"] if cluster else control_url,
+            treatment_url=deployed.outputs["treatment_url"] if cluster else treatment_url,
+            deploy_decision=deployed.outputs["decision"],
+            deploy_reason=deployed.outputs["reason"],
             treatment_share=ab_share,
             users=ab_users,
             days=ab_days,
@@ -256,7 +284,11 @@ def build_pipeline(
         if cluster:
             tasks = [world_task, checked, llm, mined_task, offline, deployed, ab]
             tasks += [*trained.values(), *indexed.values()]
+            tasks.append(released)
             for task in tasks:
+                # The NetworkPolicies admit pipeline pods by these labels (values `roles`).
+                for key, value in PIPELINE_POD_LABELS.items():
+                    kubernetes.add_pod_label(task, key, value)
                 kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=mount_path)
                 if s3_secret:
                     kubernetes.use_secret_as_env(task, s3_secret, S3_SECRET_ENV, optional=True)
@@ -265,12 +297,17 @@ def build_pipeline(
                 task.set_cpu_request("2").set_memory_request("8G")
             if synthesis == "vllm-offline":
                 _on_gpu_nodes(mined_task, 1)
-            kubernetes.use_secret_as_env(mined_task, llm_secret, LLM_SECRET_ENV, optional=True)
+            if synthesis != "none":
+                # An LLM server was asked for: no silent fallback. The mount is optional so
+                # that a missing Secret fails the task with a message naming it (mine's
+                # llm_backend `endpoint`) instead of leaving the pod waiting for the Secret;
+                # `crops pipeline submit` checks the Secret and its keys before the run.
+                kubernetes.use_secret_as_env(mined_task, llm_secret, LLM_SECRET_ENV, optional=True)
             for task in (mined_task, offline, ab):
                 task.set_cpu_request("2").set_memory_request("8G")
-            if task_image != BASE_IMAGE:
+            if image != BASE_IMAGE:
                 for task in tasks:
-                    task.set_container_image(task_image)
+                    task.set_container_image(image)
 
         return Outputs(
             offline_table=offline.outputs["table"],

@@ -129,7 +129,7 @@ if ! kubectl -n "$NAMESPACE" get secret crops-llm >/dev/null 2>&1; then
 fi
 if $use_chart; then
   helm upgrade --install crops charts/crops --namespace "$NAMESPACE" \
-    -f charts/crops/ci-values.yaml --set "image.pullPolicy=$([[ $cluster == kind ]] && echo Never || echo IfNotPresent)"
+    -f charts/crops/profiles/small.yaml -f "charts/crops/profiles/$cluster.yaml"
 else
   kubectl apply -k "manifests/overlays/$cluster"
 fi
@@ -137,9 +137,11 @@ kubectl -n "$NAMESPACE" get rayjobs,inferenceservices,cronjobs,deployments
 
 cat <<EOF
 
-CroPS is applied. Next (docs/kind.md):
+CroPS is applied. Next (docs/kind.md, sections 5 and 6): standalone KFP runs the pipeline's
+pods in kubeflow, so the platform's ConfigMap, PVCs, accounts, Role and the Secret crops-llm
+go there too; then
   kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 &
   crops pipeline compile --out crops_pipeline.yaml --target cluster
   crops pipeline submit --host http://localhost:8080 --package crops_pipeline.yaml \\
-    --service-account crops-pipeline --param namespace=$NAMESPACE
+    --namespace kubeflow --service-account crops-pipeline
 EOF

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import cluster
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
@@ -106,3 +107,50 @@ def namespace(apiserver) -> str:
         client.V1Namespace(metadata=client.V1ObjectMeta(name=name))
     )
     return name
+
+
+class Accounts:
+    """The chart's ServiceAccounts, Roles, RoleBindings and platform ConfigMap, installed in a
+    test namespace; tokens, clients and kubeconfig files acting as one of those accounts."""
+
+    def __init__(self, apiserver, namespace: str, tmp_path: Path) -> None:
+        self.apiserver, self.namespace, self.tmp_path = apiserver, namespace, tmp_path
+        self.admin = apiserver.api_client()
+
+    def install(self, values: dict | None = None) -> Accounts:
+        """Render the chart (with `values`) into the namespace and create its accounts, roles,
+        bindings and the crops-platform ConfigMap, as a release would."""
+        cluster.install(self.apiserver, self.namespace, values)
+        return self
+
+    def token(self, account: str) -> str:
+        return cluster.token(self.apiserver, account, self.namespace)
+
+    def client(self, account: str):
+        """An ApiClient acting as `account` (a TokenRequest token, as a pod gets)."""
+        return cluster.as_account(self.apiserver, account, self.namespace)
+
+    def kubeconfig(self, account: str) -> Path:
+        """A kubeconfig file for `account`'s token: the test server's URL and CA."""
+        path = self.tmp_path / f"kubeconfig-{account}.yaml"
+        return cluster.kubeconfig_for(self.apiserver, account, self.namespace, path)
+
+    def act_as(self, account: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+        """Make `crops.k8s.client.api_client()` (the default kubeconfig) act as `account`: the
+        code under test runs as it would in a pod with that account."""
+        return cluster.run_as(monkeypatch, self.apiserver, account, self.namespace, self.tmp_path)
+
+
+@pytest.fixture
+def accounts(apiserver, namespace, tmp_path) -> Accounts:
+    """The chart's accounts, roles, bindings and platform ConfigMap in the test namespace
+    (`accounts.install(values)` first); clients and kubeconfigs acting as each account."""
+    return Accounts(apiserver, namespace, tmp_path)
+
+
+@pytest.fixture
+def kserve(apiserver, namespace):
+    """KServe played in the test namespace (see KServePlayer); stopped after the test."""
+    player = cluster.KServePlayer(apiserver.api_client(), namespace).start()
+    yield player
+    player.stop()

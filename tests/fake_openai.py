@@ -12,6 +12,11 @@ crops.engine.synthesis.render_messages writes), so each test drives one failure 
     dup        -> good JSON, caption "same caption"
     listy      -> each choice a JSON list of five good videos
     otherwise  -> good JSON whose caption mentions the query
+
+Structured output is read as the pinned vLLM (0.32) reads it: ``response_format`` with a
+json_schema, else ``structured_outputs`` = {"json": schema}; the removed ``guided_json`` is
+ignored (vLLM only logs it), so such a request counts as unconstrained. `schemas` records, per
+request, the schema the server would have constrained the reply to (None: unconstrained).
 """
 
 from __future__ import annotations
@@ -41,6 +46,28 @@ BEHAVIOURS = (
 )
 
 
+#: StructuredOutputsParams' constraint kinds in vLLM 0.32 (vllm/sampling_params.py): exactly one.
+CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+
+def enforced_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema vLLM 0.32 would constrain the reply to, as its ChatCompletionRequest
+    does (structured_outputs_from_response_format: a json_schema response_format overrides
+    structured_outputs). Raises ValueError where vLLM answers 400."""
+    rf = body.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") == "json_schema":
+        if not isinstance(rf.get("json_schema"), dict):
+            raise ValueError("response_format type 'json_schema' needs the 'json_schema' field")
+        return rf["json_schema"].get("schema")
+    so = body.get("structured_outputs")
+    if so is None:
+        return None
+    kinds = [k for k in CONSTRAINTS if isinstance(so, dict) and so.get(k) is not None]
+    if len(kinds) != 1:
+        raise ValueError(f"structured_outputs needs exactly one constraint, got {so!r}")
+    return so.get("json")
+
+
 def good_video(query: str, index: int = 0) -> dict[str, Any]:
     flat = " ".join(query.split())[:200]
     suffix = f" (take {index + 1})" if index else ""
@@ -57,7 +84,8 @@ class FakeOpenAIServer:
     """A FAKE OpenAI-compatible server on a random free loopback port; use as a context manager.
 
     `calls` counts chat requests per query, `requests` keeps every body received, `headers`
-    every request's headers, `max_in_flight` the most chat requests handled at once.
+    every request's headers, `schemas` the schema each request's reply was constrained to
+    (see enforced_schema), `max_in_flight` the most chat requests handled at once.
     """
 
     def __init__(self, *, slow_s: float = 2.0, delay_s: float = 0.0, model: str = "fake-llm"):
@@ -67,6 +95,7 @@ class FakeOpenAIServer:
         self.calls: Counter[str] = Counter()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.schemas: list[dict[str, Any] | None] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -166,11 +195,16 @@ class FakeOpenAIServer:
             return 400, {
                 "error": {"message": "no single <query> JSON string in the last user message"}
             }
+        try:
+            schema = enforced_schema(body)
+        except ValueError as e:
+            return 400, {"error": {"message": str(e), "type": "BadRequestError"}}
         with self._lock:
             self.calls[query] += 1
             call = self.calls[query]
             self.requests.append(body)
             self.headers.append({k.lower(): v for k, v in headers.items()})
+            self.schemas.append(schema)
         if self.delay_s:
             time.sleep(self.delay_s)
         kind = next((b for b in BEHAVIOURS if b in query), "good")

@@ -3,8 +3,6 @@ world, the RayJob and cluster paths with the Kubernetes calls replaced by record
 against the real kube-apiserver), and components run by `kfp.local` in a subprocess."""
 
 import json
-import shlex
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -223,106 +221,6 @@ def test_mine_refuses_an_unknown_backend(tiny_dir: Path, tmp_path: Path) -> None
 # ----------------------------------------------------------------------------- train, index
 
 
-class RecordingRayJobStub:
-    """A STUB for crops.k8s.rayjob.submit_and_wait (no cluster): records the spec, checks the
-    entrypoint against the real `crops <command>` options and writes what the job would."""
-
-    def __init__(self, command: str, produce) -> None:
-        self.command, self.produce, self.specs = command, produce, []
-
-    def __call__(self, spec, timeout_s: float) -> dict:
-        import typer.main
-
-        from crops.cli import app
-
-        self.specs.append(spec)
-        argv = shlex.split(spec.entrypoint)
-        assert argv[:2] == ["python", f"/app/ray_jobs/{self.command}.py"]
-        name = "train" if self.command == "train" else "index"
-        command = typer.main.get_command(app).commands[name]
-        known = {o for p in command.params for o in p.opts + p.secondary_opts}
-        given = {a for a in argv[2:] if a.startswith("--")}
-        assert given <= known, given - known
-        self.produce(options(argv))
-        return {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
-
-
-def test_train_as_a_rayjob_stages_inputs_on_the_volume_and_copies_the_model_back(
-    mined_fast, tiny_index, tmp_path: Path, monkeypatch
-) -> None:
-    import crops.k8s.rayjob as rayjob
-
-    mined_dir, world_dir = mined_fast
-    model_src, _ = tiny_index
-
-    def produce(opts: dict) -> None:
-        target = Path(opts["--out"])
-        shutil.copytree(model_src, target)
-        (target / "training.json").write_text(json.dumps({"wall_s": 1.5, "metrics": {"loss": 2.0}}))
-
-    stub = RecordingRayJobStub("train", produce)
-    monkeypatch.setattr(rayjob, "submit_and_wait", stub)
-    mount = tmp_path / "pvc"
-    model, metrics = out(Model, tmp_path, "model"), out(Metrics, tmp_path, "m")
-    train.python_func(
-        mined=given(Dataset, mined_dir),
-        world=given(Dataset, world_dir),
-        model=model,
-        metrics=metrics,
-        method="nce",
-        steps=300,
-        epochs=3,
-        backend="rayjob",
-        namespace="ml",
-        image="crops:0.1.0",
-        workers=4,
-        worker_gpus=1,
-        mount_path=str(mount),
-    )
-    (spec,) = stub.specs
-    assert spec.namespace == "ml" and spec.workers == 4 and spec.worker_gpus == 1
-    assert spec.pvc == "crops-artifacts" and spec.mount_path == str(mount)
-    assert spec.node_selector == {"nvidia.com/gpu.present": "true"}  # RayJobSpec.gpu
-    assert spec.name.startswith("crops-train-nce-")
-    argv = shlex.split(spec.entrypoint)
-    opts = options(argv)
-    staged = Path(opts["--samples"])
-    assert staged.is_relative_to(mount) and staged.is_file()
-    assert not (staged.parent / "synth_videos.parquet").exists()  # NCE: clicks only
-    assert set(pq.read_table(staged)["source"].to_pylist()) == {"click"}
-    assert opts["--loss"] == "infonce" and "--gpu" in argv
-    # the click-only epoch is shorter than 100 steps: more epochs, about 300 steps in all
-    assert 250 <= int(opts["--epochs"]) * int(opts["--max-steps-per-epoch"]) <= 350
-    assert (Path(model.path) / "crops_model.json").is_file()
-    assert model.metadata["method"] == "NCE" and model.metadata["backend"] == "rayjob"
-    assert metrics.metadata["loss"] == 2.0
-
-
-def test_index_as_a_rayjob(tiny_dir: Path, tiny_index, tmp_path: Path, monkeypatch) -> None:
-    import crops.k8s.rayjob as rayjob
-
-    model_dir, index_dir = tiny_index
-    stub = RecordingRayJobStub(
-        "build_index", lambda opts: shutil.copytree(index_dir, Path(opts["--out"]))
-    )
-    monkeypatch.setattr(rayjob, "submit_and_wait", stub)
-    ix, metrics = out(Artifact, tmp_path, "index"), out(Metrics, tmp_path, "m")
-    index.python_func(
-        model=given(Model, model_dir),
-        world=given(Dataset, tiny_dir),
-        index=ix,
-        metrics=metrics,
-        factory="IVF64,Flat",
-        backend="rayjob",
-        worker_gpus=0,
-        mount_path=str(tmp_path / "pvc"),
-    )
-    (spec,) = stub.specs
-    assert spec.worker_gpus == 0 and spec.node_selector == {}
-    assert "--no-gpu" in spec.entrypoint and "--factory IVF64,Flat" in spec.entrypoint
-    assert (Path(ix.path) / "index.faiss").is_file() and metrics.metadata["count"] == 1500
-
-
 def test_train_and_index_refuse_bad_settings(mined_fast, tmp_path: Path) -> None:
     mined_dir, world_dir = mined_fast
     common = {
@@ -395,92 +293,259 @@ def test_evaluate_writes_the_offline_table(tiny_dir: Path, tiny_index, tmp_path:
 # ----------------------------------------------------------------------------- deploy
 
 
-def test_deploy_locally_writes_the_manifest_it_would_apply(tiny_index, tmp_path: Path) -> None:
-    from crops.index.store import model_hash
+def offline_results(tmp_path: Path, candidate: float, control: float, name: str = "offline"):
+    """An evaluate task's results.json (columns, row names, scores) with the given
+    graded/nDCG@4 for the treatment (CroPS) and the control (NCE)."""
+    from crops.evaluate.experiment import COLUMNS
 
-    model_dir, index_dir = tiny_index
-    manifest = out(Artifact, tmp_path, "manifest")
-    deploy.python_func(
-        model=given(Model, model_dir),
-        index=given(Artifact, index_dir),
-        manifest=manifest,
-        name="crops",
-        namespace="search",
-        canary_percent=10,
+    def row(ndcg: float) -> dict:
+        return {"ct/R@100": 0.5, "qr/R@100": 0.4, "graded/nDCG@4": ndcg}
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "columns": [list(c) for c in COLUMNS],
+                "control": "NCE",
+                "treatment": "CroPS",
+                "scores": {"BM25": row(0.1), "NCE": row(control), "CroPS": row(candidate)},
+            }
+        )
     )
-    obj = yaml.safe_load(Path(manifest.path).read_text())
-    assert obj["kind"] == "InferenceService" and obj["metadata"]["namespace"] == "search"
-    args = obj["spec"]["predictor"]["containers"][0]["args"]
-    digest = model_hash(model_dir)[:12]
-    assert args[args.index("--model") + 1] == f"/artifacts/serving/crops/{digest}/model"
-    assert args[args.index("--index") + 1] == f"/artifacts/serving/crops/{digest}/index"
-    volumes = obj["spec"]["predictor"]["volumes"]
-    assert {
-        "name": "artifacts",
-        "persistentVolumeClaim": {"claimName": "crops-artifacts"},
-    } in volumes
-    assert manifest.metadata["applied"] is False and manifest.metadata["canary_percent"] == 10
+    return given(Artifact, path)
 
 
-def test_deploy_refuses_bad_settings(tiny_index, tmp_path: Path) -> None:
-    model_dir, index_dir = tiny_index
-    common = {
-        "model": given(Model, model_dir),
+@pytest.fixture(scope="module")
+def control_dir(tiny_index, tmp_path_factory) -> Path:
+    """A second model (the control), distinct from tiny_index's, beside the same index."""
+    from crops.model.encoders import build_dual_encoder
+
+    path = tmp_path_factory.mktemp("control") / "model"
+    build_dual_encoder("hash", seed=1).save(path)
+    return path
+
+
+def deploy_args(
+    tiny_index, control_dir: Path, tmp_path: Path, model_dir: Path | None = None, **offline
+) -> dict:
+    """The deploy component's inputs: the candidate (tiny_index's model unless `model_dir`),
+    the control, an offline table (`candidate`, `control`: graded/nDCG@4) and the output."""
+    index_dir = tiny_index[1]
+    return {
+        "model": given(Model, model_dir or tiny_index[0]),
         "index": given(Artifact, index_dir),
+        "control_model": given(Model, control_dir),
+        "control_index": given(Artifact, index_dir),
+        "offline": offline_results(tmp_path, **(offline or {"candidate": 0.3, "control": 0.3})),
         "manifest": out(Artifact, tmp_path, "manifest"),
     }
+
+
+def _args(predictor: dict) -> dict[str, str]:
+    return options(predictor["containers"][0]["args"])
+
+
+def test_deploy_locally_writes_the_first_deploy_it_would_apply(
+    tiny_index, control_dir: Path, tmp_path: Path
+) -> None:
+    """The control as the default predictor and the candidate as the canary, on the chart's
+    default volume, mount path and image; nothing applied, no URLs."""
+    from crops.index.store import model_hash
+
+    model_dir, _ = tiny_index
+    common = deploy_args(tiny_index, control_dir, tmp_path, candidate=0.29, control=0.30)
+    outputs = deploy.python_func(**common, name="crops", namespace="search", canary_percent=10)
+    assert outputs.decision == "canary" and (outputs.control_url, outputs.treatment_url) == ("", "")
+    assert outputs.reason == (
+        "canary: offline graded/nDCG@4: CroPS 0.2900 vs NCE 0.3000 (-0.0100, tolerance 0.02)"
+    )
+    manifest = common["manifest"]
+    obj = yaml.safe_load(Path(manifest.path).read_text())
+    assert obj["kind"] == "InferenceService" and obj["metadata"]["namespace"] == "search"
+    candidate, control = model_hash(model_dir)[:12], model_hash(control_dir)[:12]
+    predictor, (canary,) = obj["spec"]["predictor"], obj["spec"]["canary"]
+    assert _args(predictor)["--model"] == f"/artifacts/serving/crops/{control}/model"
+    assert _args(canary["predictor"])["--model"] == f"/artifacts/serving/crops/{candidate}/model"
+    assert _args(canary["predictor"])["--index"] == f"/artifacts/serving/crops/{candidate}/index"
+    assert canary["trafficPercent"] == 10
+    assert predictor["containers"][0]["image"] == "crops:0.1.0"  # the platform's
+    assert {
+        "name": "artifacts",
+        "persistentVolumeClaim": {"claimName": "crops-artifacts", "readOnly": True},
+    } in predictor["volumes"]
+    meta = manifest.metadata
+    assert meta["applied"] is False and meta["canary_percent"] == 10
+    assert meta["decision"] == "canary" and meta["offline_gate"]["difference"] == pytest.approx(
+        -0.01
+    )
+
+    serverless = deploy_args(tiny_index, control_dir, tmp_path / "s", candidate=0.3, control=0.3)
+    deploy.python_func(**serverless, mode="Serverless")
+    obj = yaml.safe_load(Path(serverless["manifest"].path).read_text())
+    assert "canary" not in obj["spec"]  # Serverless: the control first, the candidate next
+    assert _args(obj["spec"]["predictor"])["--model"].endswith(f"/{control}/model")
+
+
+def test_deploy_holds_on_a_worse_offline_table(tiny_index, control_dir, tmp_path: Path) -> None:
+    common = deploy_args(tiny_index, control_dir, tmp_path, candidate=0.25, control=0.30)
+    outputs = deploy.python_func(**common, tolerance=0.02)
+    assert outputs.decision == "hold" and (outputs.control_url, outputs.treatment_url) == ("", "")
+    assert outputs.reason == (
+        "hold: the candidate is worse than the control beyond the tolerance; offline "
+        "graded/nDCG@4: CroPS 0.2500 vs NCE 0.3000 (-0.0500, tolerance 0.02); nothing deployed"
+    )
+    meta = common["manifest"].metadata
+    assert meta["decision"] == "hold" and meta["applied"] is False
+    assert meta["offline_gate"] == {
+        "metric": "graded/nDCG@4",
+        "tolerance": 0.02,
+        "candidate": 0.25,
+        "control": 0.30,
+        "difference": pytest.approx(-0.05),
+    }
+    # another column and a wider tolerance let it through
+    again = deploy_args(tiny_index, control_dir, tmp_path / "b", candidate=0.25, control=0.30)
+    assert deploy.python_func(**again, tolerance=0.06).decision == "canary"
+    again = deploy_args(tiny_index, control_dir, tmp_path / "c", candidate=0.25, control=0.30)
+    assert deploy.python_func(**again, metric="qr/R@100").decision == "canary"
+
+
+def test_deploy_refuses_bad_settings(tiny_index, control_dir, tmp_path: Path) -> None:
+    common = deploy_args(tiny_index, control_dir, tmp_path)
     with pytest.raises(ValueError, match="target 'prod'"):
         deploy.python_func(**common, target="prod")
     with pytest.raises(ValueError, match="canary_percent must be within 0..100, got 101"):
         deploy.python_func(**common, canary_percent=101)
+    with pytest.raises(ValueError, match="would send all traffic to an untested model"):
+        deploy.python_func(**common, canary_percent=100)
+    with pytest.raises(ValueError, match="tolerance must be >= 0"):
+        deploy.python_func(**common, tolerance=-0.1)
+    with pytest.raises(ValueError, match=r"metric 'ndcg' .* use one of ct/R@100, graded/nDCG@4"):
+        deploy.python_func(**common, metric="ndcg")
 
 
-def test_deploy_to_a_cluster_publishes_the_folders_and_creates_the_service(
-    tiny_index, tmp_path: Path, apiserver, namespace, monkeypatch
+def test_deploy_to_a_cluster_as_the_pipeline_account(
+    tiny_index, control_dir, tmp_path: Path, accounts, kserve, namespace, monkeypatch
 ) -> None:
-    """Against the real kube-apiserver with KServe's CRD: created, then a 25 % canary."""
-    import kubernetes.config.kube_config
-
+    """On the real kube-apiserver as crops-pipeline (its token in the default kubeconfig, as in
+    its pod), with the release's platform (another image, the volume mounted here): the first
+    deploy creates the control with the candidate as a canary and waits for Ready; the next
+    candidate becomes the canary beside the served model; a worse one is held."""
+    from crops.index.store import model_hash
     from crops.k8s.inference_service import InferenceServiceClient
 
-    # the task's default configuration (no in-cluster account here): the test server's
-    monkeypatch.setattr(
-        kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(apiserver.kubeconfig)
-    )
-    model_dir, index_dir = tiny_index
     mount = tmp_path / "pvc"
+    mount.mkdir()
+    accounts.install({"image": {"tag": "7.7.7"}, "storage": {"mountPath": str(mount)}})
+    accounts.act_as("crops-pipeline", monkeypatch)
+    read = InferenceServiceClient(accounts.client("crops-pipeline"))
+    model_dir, index_dir = tiny_index
 
-    def run(percent: int) -> dict:
-        manifest = out(Artifact, tmp_path, f"manifest-{percent}")
-        deploy.python_func(
-            model=given(Model, model_dir),
-            index=given(Artifact, index_dir),
-            manifest=manifest,
-            target="cluster",
-            namespace=namespace,
-            canary_percent=percent,
-            mount_path=str(mount),
-        )
-        return manifest.metadata
+    def run(sub: str, model: Path | None = None, **kw) -> tuple:
+        offline = kw.pop("offline", {})
+        common = deploy_args(tiny_index, control_dir, tmp_path / sub, model, **offline)
+        outputs = deploy.python_func(**common, target="cluster", namespace=namespace, **kw)
+        return outputs, common["manifest"].metadata
 
-    first = run(10)  # no service yet: created, all traffic to it
-    published = Path(first["model_path"])
-    assert published.is_relative_to(mount) and (published / "crops_model.json").is_file()
-    assert (Path(first["index_path"]) / "index.faiss").is_file() and first["applied"] is True
-    obj = InferenceServiceClient(apiserver.api_client()).get("crops", namespace)
-    assert not obj["spec"].get("canary")
-    run(25)  # the service exists: the same predictor rolls out as a 25 % canary
-    obj = InferenceServiceClient(apiserver.api_client()).get("crops", namespace)
+    first, meta = run("first", canary_percent=10, wait_s=20)
+    assert first.decision == "canary" and meta["applied"] is True
+    assert (first.control_url, first.treatment_url) == (
+        f"http://crops-predictor.{namespace}.svc.cluster.local",
+        f"http://crops-candidate-predictor.{namespace}.svc.cluster.local",
+    )
+    assert (meta["control_url"], meta["treatment_url"]) == (first.control_url, first.treatment_url)
+    candidate, control = model_hash(model_dir)[:12], model_hash(control_dir)[:12]
+    for digest in (candidate, control):  # both published where the predictors read them
+        assert (mount / "serving" / "crops" / digest / "model" / "crops_model.json").is_file()
+        assert (mount / "serving" / "crops" / digest / "index" / "index.faiss").is_file()
+    obj = read.get("crops", namespace)
+    assert _args(obj["spec"]["predictor"])["--model"] == str(
+        mount / "serving" / "crops" / control / "model"
+    )
+    (canary,) = obj["spec"]["canary"]
+    assert (
+        canary["trafficPercent"] == 10
+        and _args(canary["predictor"])["--model"] == meta["model_path"]
+    )
+    assert canary["predictor"]["containers"][0]["image"] == "crops:7.7.7"  # the release's
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]  # waited
+
+    # the next candidate replaces the canary; the served model (the control) stays
+    from crops.model.encoders import build_dual_encoder
+
+    nxt = tmp_path / "next-model"
+    build_dual_encoder("hash", seed=2).save(nxt)
+    second, meta = run("second", nxt, canary_percent=25, wait_s=20)
+    assert second.decision == "canary" and second.treatment_url == first.treatment_url
+    obj = read.get("crops", namespace)
     assert obj["spec"]["canary"][0]["trafficPercent"] == 25
+    assert _args(obj["spec"]["canary"][0]["predictor"])["--model"] == str(
+        mount / "serving" / "crops" / model_hash(nxt)[:12] / "model"
+    )
+    assert meta["served_control_model_path"] == str(mount / "serving" / "crops" / control / "model")
+    version = obj["metadata"]["resourceVersion"]
+    build_dual_encoder("hash", seed=3).save(tmp_path / "worse")
+
+    held, meta = run("held", tmp_path / "worse", offline={"candidate": 0.1, "control": 0.3})
+    assert held.decision == "hold" and "worse than the control beyond the tolerance" in held.reason
+    assert (held.control_url, held.treatment_url) == ("", "") and meta["applied"] is False
+    assert read.get("crops", namespace)["metadata"]["resourceVersion"] == version
+    assert not (mount / "serving" / "crops" / model_hash(tmp_path / "worse")[:12]).exists()
+
+
+def test_deploy_that_never_becomes_ready_fails_naming_the_object(
+    tiny_index, control_dir, tmp_path: Path, accounts, kserve, namespace, monkeypatch
+) -> None:
+    from crops.k8s.client import KubeTimeout
+
+    mount = tmp_path / "pvc"
+    mount.mkdir()
+    accounts.install({"storage": {"mountPath": str(mount)}})
+    accounts.act_as("crops-pipeline", monkeypatch)
+    kserve.fail = {"reason": "ModelLoadFailed", "message": "no index.faiss in the index folder"}
+    common = deploy_args(tiny_index, control_dir, tmp_path)
+    with pytest.raises(KubeTimeout) as e:
+        deploy.python_func(**common, target="cluster", namespace=namespace, wait_s=1.5)
+    assert f"InferenceService {namespace}/crops" in str(e.value)
+    assert (
+        "PredictorReady=False reason=ModelLoadFailed message=no index.faiss in the index folder"
+        in str(e.value)
+    )
 
 
 # ----------------------------------------------------------------------------- abtest
 
 
-def test_abtest_wiring_with_stubbed_runner_and_cluster(
+def stub_report(action: str) -> dict:
+    return {
+        "decision": {"action": action, "reasons": ["stub"]},
+        "looks_run": 2,
+        "analysis": {
+            "arms": {"control": {"users": 10}, "treatment": {"users": 12}},
+            "metrics": {"ctr": {"control": 0.1, "treatment": 0.12, "lift": 0.2, "p_value": 0.3}},
+        },
+    }
+
+
+def abtest_args(tiny_dir: Path, tiny_index, tmp_path: Path) -> dict:
+    model_dir, index_dir = tiny_index
+    return {
+        "world": given(Dataset, tiny_dir),
+        "control_model": given(Model, model_dir),
+        "control_index": given(Artifact, index_dir),
+        "treatment_model": given(Model, model_dir),
+        "treatment_index": given(Artifact, index_dir),
+        "metrics": out(Metrics, tmp_path, "m"),
+        "report": out(Markdown, tmp_path, "report"),
+        "results": out(Artifact, tmp_path, "results"),
+    }
+
+
+def test_abtest_locally_serves_the_model_folders_unless_given_urls(
     tiny_dir: Path, tiny_index, tmp_path: Path, monkeypatch
 ) -> None:
-    """STUBS for run_abtest and apply_decision: the arms, policy and apply flags reach them."""
+    """STUB for run_abtest: the arms, policy and flags reach it."""
     import crops.evaluate.abtest as ab
 
     model_dir, index_dir = tiny_index
@@ -490,53 +555,108 @@ def test_abtest_wiring_with_stubbed_runner_and_cluster(
         seen["cfg"] = cfg
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out) / "report.md").write_text("# stub report\n")
-        return {
-            "decision": {"action": "hold", "reasons": ["stub"]},
-            "looks_run": 2,
-            "analysis": {
-                "arms": {"control": {"users": 10}, "treatment": {"users": 12}},
-                "metrics": {
-                    "ctr": {"control": 0.1, "treatment": 0.12, "lift": 0.2, "p_value": 0.3}
-                },
-            },
-        }
-
-    def apply_decision_stub(decision, *, isvc, namespace, mode):
-        seen["apply"] = (decision["action"], isvc, namespace, mode)
-        return {"action": decision["action"], "patched": False}
+        return stub_report("hold")
 
     monkeypatch.setattr(ab, "run_abtest", run_abtest_stub)
-    monkeypatch.setattr(ab, "apply_decision", apply_decision_stub)
-    metrics, report, results = (
-        out(Metrics, tmp_path, "m"),
-        out(Markdown, tmp_path, "report"),
-        out(Artifact, tmp_path, "results"),
-    )
+    common = abtest_args(tiny_dir, tiny_index, tmp_path)
     action = abtest.python_func(
-        world=given(Dataset, tiny_dir),
-        control_model=given(Model, model_dir),
-        control_index=given(Artifact, index_dir),
-        treatment_model=given(Model, model_dir),
-        treatment_index=given(Artifact, index_dir),
-        metrics=metrics,
-        report=report,
-        results=results,
-        control_url="http://crops-predictor.search",
+        **common,
+        control_url="http://127.0.0.1:9/",
+        deploy_decision="canary",
         days=3,
         min_users_per_arm=50,
-        apply=True,
-        isvc="crops",
-        namespace="search",
-        mode="Standard",
     )
     cfg = seen["cfg"]
-    assert cfg.control == "http://crops-predictor.search" and cfg.control_index is None
+    assert cfg.control == "http://127.0.0.1:9/" and cfg.control_index is None
     assert cfg.treatment == str(model_dir) and cfg.treatment_index == index_dir
     assert cfg.policy.looks == 3 and cfg.policy.min_users_per_arm == 50
-    assert seen["apply"] == ("hold", "crops", "search", "Standard")
-    assert action == "hold" and metrics.metadata["decision"] == 0
-    assert metrics.metadata["ctr_lift"] == 0.2 and metrics.metadata["treatment_users"] == 12
-    assert Path(report.path).read_text() == "# stub report\n"
+    assert action == "hold" and common["metrics"].metadata["decision"] == 0
+    assert common["metrics"].metadata["ctr_lift"] == 0.2
+    assert common["metrics"].metadata["treatment_users"] == 12
+    assert Path(common["report"].path).read_text() == "# stub report\n"
+    assert "applied" not in common["results"].metadata
+
+
+def test_abtest_on_a_cluster_measures_the_served_predictors_and_applies_its_decision(
+    tiny_dir: Path, tiny_index, tmp_path: Path, accounts, kserve, namespace, monkeypatch
+) -> None:
+    """On a cluster the arms are deploy's URLs (the InferenceService's default predictor and
+    canary), never copies served by the task; the decision is applied, as crops-abtest, to
+    that InferenceService; a second promote finds no canary and is a recorded no-op."""
+    import crops.evaluate.abtest as ab
+    from crops.k8s.inference_service import InferenceServiceClient, InferenceServiceSpec, deploy
+
+    accounts.install()
+    specs = [
+        InferenceServiceSpec(
+            name="crops", namespace=namespace, model_path=f"/m/{m}", index_path=f"/i/{m}"
+        )
+        for m in ("control", "candidate")
+    ]
+    deploy(specs[1], 10, control=specs[0], client=accounts.client("crops-pipeline"))
+    accounts.act_as("crops-abtest", monkeypatch)
+    urls = {"control_url": specs[1].url, "treatment_url": specs[1].canary_url}
+    seen: list = []
+
+    def run_abtest_stub(cfg, progress=None):
+        seen.append(cfg)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "report.md").write_text("# stub report\n")
+        return stub_report("promote")
+
+    monkeypatch.setattr(ab, "run_abtest", run_abtest_stub)
+
+    def run(sub: str, **kw) -> tuple[str, dict]:
+        common = abtest_args(tiny_dir, tiny_index, tmp_path / sub)
+        action = abtest.python_func(
+            **common, target="cluster", apply=True, isvc="crops", namespace=namespace, **kw
+        )
+        return action, common["results"].metadata
+
+    with pytest.raises(ValueError, match="measures the two predictors the InferenceService"):
+        run("none", deploy_decision="canary")  # no URLs: never serve copies of its own
+    assert seen == []
+
+    action, meta = run("first", deploy_decision="canary", **urls)
+    (cfg,) = seen
+    assert (cfg.control, cfg.treatment) == (urls["control_url"], urls["treatment_url"])
+    assert cfg.control_index is None and cfg.treatment_index is None
+    assert action == "promote" and meta["applied"]["patched"] is True
+    obj = InferenceServiceClient(accounts.client("crops-abtest")).get("crops", namespace)
+    assert "canary" not in obj["spec"]
+    assert options(obj["spec"]["predictor"]["containers"][0]["args"])["--model"] == "/m/candidate"
+
+    action, meta = run("again", deploy_decision="canary", **urls)
+    assert action == "promote" and meta["applied"]["patched"] is False
+    noop = f"InferenceService {namespace}/crops has no canary to promote"
+    assert meta["applied"]["noop"].startswith(noop)
+    assert meta["reasons"][-1].startswith(noop)
+
+
+def test_abtest_holds_and_applies_nothing_when_deploy_held(
+    tiny_dir: Path, tiny_index, tmp_path: Path, monkeypatch
+) -> None:
+    import crops.evaluate.abtest as ab
+
+    def never(*args, **kwargs):
+        raise AssertionError("no test and no API call after a hold")
+
+    monkeypatch.setattr(ab, "run_abtest", never)
+    monkeypatch.setattr(ab, "apply_decision", never)
+    common = abtest_args(tiny_dir, tiny_index, tmp_path)
+    reason = "hold: the candidate is worse than the control beyond the tolerance; offline ..."
+    action = abtest.python_func(
+        **common, target="cluster", deploy_decision="hold", deploy_reason=reason, apply=True
+    )
+    assert action == "hold" and common["metrics"].metadata == {"decision": 0, "looks_run": 0}
+    meta = common["results"].metadata
+    assert meta["decision"] == "hold" and meta["held_by"] == "deploy"
+    assert meta["reasons"] == [f"no A/B test: the candidate was not deployed ({reason})"]
+    saved = json.loads((Path(common["results"].path) / "ab_report.json").read_text())
+    assert saved["decision"]["action"] == "hold" and saved["looks_run"] == 0
+    assert saved["looks_planned"] == 5 and saved["analysis"]["metrics"] == {}
+    text = Path(common["report"].path).read_text()
+    assert text.startswith("# Online A/B test") and reason in text
 
 
 @pytest.mark.slow
@@ -609,49 +729,3 @@ def test_synthesize_passes_an_endpoint_through_and_refuses_vllm_off_cluster(tmp_
         run(summary=Metrics(uri=str(tmp_path / "o")), serve_vllm=True, llm_model="m")
     with pytest.raises(ValueError, match="needs llm_model"):
         run(summary=Metrics(uri=str(tmp_path / "p")), serve_vllm=True, target="cluster")
-
-
-def test_synthesize_deploys_vllm_on_the_api_server_and_waits(
-    apiserver, namespace, tmp_path, monkeypatch
-):
-    """On a cluster: the Deployment and Service are applied; the test plays the kubelet."""
-    import threading
-
-    import kubernetes
-    from kfp.dsl import Metrics
-    from kubernetes import client as k8s
-
-    from components.synthesize import synthesize
-
-    api = apiserver.api_client()
-    apps = k8s.AppsV1Api(api)
-
-    def kubelet() -> None:
-        for _ in range(100):
-            try:
-                apps.patch_namespaced_deployment_status(
-                    "crops-vllm", namespace, {"status": {"replicas": 1, "readyReplicas": 1}}
-                )
-                return
-            except k8s.ApiException:
-                threading.Event().wait(0.1)
-
-    thread = threading.Thread(target=kubelet, daemon=True)
-    thread.start()
-    # the task's default configuration (no in-cluster account here): the test server's
-    monkeypatch.setattr(
-        kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(apiserver.kubeconfig)
-    )
-    summary = Metrics(uri=str(tmp_path / "m"))
-    url = synthesize.python_func(
-        summary=summary,
-        llm_model="Qwen/Qwen2.5-1.5B-Instruct",
-        target="cluster",
-        serve_vllm=True,
-        namespace=namespace,
-        timeout_s=30,
-    )
-    thread.join()
-    assert url == f"http://crops-vllm.{namespace}.svc.cluster.local:8000"
-    assert summary.metadata["served"] == 1
-    assert k8s.CoreV1Api(api).read_namespaced_service("crops-vllm", namespace).spec.ports

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cluster import admin_token, relocate
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "crops"
@@ -45,6 +46,7 @@ ACCOUNTS = ("crops-pipeline", "crops-abtest", "crops-ray", "crops-serve", "crops
 # runs pods) before the checks below accept it.
 KNOWN_KINDS = {
     "Namespace",
+    "ConfigMap",
     "ServiceAccount",
     "Role",
     "RoleBinding",
@@ -262,7 +264,7 @@ def rayjob_problems(obj: dict) -> list[str]:
     if spec.get("rayClusterSpec", {}).get("rayVersion") != RAY_VERSION:
         problems.append(f"{name}: rayVersion is not {RAY_VERSION!r}")
     entry = spec.get("entrypoint", "")
-    if not re.match(r"python /app/ray_jobs/(train|build_index)\.py ", entry):
+    if not re.match(r"python -m crops\.ray_jobs\.(train|build_index) ", entry):
         problems.append(f"{name}: entrypoint {entry!r} is not a ray_jobs script")
     for where, pod in pod_specs(obj):
         if pod.get("serviceAccountName") != "crops-ray":
@@ -325,11 +327,17 @@ def test_no_secret_values_and_the_llm_key_comes_from_the_secret(rendering: str) 
         "name": "crops-llm",
         "key": "api-key",
     }
-    # `vllm serve MODEL --port 8000`: the key is read from the environment, never an argument.
-    assert container["args"][:3] == ["$(MODEL)", "--port", "8000"]
+    # `vllm serve MODEL ... --port 8000`: the key is read from the environment, never an argument.
+    assert container["args"][:5] == [
+        "$(MODEL)",
+        "--served-model-name",
+        "$(MODEL)",
+        "--port",
+        "8000",
+    ]
     assert env["MODEL"]["value"] == "Qwen/Qwen2.5-14B-Instruct"
     assert not any("api-key" in str(a) or "KEY" in str(a) for a in container["args"])
-    assert container["image"] == "vllm/vllm-openai:v0.11.0"
+    assert re.fullmatch(r"vllm/vllm-openai:v[0-9]+\.[0-9]+\.[0-9]+", container["image"])
 
 
 def vllm_container(objs: list[dict]) -> dict:
@@ -654,59 +662,6 @@ def _worker_cpu(objs: list[dict]) -> float:
     return quantity(worker["containers"][0]["resources"]["limits"]["cpu"])
 
 
-def test_chart_default_and_kustomize_base_describe_the_same_platform() -> None:
-    """Two ways to install, one platform: same objects, same RBAC, same jobs."""
-    chart = render("helm:default")
-    kust = [o for o in render("kustomize:minikube") if o["kind"] != "Namespace"]
-    assert sorted((o["kind"], o["metadata"]["name"]) for o in chart) == sorted(
-        (o["kind"], o["metadata"]["name"]) for o in kust
-    )
-    for kind, fields in (("Role", ("rules",)), ("RoleBinding", ("roleRef", "subjects"))):
-        for name, obj in by_kind(chart, kind).items():
-            other = by_kind(kust, kind)[name]
-            assert [obj[f] for f in fields] == [other[f] for f in fields], (kind, name)
-    for name, job in by_kind(chart, "RayJob").items():
-        other = by_kind(kust, "RayJob")[name]["spec"]
-        for field in (*LIFECYCLE, "backoffLimit", "entrypoint", "suspend", "submissionMode"):
-            assert job["spec"][field] == other[field], (name, field)
-    sa = {
-        n: o.get("automountServiceAccountToken", True)
-        for n, o in by_kind(chart, "ServiceAccount").items()
-    }
-    assert sa == {
-        n: o.get("automountServiceAccountToken", True)
-        for n, o in by_kind(kust, "ServiceAccount").items()
-    }
-    assert sa == {a: a in ("crops-pipeline", "crops-abtest") for a in ACCOUNTS}
-    # The same predictor and canary, the same A/B command line, the same vLLM probes.
-    isvcs = [by_kind(objs, "InferenceService")["crops-retrieval"] for objs in (chart, kust)]
-    assert deployment_mode(isvcs[0]) == deployment_mode(isvcs[1]) == "Standard"
-    assert serve_options(isvcs[0]["spec"]["predictor"]) == serve_options(
-        isvcs[1]["spec"]["predictor"]
-    )
-
-    def canary_view(isvc: dict) -> list[tuple]:
-        return [
-            (c["trafficPercent"], c["predictor"]["name"], serve_options(c["predictor"]))
-            for c in canaries(isvc)
-        ]
-
-    assert canary_view(isvcs[0]) == canary_view(isvcs[1]) != []
-    pods = [abtest_pod(objs) for objs in (chart, kust)]
-    scripts = [pod["containers"][0]["args"][0] for pod in pods]
-    assert abtest_options(scripts[0]) == abtest_options(scripts[1])
-    envs = [
-        {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["containers"][0]["env"]}
-        for pod in pods
-    ]
-    assert envs[0] == envs[1]
-    assert pods[0]["automountServiceAccountToken"] == pods[1]["automountServiceAccountToken"]
-    probes = ("startupProbe", "readinessProbe", "livenessProbe")
-    assert [{k: vllm_container(objs)[k] for k in probes} for objs in (chart, kust)] == [
-        {k: vllm_container(kust)[k] for k in probes}
-    ] * 2
-
-
 def test_the_checks_catch_what_they_promise_to() -> None:
     """Each check fails on a doctored object, so a green run means something."""
     objs = render("helm:default")
@@ -824,17 +779,6 @@ def for_server(dyn, obj: dict) -> dict:
             dyn.resources.get(api_version="batch/v1", kind="CronJob")
         except ResourceNotFoundError:
             return {**obj, "apiVersion": "batch/v1beta1"}
-    return obj
-
-
-def relocate(obj: dict, namespace: str) -> dict:
-    """The object moved from `crops` into the test's namespace (bindings included)."""
-    obj = copy.deepcopy(obj)
-    if obj["kind"] != "Namespace":
-        obj["metadata"]["namespace"] = namespace
-    for subject in obj.get("subjects") or []:
-        if subject.get("namespace") == "crops":
-            subject["namespace"] = namespace
     return obj
 
 
@@ -1050,20 +994,6 @@ def _calls(
     }
 
 
-def _token(admin_client, sa: str, ns: str) -> str:
-    """A short-lived token for the account from the TokenRequest API (what a pod gets)."""
-    from kubernetes import client
-
-    request = client.AuthenticationV1TokenRequest(
-        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
-    )
-    return (
-        client.CoreV1Api(admin_client)
-        .create_namespaced_service_account_token(sa, ns, request)
-        .status.token
-    )
-
-
 @pytest.mark.parametrize("sa", ACCOUNTS)
 def test_each_service_account_can_do_what_it_needs_and_nothing_else(
     sa: str, apiserver, dyn, namespace: str
@@ -1093,7 +1023,7 @@ def test_each_service_account_can_do_what_it_needs_and_nothing_else(
         namespace, {"metadata": {"name": "crops-llm"}, "stringData": {"api-key": "test-only"}}
     )
 
-    as_sa = apiserver.api_client(token=_token(admin, sa, namespace))
+    as_sa = apiserver.api_client(token=admin_token(admin, sa, namespace))
     outcome = {}
 
     def current() -> dict:
@@ -1124,10 +1054,11 @@ def test_each_service_account_can_do_what_it_needs_and_nothing_else(
 @pytest.mark.parametrize("action", ["promote", "rollback", "hold"])
 @pytest.mark.parametrize("rendering", ["kustomize:kind", "helm:default", "helm:serverless"])
 def test_the_abtest_account_applies_each_decision_and_the_pipeline_rolls_out_the_next(
-    rendering: str, action: str, apiserver, dyn, namespace: str
+    rendering: str, action: str, apiserver, dyn, namespace: str, kserve
 ) -> None:
     """What the CronJob's `--apply` does, with its options, its account's token and the real
-    client; then the pipeline's account rolls the next candidate out as a canary again."""
+    client; then the pipeline's account rolls the next candidate out as a canary again and
+    waits for Ready (`kserve` plays the controller)."""
     from kubernetes import client
 
     from crops.evaluate.abtest import apply_decision
@@ -1144,9 +1075,10 @@ def test_the_abtest_account_applies_each_decision_and_the_pipeline_rolls_out_the
     co = client.CustomObjectsApi(admin)
     isvc = relocate(by_kind(objs, "InferenceService")["crops-retrieval"], namespace)
     co.create_namespaced_custom_object(*KSERVE[:2], namespace, KSERVE[2], isvc)
+    kserve.settle()  # the CronJob runs on a service KServe has reconciled
     opts = abtest_options(abtest_pod(objs)["containers"][0]["args"][0])
     standard = opts["--canary-mode"] == "Standard"
-    as_abtest = apiserver.api_client(token=_token(admin, "crops-abtest", namespace))
+    as_abtest = apiserver.api_client(token=admin_token(admin, "crops-abtest", namespace))
 
     result = apply_decision(
         {"action": action},
@@ -1178,7 +1110,7 @@ def test_the_abtest_account_applies_each_decision_and_the_pipeline_rolls_out_the
         assert spec["predictor"]["canaryTrafficPercent"] == 0
         assert result["canary_traffic_percent"] == 0
 
-    as_pipeline = apiserver.api_client(token=_token(admin, "crops-pipeline", namespace))
+    as_pipeline = apiserver.api_client(token=admin_token(admin, "crops-pipeline", namespace))
     nxt = InferenceServiceSpec(
         name=opts["--isvc"],
         namespace=namespace,
@@ -1187,7 +1119,8 @@ def test_the_abtest_account_applies_each_decision_and_the_pipeline_rolls_out_the
         index_path="/artifacts/serving/crops-retrieval/next/index",
         mode=opts["--canary-mode"],
     )
-    rolled = deploy(nxt, canary_percent=10, client=as_pipeline)
+    rolled = deploy(nxt, canary_percent=10, client=as_pipeline, wait_s=20)
+    assert rolled["status"]["observedGeneration"] == rolled["metadata"]["generation"]
     new = canaries(rolled)[0]["predictor"] if standard else rolled["spec"]["predictor"]
     assert serve_options(new)["--model"] == nxt.model_path
     if standard:

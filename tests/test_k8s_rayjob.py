@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 
@@ -13,11 +14,11 @@ from crops.k8s.client import KubeError, KubeTimeout
 from crops.k8s.rayjob import (
     GROUP,
     PLURAL,
-    RAY_VERSION,
     VERSION,
     RayJobClient,
     RayJobFailed,
     RayJobSpec,
+    entrypoint,
     manifest,
     submit_and_wait,
 )
@@ -43,8 +44,9 @@ def _spec(namespace: str, name: str = "train", **kw) -> RayJobSpec:
     values = dict(
         name=name,
         namespace=namespace,
-        image="crops:0.1.0",
-        entrypoint="python ray_jobs/train.py --samples /artifacts/s.parquet --out /artifacts/m",
+        entrypoint=entrypoint(
+            "train", ["--samples", "/artifacts/s.parquet", "--out", "/artifacts/m"]
+        ),
     )
     return RayJobSpec(**(values | kw))
 
@@ -66,25 +68,53 @@ def _operator(apiserver, namespace: str, name: str, statuses: list[dict], every_
 
 
 def test_the_manifest_always_carries_the_lifecycle_and_pinned_ray() -> None:
-    spec = RayJobSpec.gpu(
-        name="train", namespace="ml", image="crops:0.1.0", entrypoint="python x.py", workers=4
+    from crops.k8s.platform import Platform
+
+    spec = RayJobSpec(
+        name="train", namespace="ml", entrypoint="python x.py", workers=4, worker_gpus=1
     )
     job = manifest(spec)["spec"]
+    chart = Platform.default().values
     assert job["shutdownAfterJobFinishes"] is True
-    assert job["ttlSecondsAfterFinished"] == 600 and job["activeDeadlineSeconds"] == 21600
-    assert job["backoffLimit"] == 0
+    # The chart's lifecycle unless the spec says otherwise; never left to KubeRay's defaults.
+    assert job["ttlSecondsAfterFinished"] == chart.ray.train.ttlSecondsAfterFinished == 3600
+    assert job["activeDeadlineSeconds"] == 21600 and job["backoffLimit"] == 1
+    index = manifest(spec.model_copy(update={"job": "index", "backoff_limit": 0}))["spec"]
+    assert index["activeDeadlineSeconds"] == chart.ray.index.activeDeadlineSeconds == 7200
+    assert index["backoffLimit"] == 0
     cluster = job["rayClusterSpec"]
-    assert cluster["rayVersion"] == RAY_VERSION == "2.60.0"
+    assert cluster["rayVersion"] == "2.60.0"
     worker = cluster["workerGroupSpecs"][0]
     assert worker["replicas"] == worker["minReplicas"] == worker["maxReplicas"] == 4
     pod = worker["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["containers"][0]["image"] == "crops:0.1.0-cuda"  # the CUDA build for GPU workers
     head = cluster["headGroupSpec"]["template"]["spec"]
     assert "nodeSelector" not in head  # the head takes no GPU node
     assert head["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    cpu = manifest(spec.model_copy(update={"worker_gpus": 0}))["spec"]["rayClusterSpec"]
+    worker_pod = cpu["workerGroupSpecs"][0]["template"]["spec"]
+    assert (
+        "nodeSelector" not in worker_pod and worker_pod["containers"][0]["image"] == "crops:0.1.0"
+    )
+
+
+def test_the_entrypoint_runs_a_module_of_the_installed_package() -> None:
+    import importlib.util
+
+    line = entrypoint("build_index", ["--model", "/artifacts/my model", "--factory", "IVF64,Flat"])
+    assert (
+        line
+        == "python -m crops.ray_jobs.build_index --model '/artifacts/my model' --factory IVF64,Flat"
+    )
+    assert shlex.split(line)[3:5] == ["--model", "/artifacts/my model"]
+    for script in ("train", "build_index", "mine"):
+        assert importlib.util.find_spec(f"crops.ray_jobs.{script}") is not None
+    with pytest.raises(ValueError, match="no RayJob entry point 'serve'"):
+        entrypoint("serve", [])
 
 
 @pytest.mark.parametrize(

@@ -18,13 +18,15 @@ def _spec(namespace: str, **kw) -> VllmSpec:
 
 
 def test_the_deployment_probes_models_and_takes_the_key_from_a_secret() -> None:
-    dep = deployment(_spec("ml", max_model_len=4096))
+    dep = deployment(_spec("ml", max_model_len=4096, gpus=1))
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     for probe in ("readinessProbe", "startupProbe"):
         command = container[probe]["exec"]["command"]
         assert "/v1/models" in command[-1] and "os.environ['VLLM_API_KEY']" in command[-1]
-    assert container["args"][0] == "Qwen/Qwen2.5-1.5B-Instruct"  # `vllm serve MODEL`
+    # `vllm serve MODEL`, the model from the environment
+    assert container["args"][0] == "$(MODEL)"
+    assert {"name": "MODEL", "value": "Qwen/Qwen2.5-1.5B-Instruct"} in container["env"]
     assert container["startupProbe"]["failureThreshold"] * 10 >= 1800  # weights take minutes
     key = next(e for e in container["env"] if e["name"] == "VLLM_API_KEY")
     assert key == {
@@ -32,9 +34,9 @@ def test_the_deployment_probes_models_and_takes_the_key_from_a_secret() -> None:
         "valueFrom": {"secretKeyRef": {"name": "crops-llm", "key": "api-key"}},
     }
     assert "value" not in key  # never a literal key
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "crops-model-cache"}} in (
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "crops-model-cache"}} in (
         pod["volumes"]
     )
     assert "--max-model-len" in container["args"]
@@ -42,7 +44,7 @@ def test_the_deployment_probes_models_and_takes_the_key_from_a_secret() -> None:
     assert "nodeSelector" not in cpu_only
     assert "nvidia.com/gpu" not in cpu_only["containers"][0]["resources"]["limits"]
     assert service(_spec("ml"))["spec"]["ports"][0]["port"] == 8000
-    assert _spec("ml").url == "http://crops-vllm.ml.svc.cluster.local:8000"
+    assert _spec("ml").url() == "http://crops-vllm.ml.svc.cluster.local:8000"
 
 
 def test_bad_specs_are_refused() -> None:
@@ -91,7 +93,7 @@ def test_apply_creates_then_updates_and_wait_reads_readiness(apiserver, namespac
     api = apiserver.api_client()
     vllm = VllmClient(api)
     spec = _spec(namespace)
-    assert vllm.apply(spec)["url"] == spec.url
+    assert vllm.apply(spec)["url"] == spec.url()
     apps = k8s.AppsV1Api(api)
     stored = api.sanitize_for_serialization(apps.read_namespaced_deployment(spec.name, namespace))
     assert_sent_is_kept(deployment(spec)["spec"]["template"], stored["spec"]["template"])
@@ -114,7 +116,7 @@ def test_apply_creates_then_updates_and_wait_reads_readiness(apiserver, namespac
 
     timer = threading.Timer(0.4, kubelet)
     timer.start()
-    assert vllm.wait_ready(spec, timeout_s=10) == spec.url
+    assert vllm.wait_ready(spec, timeout_s=10) == spec.url()
     timer.join()
 
 

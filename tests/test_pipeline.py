@@ -26,6 +26,7 @@ STEPS = (
     "validate",
     "synthesize",
     "mine",
+    "release-llm",
     "train",
     "train-2",
     "index",
@@ -95,7 +96,11 @@ def test_the_dag_runs_the_steps_in_order(cluster) -> None:
     assert deps["train"] == deps["train-2"] == {"simulate", "mine"}
     assert deps["index"] == {"simulate", "train"} and deps["index-2"] == {"simulate", "train-2"}
     assert deps["evaluate"] == {"simulate", "train", "train-2", "index", "index-2"}
-    assert deps["deploy"] == {"evaluate", "train", "index"}  # CroPS, after the offline table
+    # CroPS as the canary beside the control, after the offline table
+    assert deps["deploy"] == {"evaluate", "train", "index", "train-2", "index-2"}
+    # vLLM is taken down once mining ends, failed or not
+    assert deps["release-llm"] == {"mine"}
+    assert t["release-llm"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert deps["abtest"] == {"deploy", "simulate", "train", "train-2", "index", "index-2"}
     # the two trainings: CroPS (every source, H-InfoNCE) and the click-only NCE control
     assert constant(t["train"], "method") == "crops" and constant(t["train-2"], "method") == "nce"
@@ -125,17 +130,58 @@ def test_the_cluster_spec_mounts_the_artifacts_volume_everywhere(cluster) -> Non
         assert mount["pvcNameParameter"]["runtimeValue"]["constant"] == "crops-artifacts"
 
 
-def test_the_llm_endpoint_and_key_come_from_a_secret(cluster) -> None:
-    _, executors = cluster
-    (secret,) = executors["exec-mine"]["secretAsEnv"]
-    assert secret["secretNameParameter"]["runtimeValue"]["constant"] == "crops-llm"
-    assert secret["optional"] is True
-    assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == {
-        ("endpoint", "CROPS_LLM_ENDPOINT"),
-        ("api-key", "CROPS_LLM_API_KEY"),
+def llm_env(executors: dict) -> dict[tuple[str, str], bool]:
+    """(secret key, env var) -> optional, of the mine task's crops-llm Secret."""
+    out = {}
+    for secret in executors["exec-mine"].get("secretAsEnv", []):
+        assert secret["secretNameParameter"]["runtimeValue"]["constant"] == "crops-llm"
+        for k in secret["keyToEnv"]:
+            out[(k["secretKey"], k["envVar"])] = secret.get("optional", False)
+    return out
+
+
+def test_the_llm_endpoint_and_key_come_from_a_secret_that_must_exist(cluster) -> None:
+    """LLM synthesis (`endpoint`, the default) fails closed: the endpoint comes from the
+    Secret, llm_endpoint or serve_vllm, and mine fails naming all three when none is set; the
+    mount is optional so a missing Secret is that clear failure, not a pod waiting for it
+    (`crops pipeline submit` checks the Secret first: tests/test_preflight.py)."""
+    spec, executors = cluster
+    assert llm_env(executors) == {
+        ("endpoint", "CROPS_LLM_ENDPOINT"): True,
+        ("api-key", "CROPS_LLM_API_KEY"): True,
     }
+    assert spec["root"]["inputDefinitions"]["parameters"]["llm_backend"]["defaultValue"] == (
+        "endpoint"
+    )
     others = [s for s in STEPS if s != "mine"]
     assert not any("secretAsEnv" in executors[f"exec-{s}"] for s in others)
+
+
+@pytest.mark.parametrize(
+    ("synthesis", "backend", "env"),
+    [
+        ("none", "none", {}),
+        (
+            "vllm-offline",
+            "vllm-offline",
+            {("endpoint", "CROPS_LLM_ENDPOINT"): True, ("api-key", "CROPS_LLM_API_KEY"): True},
+        ),
+    ],
+)
+def test_without_an_llm_server_the_secret_is_not_required(
+    tmp_path: Path, synthesis: str, backend: str, env: dict
+) -> None:
+    spec, executors = compiled(tmp_path, "cluster", synthesis=synthesis)
+    assert llm_env(executors) == env
+    assert spec["root"]["inputDefinitions"]["parameters"]["llm_backend"]["defaultValue"] == (
+        backend
+    )
+
+
+def test_the_local_pipeline_keeps_the_auto_backend(tmp_path: Path) -> None:
+    """`crops pipeline run --local` has no LLM server: mine's default stays `auto`."""
+    spec, _ = compiled(tmp_path, "local")
+    assert spec["root"]["inputDefinitions"]["parameters"]["llm_backend"]["defaultValue"] == ("auto")
 
 
 def test_cluster_options_image_s3_secret_vllm_offline_and_task_gpus(tmp_path: Path) -> None:
@@ -150,7 +196,7 @@ def test_cluster_options_image_s3_secret_vllm_offline_and_task_gpus(tmp_path: Pa
     containers = {k: v["container"] for k, v in spec["deploymentSpec"]["executors"].items()}
     assert {c["image"] for c in containers.values()} == {"crops:1.2.3"}
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["image"]["defaultValue"] == "crops:1.2.3"  # RayJobs and the predictor too
+    assert "image" not in params  # RayJobs and predictors run the chart's image (crops-platform)
     assert params["llm_backend"]["defaultValue"] == "vllm-offline"
     for step in STEPS:
         names = [

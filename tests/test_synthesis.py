@@ -7,8 +7,10 @@ by a word in the query. Timeouts and backoffs are tiny so the whole file runs in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
+import types
 
 import httpx
 import pytest
@@ -179,6 +181,7 @@ def test_good_replies_validate_and_mention_the_query(fake):
     rf = body["response_format"]
     assert rf["type"] == "json_schema" and rf["json_schema"]["schema"] == VIDEO_JSON_SCHEMA
     assert rf["json_schema"]["strict"] is True and rf["json_schema"]["name"] == "synthetic_video"
+    assert fake.schemas == [VIDEO_JSON_SCHEMA] * 2  # what vLLM would constrain the replies to
     assert all(h["authorization"] == "Bearer sk-fake" for h in fake.headers)
     assert b.models() == ["fake-llm"]
     assert "sk-fake" not in repr(b)
@@ -186,14 +189,18 @@ def test_good_replies_validate_and_mention_the_query(fake):
 
 def test_guided_modes_and_api_key_from_env(fake, monkeypatch):
     monkeypatch.delenv("CROPS_LLM_API_KEY", raising=False)
-    backend(fake, guided="guided_json").synthesize(["a"])
+    backend(fake, guided="structured_outputs").synthesize(["a"])
     backend(fake, guided="none").synthesize(["b"])
     monkeypatch.setenv("CROPS_LLM_API_KEY", "from-env")
     backend(fake).synthesize(["c"])
     (a, h_a), (b, _), (_, h_c) = zip(fake.requests, fake.headers, strict=True)
-    assert a["guided_json"] == VIDEO_JSON_SCHEMA and "response_format" not in a
-    assert "guided_json" not in b and "response_format" not in b
+    assert a["structured_outputs"] == {"json": VIDEO_JSON_SCHEMA} and "response_format" not in a
+    assert "structured_outputs" not in b and "response_format" not in b
+    assert fake.schemas == [VIDEO_JSON_SCHEMA, None, VIDEO_JSON_SCHEMA]
     assert "authorization" not in h_a and h_c["authorization"] == "Bearer from-env"
+    # vLLM ignores guided_json (the reply would be unconstrained): refused, never sent
+    with pytest.raises(ValueError, match="structured_outputs"):
+        backend(fake, guided="guided_json")
 
 
 @pytest.mark.parametrize(
@@ -367,6 +374,45 @@ def test_vllm_offline_without_vllm_is_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # absent, even where vllm is installed
     with pytest.raises(ImportError, match=r"crops\[vllm\]"):
         VllmOfflineBackend("Qwen/Qwen2.5-0.5B-Instruct")
+
+
+def test_vllm_offline_params_use_structured_outputs(monkeypatch):
+    """The offline engine's SamplingParams as the pinned vLLM (0.32) takes them: a
+    StructuredOutputsParams(json=...) in `structured_outputs` (no GuidedDecodingParams)."""
+
+    @dataclasses.dataclass
+    class StructuredOutputsParams:  # vllm.sampling_params.StructuredOutputsParams' fields
+        json: str | dict | None = None
+        regex: str | None = None
+        choice: list[str] | None = None
+        grammar: str | None = None
+        json_object: bool | None = None
+
+    @dataclasses.dataclass
+    class SamplingParams:  # the fields the backend may set, by their vLLM 0.32 names
+        n: int = 1
+        temperature: float = 1.0
+        seed: int | None = None
+        max_tokens: int | None = 16
+        structured_outputs: StructuredOutputsParams | None = None
+
+    vllm = types.ModuleType("vllm")
+    sampling = types.ModuleType("vllm.sampling_params")
+    sampling.SamplingParams, sampling.StructuredOutputsParams = (
+        SamplingParams,
+        StructuredOutputsParams,
+    )
+    vllm.SamplingParams, vllm.sampling_params = SamplingParams, sampling
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling)
+    params = VllmOfflineBackend("Qwen/Qwen2.5-0.5B-Instruct", max_tokens=300)._params(3, seed=7)
+    assert params == SamplingParams(
+        n=3,
+        temperature=0.7,
+        seed=7,
+        max_tokens=300,
+        structured_outputs=StructuredOutputsParams(json=VIDEO_JSON_SCHEMA),
+    )
 
 
 def test_no_synthesis_and_make_backend(fake):

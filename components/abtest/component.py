@@ -16,8 +16,11 @@ def abtest(
     metrics: Output[Metrics],
     report: Output[Markdown],
     results: Output[Artifact],
+    target: str = "local",
     control_url: str = "",
     treatment_url: str = "",
+    deploy_decision: str = "",
+    deploy_reason: str = "",
     treatment_share: float = 0.5,
     users: int = 0,
     days: int = 5,
@@ -37,11 +40,17 @@ def abtest(
 ) -> str:
     """Simulated users of the world search through the two arms; a promote, hold or rollback.
 
-    An arm is a KServe v1 URL when its `*_url` is given (the deployed InferenceService, say),
-    else the model with its index, served by a `crops serve` subprocess for the test's duration
-    (`crops.evaluate.abtest.run_abtest`). With `apply`, the decision is applied to the
-    InferenceService (`apply_decision`: promote makes the canary the only predictor, rollback
-    drops it, hold leaves it).
+    On a cluster (target `cluster`) the arms are the two predictors the InferenceService
+    serves, by the URLs the deploy task returns: its default predictor (control) and its
+    canary (treatment); the task never serves copies of its own, so the decision it applies
+    concerns the predictors it measured. Locally an arm is a KServe v1 URL when its `*_url` is
+    given, else the model with its index, served by a `crops serve` subprocess for the test's
+    duration (`crops.evaluate.abtest.run_abtest`). When the deploy task held (`deploy_decision`
+    `hold`: the offline table showed the candidate worse), no traffic is sent, nothing is
+    applied, and the decision is hold with deploy's reason. With `apply`, the decision is
+    applied to the InferenceService (`apply_decision`: promote makes the canary the only
+    predictor, rollback drops it, hold leaves it; with no canary, promote and rollback are
+    recorded no-ops).
 
     Args:
         world: a simulated world.
@@ -53,8 +62,13 @@ def abtest(
             hold 0, rollback -1), the looks run and the users per arm.
         report: report.md.
         results: the report folder: ab_report.json, report.md, the plots, the logs per arm.
-        control_url: the control's KServe v1 URL; empty: serve control_model.
-        treatment_url: the treatment's KServe v1 URL; empty: serve treatment_model.
+        target: local | cluster (the arms must then be URLs).
+        control_url: the control's KServe v1 URL (on a cluster the InferenceService's default
+            predictor, from deploy); empty, locally: serve control_model.
+        treatment_url: the treatment's KServe v1 URL (on a cluster its canary, from deploy);
+            empty, locally: serve treatment_model.
+        deploy_decision: the deploy task's decision; `hold`: no test, hold.
+        deploy_reason: its reason, recorded with a hold.
         treatment_share: users in treatment, 0 < s < 1.
         users: a seeded sample of the world's users; 0: all.
         days: simulated days, one sequential look after each.
@@ -79,9 +93,25 @@ def abtest(
     import shutil
     from pathlib import Path
 
-    from crops.evaluate.abtest import AbTestConfig, apply_decision, run_abtest
+    from crops.evaluate.abtest import (
+        AbTestConfig,
+        apply_decision,
+        held_report,
+        render_markdown,
+        run_abtest,
+    )
     from crops.evaluate.canary import CanaryPolicy
 
+    if target not in ("local", "cluster"):
+        raise ValueError(f"target {target!r}: use local or cluster")
+    if deploy_decision not in ("", "canary", "hold"):
+        raise ValueError(f"deploy_decision {deploy_decision!r}: use canary or hold")
+    held = deploy_decision == "hold"
+    if target == "cluster" and not held and not (control_url and treatment_url):
+        raise ValueError(
+            "on a cluster the A/B test measures the two predictors the InferenceService "
+            "serves: give control_url and treatment_url (the deploy task's outputs)"
+        )
     policy = CanaryPolicy(
         primary=primary,
         alpha=alpha,
@@ -90,6 +120,25 @@ def abtest(
         max_error_rate=max_error_rate,
         max_p99_ms=max_p99_ms,
     )
+    if held:  # the offline gate held the candidate back: nothing deployed, nothing to measure
+        rep = held_report(deploy_reason or "the deploy task held the candidate", days, policy)
+        out = Path(results.path)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ab_report.json").write_text(json.dumps(rep, indent=2) + "\n", encoding="utf-8")
+        (out / "report.md").write_text(render_markdown(rep), encoding="utf-8")
+        shutil.copy2(out / "report.md", report.path)
+        metrics.log_metric("decision", 0)
+        metrics.log_metric("looks_run", 0)
+        results.metadata.update(
+            {
+                "decision": "hold",
+                "reasons": rep["decision"]["reasons"],
+                "looks_run": 0,
+                "held_by": "deploy",
+                "applied": "nothing: the deploy task held the candidate",
+            }
+        )
+        return "hold"
     cfg = AbTestConfig(
         world=world.path,
         control=control_url or control_model.path,
@@ -126,4 +175,6 @@ def abtest(
     if apply:
         applied = apply_decision(decision, isvc=isvc, namespace=namespace, mode=mode)
         results.metadata["applied"] = json.loads(json.dumps(applied, default=str))
+        if applied.get("noop"):  # promote or rollback with no canary: recorded, not a failure
+            results.metadata["reasons"] = [*decision["reasons"], applied["noop"]]
     return action

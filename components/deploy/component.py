@@ -1,4 +1,7 @@
-"""deploy: the KServe InferenceService of the trained model, rolled out as a canary."""
+"""deploy: the KServe InferenceService of the trained model, rolled out as a canary once the
+offline table allows it."""
+
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
@@ -10,80 +13,184 @@ from components import BASE_IMAGE
 def deploy(
     model: Input[Model],
     index: Input[Artifact],
+    control_model: Input[Model],
+    control_index: Input[Artifact],
+    offline: Input[Artifact],
     manifest: Output[Artifact],
     target: str = "local",
     name: str = "crops",
     namespace: str = "crops",
-    image: str = "crops:0.1.0",
     mode: str = "Standard",
     canary_percent: int = 10,
-    pvc: str = "crops-artifacts",
-    mount_path: str = "/artifacts",
-):
-    """Create or patch InferenceService `namespace/name` serving the model and its index.
+    metric: str = "graded/nDCG@4",
+    tolerance: float = 0.02,
+    wait_s: float = 900.0,
+) -> NamedTuple("Outputs", decision=str, reason=str, control_url=str, treatment_url=str):
+    """Roll the candidate out as a canary of InferenceService `namespace/name`, unless the
+    offline table shows it worse than the control.
 
-    The model and index folders are published on the artifacts volume under
-    `<mount_path>/serving/<name>/<model hash>/`, where the predictor mounts the same volume
-    (read-only) and `crops serve` reads them. With target `cluster` the folders are copied
-    there and `crops.k8s.inference_service.deploy`
-    creates the InferenceService, or patches it so that the new predictor is a canary taking
-    `canary_percent` % of the traffic. With target `local` nothing is copied or applied: the
-    manifest that would be applied (`crops.k8s.inference_service.manifest`) is the output.
+    The offline gate: when the candidate's `metric` in the offline results is below the
+    control's by more than `tolerance` (absolute), nothing is published or applied and the
+    decision is `hold`, with the numbers in the reason and the manifest's metadata; the A/B
+    task then holds too. Otherwise the decision is `canary`.
+
+    The candidate (and the control) are published on the artifacts volume under
+    `<mount_path>/serving/<name>/<model hash>/{model,index}`, where the predictors mount the
+    same volume (read-only) and `crops serve` reads them. The volume, its mount path and the
+    predictor image are the platform's: the release's ConfigMap crops-platform on a cluster
+    (`Platform.from_cluster`), the chart's defaults locally.
+
+    With target `cluster`, `crops.k8s.inference_service.deploy` applies it and waits for
+    Ready after each change: with no InferenceService yet the control serves as the default
+    predictor and the candidate as the canary at `canary_percent` (never all traffic to an
+    untested model); an existing one gets the candidate as its canary beside the model it
+    serves. A timeout fails the task naming the object and KServe's conditions. With target
+    `local` nothing is copied or applied: the first-deploy manifest is the output.
 
     Args:
-        model: the model folder to serve.
+        model: the candidate model folder (CroPS).
         index: its index folder.
+        control_model: the control (the click-only model), served beside the candidate when
+            there is no InferenceService yet.
+        control_index: its index folder.
+        offline: the evaluate task's `results` (results.json: scores per row and column).
         manifest: the InferenceService (YAML): the one applied (cluster) or to apply (local).
         target: local | cluster.
         name: the InferenceService's name.
-        namespace: its namespace.
-        image: the predictor image (runs `crops serve`).
+        namespace: its namespace (and the platform's, on a cluster).
         mode: the KServe deployment mode: Standard | Serverless.
-        canary_percent: traffic share of the new predictor while it is a canary (0..100).
-        pvc: the artifacts PersistentVolumeClaim the predictor reads from.
-        mount_path: where this task and the predictor mount that volume.
+        canary_percent: traffic share of the candidate while it is a canary (0..99).
+        metric: the offline column the gate compares (ct/R@100, qr/R@100, graded/nDCG@4).
+        tolerance: how much lower (absolute) the candidate's metric may be than the control's.
+        wait_s: how long to wait for Ready after each change.
+
+    Returns:
+        decision: `canary` or `hold`.
+        reason: why, with the offline numbers.
+        control_url: the default predictor's in-cluster URL (cluster; empty otherwise).
+        treatment_url: the canary's in-cluster URL (cluster; empty otherwise).
     """
     import json
     import shutil
+    from collections import namedtuple
     from pathlib import Path
 
     import yaml
 
     from crops.index.store import model_hash
     from crops.k8s import inference_service as isvc
+    from crops.k8s.platform import Platform
 
     if target not in ("local", "cluster"):
         raise ValueError(f"target {target!r}: use local or cluster")
     if not 0 <= canary_percent <= 100:
         raise ValueError(f"canary_percent must be within 0..100, got {canary_percent}")
-    digest = model_hash(model.path)[:12]
-    published = Path(mount_path) / "serving" / name / digest
-    spec = isvc.InferenceServiceSpec(
-        name=name,
-        namespace=namespace,
-        image=image,
-        model_path=str(published / "model"),
-        index_path=str(published / "index"),
-        mode=mode,
-        pvc=pvc,
-        mount_path=mount_path,
+    if canary_percent == 100:
+        raise ValueError(
+            "canary_percent 100 would send all traffic to an untested model: give a share "
+            "below 100; the A/B test promotes the candidate when it wins"
+        )
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+
+    # ---------------------------------------------------------------- the offline gate
+    table = json.loads(Path(offline.path).read_text(encoding="utf-8"))
+    rows = {r: table.get(r) for r in ("control", "treatment")}
+    scores = table.get("scores") or {}
+    if not all(rows.values()) or not all(r in scores for r in rows.values()):
+        raise ValueError(f"{offline.path}: not the evaluate task's results (control, treatment)")
+    if metric not in scores[rows["control"]] or metric not in scores[rows["treatment"]]:
+        columns = ", ".join(sorted(scores[rows["control"]]))
+        raise ValueError(f"metric {metric!r} is not in the offline table; use one of {columns}")
+    control_score = float(scores[rows["control"]][metric])
+    candidate_score = float(scores[rows["treatment"]][metric])
+    gap = candidate_score - control_score
+    numbers = (
+        f"offline {metric}: {rows['treatment']} {candidate_score:.4f} vs {rows['control']} "
+        f"{control_score:.4f} ({gap:+.4f}, tolerance {tolerance:g})"
     )
-    if target == "cluster":
-        for src, what in ((model.path, "model"), (index.path, "index")):
-            shutil.copytree(src, published / what, dirs_exist_ok=True)
-        written = isvc.deploy(spec, canary_percent=canary_percent)  # the object as applied
-    else:
-        written = isvc.manifest(spec)
+    hold = gap < -tolerance
+    reason = (
+        f"hold: the candidate is worse than the control beyond the tolerance; {numbers}; "
+        "nothing deployed"
+        if hold
+        else f"canary: {numbers}"
+    )
+    gate = {
+        "metric": metric,
+        "tolerance": tolerance,
+        "candidate": candidate_score,
+        "control": control_score,
+        "difference": gap,
+    }
+
+    # ---------------------------------------------------------------- what to serve
+    platform = (
+        Platform.from_cluster(namespace) if target == "cluster" else Platform.default(namespace)
+    )
+    root = Path(platform.mount_path) / "serving" / name
+    digests = {
+        "candidate": model_hash(model.path)[:12],
+        "control": model_hash(control_model.path)[:12],
+    }
+    specs = {
+        role: isvc.InferenceServiceSpec(
+            name=name,
+            namespace=namespace,
+            model_path=str(root / digest / "model"),
+            index_path=str(root / digest / "index"),
+            mode=mode,
+        )
+        for role, digest in digests.items()
+    }
+    candidate, control = specs["candidate"], specs["control"]
+    urls = isvc.serving_urls(candidate)
+    applied = target == "cluster" and not hold
+    if applied:
+        if not Path(platform.mount_path).is_dir():
+            raise RuntimeError(
+                f"the artifacts volume is not mounted at {platform.mount_path} in this task (the "
+                f"platform's storage.mountPath): compile the pipeline with that mount path"
+            )
+        for spec, m, ix in ((candidate, model, index), (control, control_model, control_index)):
+            for src, dst in ((m.path, spec.model_path), (ix.path, spec.index_path)):
+                shutil.copytree(src, dst, dirs_exist_ok=True)
+        written = isvc.deploy(  # the object as applied, once Ready
+            candidate, canary_percent, control=control, platform=platform, wait_s=wait_s
+        )
+    elif mode == "Standard":  # what a first deploy creates: the control and the canary
+        written = isvc.manifest(control, platform, canary=candidate, canary_percent=canary_percent)
+    else:  # Serverless: the control first; the candidate then rolls out as the next revision
+        written = isvc.manifest(control, platform)
     with open(manifest.path, "w", encoding="utf-8") as fh:
         yaml.safe_dump(json.loads(json.dumps(written, default=str)), fh, sort_keys=False)
     manifest.metadata.update(
         {
             "target": target,
             "inference_service": f"{namespace}/{name}",
-            "model_hash": digest,
-            "model_path": spec.model_path,
-            "index_path": spec.index_path,
+            "decision": "hold" if hold else "canary",
+            "reason": reason,
+            "offline_gate": gate,
+            "model_hash": digests["candidate"],
+            "model_path": candidate.model_path,
+            "index_path": candidate.index_path,
+            "control_model_hash": digests["control"],
+            "control_model_path": control.model_path,
+            "mode": mode,
             "canary_percent": canary_percent,
-            "applied": target == "cluster",
+            "applied": applied,
+            "control_url": urls["control"] if applied else "",
+            "treatment_url": urls["treatment"] if applied else "",
         }
+    )
+    if applied and written["spec"].get("canary") and mode == "Standard":
+        # an existing service keeps the predictor it serves: that is the A/B test's control
+        args = written["spec"]["predictor"]["containers"][0]["args"]
+        manifest.metadata["served_control_model_path"] = args[args.index("--model") + 1]
+    outputs = namedtuple("Outputs", ["decision", "reason", "control_url", "treatment_url"])
+    return outputs(
+        manifest.metadata["decision"],
+        reason,
+        manifest.metadata["control_url"],
+        manifest.metadata["treatment_url"],
     )

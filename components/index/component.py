@@ -18,11 +18,8 @@ def index(
     nprobe: int = 0,
     backend: str = "local",
     namespace: str = "crops",
-    image: str = "crops:0.1.0",
     workers: int = 1,
     worker_gpus: int = 1,
-    pvc: str = "crops-artifacts",
-    mount_path: str = "/artifacts",
     job_name: str = "",
     timeout_s: float = 2 * 3600.0,
 ):
@@ -30,8 +27,9 @@ def index(
 
     backend `local` runs `crops.index.build.build_index` here (Ray Data actor pool, faiss).
     backend `rayjob` copies the model and the videos to the artifacts volume and submits a
-    KubeRay RayJob running `python /app/ray_jobs/build_index.py <crops index options>` (GPU
-    embedding actors, faiss-gpu for IVF factories), then copies the index back.
+    KubeRay RayJob running `python -m crops.ray_jobs.build_index <crops index options>` (GPU
+    embedding actors, faiss-gpu for IVF factories), then copies the index back. The RayJob is
+    the installed release's (`crops.k8s.platform.Platform.from_cluster(namespace)`).
 
     Args:
         model: the model folder from `train`.
@@ -43,12 +41,9 @@ def index(
         batch_size: texts per embedding batch.
         nprobe: IVF lists searched; 0: the default.
         backend: local | rayjob.
-        namespace: the RayJob's namespace (rayjob).
-        image: the RayJob's image (rayjob).
+        namespace: the RayJob's namespace, where the platform is installed (rayjob).
         workers: RayJob workers (rayjob).
         worker_gpus: GPUs per RayJob worker (rayjob; 0: CPUs).
-        pvc: the artifacts PersistentVolumeClaim (rayjob).
-        mount_path: where it is mounted, here and in the RayJob (rayjob).
         job_name: the RayJob's name; empty: crops-index-<output hash>-<time>.
         timeout_s: give up waiting for the RayJob after this long (rayjob).
     """
@@ -77,10 +72,12 @@ def index(
         )
         summary = build_index(cfg)
     else:
-        from crops.k8s.rayjob import RayJobSpec, entrypoint, submit_and_wait
+        from crops.k8s.platform import Platform
+        from crops.k8s.rayjob import RayJobSpec, entrypoint, staging_root, submit_and_wait
 
+        platform = Platform.from_cluster(namespace)
         key = hashlib.sha256(index.uri.encode()).hexdigest()[:10]
-        root = Path(mount_path) / "runs" / key / "index-job"
+        root = staging_root(platform, key, "index-job")
         root.mkdir(parents=True, exist_ok=True)
         shutil.copytree(model.path, root / "model", dirs_exist_ok=True)
         shutil.copy2(videos, root / "videos.parquet")
@@ -96,17 +93,15 @@ def index(
         if nprobe:
             args += ["--nprobe", nprobe]
         args.append("--gpu" if worker_gpus > 0 else "--no-gpu")
-        spec = RayJobSpec.for_workers(  # GPU nodes' selector and taint when workers take GPUs
-            worker_gpus,
+        spec = RayJobSpec(
             name=job_name or f"crops-index-{key[:8]}-{int(time.time()) % 100_000:05d}",
             namespace=namespace,
-            image=image,
+            job="index",
             entrypoint=entrypoint("build_index", args),
             workers=workers,
-            pvc=pvc,
-            mount_path=mount_path,
+            worker_gpus=worker_gpus,
         )
-        job = submit_and_wait(spec, timeout_s=timeout_s)
+        job = submit_and_wait(spec, timeout_s=timeout_s, platform=platform)
         shutil.copytree(root / "index", index.path)
         summary = json.loads((Path(index.path) / "manifest.json").read_text())
         summary["count"] = len(np.load(Path(index.path) / "ids.npy"))

@@ -36,9 +36,11 @@ def mine(
             is read from CROPS_LLM_API_KEY, never from a parameter.
         llm_model: the model the server serves (or CROPS_LLM_MODEL); the Hugging Face model for
             vllm-offline.
-        llm_backend: without an endpoint: auto (knowledge on a simulated world, else none) |
-            knowledge (the simulator's world knowledge, not an LLM) | none | vllm-offline
-            (vLLM's in-process engine on a GPU node).
+        llm_backend: endpoint (an LLM server is required: no endpoint is an error, never a
+            fallback; the cluster pipeline's default) | auto (the endpoint if one is set, else
+            knowledge on a simulated world, else none) | knowledge (the simulator's world
+            knowledge, not an LLM) | none | vllm-offline (vLLM's in-process engine on a GPU
+            node).
         filter_model: the relevance filter: minilm | a sentence-transformers path | none.
         relevance_threshold: keep reformulation and recfeed candidates scoring above this.
         synth_min_positives: synthesise for queries with fewer positives than this.
@@ -59,9 +61,18 @@ def mine(
     world_dir, out = Path(world.path), Path(mined.path)
     endpoint = llm_endpoint or os.environ.get("CROPS_LLM_ENDPOINT", "")
     model = llm_model or os.environ.get("CROPS_LLM_MODEL", "")
-    backends = ("auto", "knowledge", "none", "vllm-offline")
+    backends = ("auto", "endpoint", "knowledge", "none", "vllm-offline")
     if llm_backend not in backends:
         raise ValueError(f"llm_backend {llm_backend!r}: use one of {', '.join(backends)}")
+    if llm_backend == "endpoint" and not endpoint:
+        raise ValueError(
+            "LLM synthesis was asked for (llm_backend=endpoint) but no LLM endpoint is set: the"
+            " llm_endpoint parameter is empty (the synthesize task serves vLLM only with"
+            " serve_vllm=true) and CROPS_LLM_ENDPOINT is unset (on a cluster it comes from the"
+            " key `endpoint` of the Secret crops-llm in the run's namespace, docs/kind.md)."
+            " Set one of them, or compile with --synthesis none for a run without synthesis;"
+            " nothing falls back to another backend."
+        )
     if endpoint:
         name = "openai"
     elif llm_backend == "auto":

@@ -1,12 +1,13 @@
 """synthesize: the LLM server that writes video metadata for the data engine (vLLM).
 
-On a cluster it applies the vLLM Deployment and Service (`crops.k8s.vllm`: startup and
-readiness probes on `/v1/models`, weights on a PVC, key from the Secret `crops-llm`), waits
-until the model answers and returns the in-cluster endpoint that the mine task calls. A given
-`llm_endpoint` (a server you run) is passed through unchanged. Without either it returns ""
-and mine falls back to the endpoint in the `crops-llm` Secret, or, on a simulated world, to
-the knowledge backend (simulator knowledge, clearly not an LLM). The synthesis itself (which
-queries get new videos, and their grading) runs inside mine, in the same pass as HLA.
+On a cluster it applies the vLLM Deployment and Service (`crops.k8s.vllm`, laid out from the
+installed release's platform description: startup and readiness probes on `/v1/models`,
+weights on a PVC, key from the Secret `crops-llm`), waits until the model answers and returns
+the in-cluster endpoint that the mine task calls; `release_llm` takes it down after mining so
+it does not keep its GPU. A given `llm_endpoint` (a server you run) is passed through
+unchanged. Without either it returns "" and mine takes the endpoint from the `crops-llm`
+Secret. The synthesis itself (which queries get new videos, and their grading) runs inside
+mine, in the same pass as HLA.
 """
 
 from kfp import dsl
@@ -34,7 +35,7 @@ def synthesize(
         llm_model: the model vLLM serves (Hugging Face id or a path on the cache PVC).
         target: local | cluster; vLLM is deployed on a cluster only.
         serve_vllm: deploy vLLM (with `target=cluster` and `llm_model`).
-        namespace: the namespace of the vLLM Deployment and Service.
+        namespace: the namespace of the vLLM Deployment and Service (the platform's).
         gpus: GPUs for the vLLM server.
         timeout_s: how long to wait for the model to load.
     """
@@ -48,13 +49,38 @@ def synthesize(
             raise ValueError("serve_vllm needs target=cluster: vLLM needs a GPU node")
         if not llm_model:
             raise ValueError("serve_vllm needs llm_model: the model vLLM should serve")
+        from crops.k8s.platform import Platform
         from crops.k8s.vllm import VllmClient, VllmSpec
 
         spec = VllmSpec(namespace=namespace, model=llm_model, gpus=int(gpus))
-        client = VllmClient()
+        client = VllmClient(platform=Platform.from_cluster(namespace))
         client.apply(spec)
         endpoint = client.wait_ready(spec, timeout_s=float(timeout_s))
         served = 1
     summary.log_metric("served", served)
     summary.log_metric("has_endpoint", int(bool(endpoint)))
     return endpoint
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def release_llm(
+    summary: Output[Metrics], serve_vllm: bool = False, namespace: str = "crops"
+) -> str:
+    """Take down the vLLM server `synthesize` brought up (Deployment and Service), whether
+    mining succeeded or not, so it does not keep its GPU. A server you run is never touched.
+
+    Args:
+        summary: `deleted`: how many objects were removed.
+        serve_vllm: whether `synthesize` deployed vLLM in this run.
+        namespace: the namespace of the vLLM Deployment and Service.
+
+    Returns:
+        What was deleted, comma-separated ("" when nothing was).
+    """
+    deleted: list[str] = []
+    if serve_vllm:
+        from crops.k8s.vllm import VllmClient, VllmSpec
+
+        deleted = VllmClient().delete(VllmSpec.model_fields["name"].default, namespace)
+    summary.log_metric("deleted", len(deleted))
+    return ", ".join(deleted)

@@ -25,10 +25,7 @@ def train(
     backend: str = "local",
     checkpoints: str = "",
     namespace: str = "crops",
-    image: str = "crops:0.1.0",
     worker_gpus: int = 1,
-    pvc: str = "crops-artifacts",
-    mount_path: str = "/artifacts",
     job_name: str = "",
     timeout_s: float = 6 * 3600.0,
 ):
@@ -41,9 +38,10 @@ def train(
 
     backend `local` trains here with Ray local (TorchTrainer, Train V2, CPU workers, or GPUs
     when the task has them). backend `rayjob` copies the samples to the artifacts volume,
-    submits a KubeRay RayJob running `python /app/ray_jobs/train.py <crops train options>` with
+    submits a KubeRay RayJob running `python -m crops.ray_jobs.train <crops train options>` with
     GPU workers that mount the same volume (`crops.k8s.rayjob.submit_and_wait`), waits, and
-    copies the model back.
+    copies the model back. The RayJob's image, pods, volume and lifecycle are the installed
+    release's (`crops.k8s.platform.Platform.from_cluster(namespace)`), the same as the chart's.
 
     Args:
         mined: the `mine` output (samples.parquet, synth_videos.parquet).
@@ -63,11 +61,8 @@ def train(
         seed: random seed.
         backend: local | rayjob.
         checkpoints: checkpoint folder or s3:// URI (local backend); empty: a temporary folder.
-        namespace: the RayJob's namespace (rayjob).
-        image: the RayJob's image (rayjob).
+        namespace: the RayJob's namespace, where the platform is installed (rayjob).
         worker_gpus: GPUs per RayJob worker (rayjob; 0 trains on CPUs).
-        pvc: the artifacts PersistentVolumeClaim this task and the RayJob mount (rayjob).
-        mount_path: where that volume is mounted, in this task and in the RayJob (rayjob).
         job_name: the RayJob's name; empty: crops-train-<method>-<output hash>-<time>.
         timeout_s: give up waiting for the RayJob after this long (rayjob).
     """
@@ -125,11 +120,13 @@ def train(
         summary = run(cfg)
         result = {"backend": "local", "wall_s": summary["wall_s"], **summary["metrics"]}
     else:
-        from crops.k8s.rayjob import RayJobSpec, entrypoint, submit_and_wait
+        from crops.k8s.platform import Platform
+        from crops.k8s.rayjob import RayJobSpec, entrypoint, staging_root, submit_and_wait
 
+        platform = Platform.from_cluster(namespace)
         key = hashlib.sha256(model.uri.encode()).hexdigest()[:10]
         attempt = f"{int(time.time()) % 100_000:05d}"  # a retried task makes a new RayJob
-        root = Path(mount_path) / "runs" / key / m.slug
+        root = staging_root(platform, key, m.slug)
         (root / "data").mkdir(parents=True, exist_ok=True)
         shutil.copy2(samples, root / "data" / "samples.parquet")
         shutil.copy2(videos[0], root / "videos.parquet")
@@ -160,17 +157,15 @@ def train(
             args += ["--lr", lr]
         if worker_gpus > 0:
             args.append("--gpu")
-        spec = RayJobSpec.for_workers(  # GPU nodes' selector and taint when workers take GPUs
-            worker_gpus,
+        spec = RayJobSpec(
             name=job_name or f"crops-train-{m.slug}-{key[:8]}-{attempt}",
             namespace=namespace,
-            image=image,
+            job="train",
             entrypoint=entrypoint("train", args),
             workers=workers,
-            pvc=pvc,
-            mount_path=mount_path,
+            worker_gpus=worker_gpus,
         )
-        job = submit_and_wait(spec, timeout_s=timeout_s)
+        job = submit_and_wait(spec, timeout_s=timeout_s, platform=platform)
         shutil.copytree(root / "model", out, ignore=shutil.ignore_patterns("checkpoints"))
         trained = json.loads((out / "training.json").read_text())
         result = {"backend": "rayjob", "rayjob": spec.name, "wall_s": trained["wall_s"]}

@@ -7,8 +7,9 @@ become label-4 positives, reaching relevant content that no exposure log ever sh
 Backends:
 
 - :class:`OpenAIChatBackend`: any OpenAI-compatible chat endpoint, first of all ``vllm serve``.
-  Async with bounded concurrency, guided JSON decoding, retries with backoff, a sqlite cache
-  (a rerun only pays for what failed) and a quarantine with one reason per failed query.
+  Async with bounded concurrency, schema-constrained JSON output, retries with backoff, a
+  sqlite cache (a rerun only pays for what failed) and a quarantine with one reason per failed
+  query.
 - :class:`VllmOfflineBackend`: vLLM's in-process engine for batch synthesis on a GPU node.
 - :class:`NoSynthesis`: the clearly named non-LLM fallback when no endpoint is configured.
 
@@ -515,6 +516,12 @@ def _normalise_endpoint(endpoint: str) -> str:
     return base
 
 
+#: How a chat request asks for output that matches VIDEO_JSON_SCHEMA (OpenAIChatBackend's
+#: `guided`): OpenAI's ``response_format`` (json_schema), which the pinned vLLM (0.32, the
+#: `vllm` extra) also reads; vLLM's own ``structured_outputs`` field; or nothing.
+GUIDED_MODES = ("response_format", "structured_outputs", "none")
+
+
 class OpenAIChatBackend:
     """vLLM's OpenAI-compatible server (``vllm serve``) or any OpenAI-compatible endpoint."""
 
@@ -533,7 +540,7 @@ class OpenAIChatBackend:
         backoff_s: float = 0.5,
         cache_path: str | Path | None = None,
         prompt_version: str = PROMPT_VERSION,
-        guided: Literal["response_format", "guided_json", "none"] = "response_format",
+        guided: Literal["response_format", "structured_outputs", "none"] = "response_format",
         temperature: float = 0.7,
         max_tokens: int = 512,
         seed: int = 0,
@@ -546,8 +553,12 @@ class OpenAIChatBackend:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        if guided not in ("response_format", "guided_json", "none"):
-            raise ValueError(f"guided must be response_format, guided_json or none, got {guided!r}")
+        if guided not in GUIDED_MODES:
+            # vLLM dropped guided_json: the pinned version ignores the field (with only a log
+            # line) and the output is unconstrained, so the old mode is refused, not sent.
+            hint = " (vLLM ignores guided_json: use structured_outputs)" * (guided == "guided_json")
+            modes = ", ".join(GUIDED_MODES)
+            raise ValueError(f"guided must be one of {modes}, got {guided!r}{hint}")
         self.model = model
         self._api_key = api_key if api_key is not None else os.environ.get("CROPS_LLM_API_KEY")
         self.concurrency = concurrency
@@ -590,8 +601,8 @@ class OpenAIChatBackend:
                     "strict": True,
                 },
             }
-        elif self.guided == "guided_json":
-            body["guided_json"] = VIDEO_JSON_SCHEMA
+        elif self.guided == "structured_outputs":  # vLLM's field (StructuredOutputsParams)
+            body["structured_outputs"] = {"json": VIDEO_JSON_SCHEMA}
         return body
 
     def models(self) -> list[str]:
@@ -819,23 +830,17 @@ class VllmOfflineBackend:
         return self._llm
 
     def _params(self, per_query: int, seed: int) -> Any:
-        from vllm import SamplingParams
+        # The pinned vLLM (0.32) constrains output through SamplingParams.structured_outputs;
+        # GuidedDecodingParams and SamplingParams.guided_decoding no longer exist there.
+        from vllm.sampling_params import SamplingParams, StructuredOutputsParams
 
-        kw: dict[str, Any] = {
-            "n": per_query,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "seed": seed,
-        }
-        try:  # vLLM < 0.12
-            from vllm.sampling_params import GuidedDecodingParams
-
-            kw["guided_decoding"] = GuidedDecodingParams(json=VIDEO_JSON_SCHEMA)
-        except ImportError:  # vLLM >= 0.12 renamed guided decoding to structured outputs
-            from vllm.sampling_params import StructuredOutputsParams
-
-            kw["structured_outputs"] = StructuredOutputsParams(json=VIDEO_JSON_SCHEMA)
-        return SamplingParams(**kw)
+        return SamplingParams(
+            n=per_query,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=seed,
+            structured_outputs=StructuredOutputsParams(json=VIDEO_JSON_SCHEMA),
+        )
 
     def synthesize(
         self, queries: Sequence[str], per_query: int = 1, *, progress: Progress | None = None

@@ -511,8 +511,32 @@ def _p(p: float | None) -> str:
     return "n/a" if p is None else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
 
 
+def held_report(reason: str, days: int, policy: CanaryPolicy | None = None) -> dict[str, Any]:
+    """The report of a test that did not run because the rollout held the candidate back (the
+    offline gate): decision hold, no looks, no traffic; `held_by` says who held it."""
+    policy = policy or CanaryPolicy()
+    return {
+        "report_version": REPORT_VERSION,
+        "held_by": "deploy",
+        "policy": policy.model_dump(mode="json"),
+        "looks_planned": days,
+        "looks_run": 0,
+        "stopped_early": False,
+        "history": [],
+        "analysis": {"metrics": {}},
+        "decision": {
+            "action": "hold",
+            "reasons": [f"no A/B test: the candidate was not deployed ({reason})"],
+        },
+    }
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report for people: arms, users, per metric values, lifts, guardrails, SRM, decision."""
+    if report.get("held_by"):
+        lines = ["# Online A/B test", "", "**Decision: HOLD**, no look run", ""]
+        lines += [f"- {r}" for r in report["decision"]["reasons"]]
+        return "\n".join([*lines, ""])
     a, dec, assign_ = report["analysis"], report["decision"], report["assignment"]
     conf = f"{100 * a['confidence']:.0f}%"
     lines = [
@@ -675,8 +699,12 @@ def apply_decision(
     promote -> the canary becomes the only predictor; rollback -> all traffic back to the
     previous predictor and the canary dropped; hold -> nothing changes (the canary keeps its
     share for the next run). `client` is a kubernetes ApiClient (default: in-cluster, else the
-    local kubeconfig); `mode` Standard | Serverless | auto (read off the object). Raises
-    `crops.k8s.client.KubeError` naming the object and the API's reason.
+    local kubeconfig); `mode` Standard | Serverless | auto (read off the object).
+
+    Returns `{action, isvc, namespace, patched, canary_traffic_percent}`; a promote or rollback
+    with no canary to act on changes nothing and is no failure: `patched` False and `noop`
+    saying why. Raises `crops.k8s.client.KubeError` naming the object and the API's reason
+    (a missing object, a refused call, a concurrent change: HTTP 409).
     """
     from crops.k8s.inference_service import InferenceServiceClient, canary_percent
 
@@ -688,8 +716,16 @@ def apply_decision(
     if action == "hold":
         obj = isvcs.get(isvc, namespace)
         return {**result, "patched": False, "canary_traffic_percent": canary_percent(obj)}
-    obj = isvcs.promote(isvc, namespace) if action == "promote" else isvcs.rollback(isvc, namespace)
-    return {**result, "patched": True, "canary_traffic_percent": canary_percent(obj)}
+    change = (
+        isvcs.promote(isvc, namespace) if action == "promote" else isvcs.rollback(isvc, namespace)
+    )
+    result |= {
+        "patched": change["patched"],
+        "canary_traffic_percent": canary_percent(change["object"]),
+    }
+    if not change["patched"]:
+        result["noop"] = change["noop"]
+    return result
 
 
 __all__ = [
@@ -698,6 +734,7 @@ __all__ = [
     "apply_decision",
     "assign",
     "assignment_hash",
+    "held_report",
     "render_markdown",
     "run_abtest",
 ]

@@ -1,42 +1,45 @@
 """KubeRay RayJobs: training and index building on a cluster's Ray, with the lifecycle always set.
 
-A RayJob brings up a RayCluster, runs `entrypoint` on it (`python ray_jobs/train.py ...`, the same
-code path as `crops train`) and tears it down. Lifecycle fields are never left to defaults: a
-job that hangs is killed by `activeDeadlineSeconds`, a finished cluster is deleted after
-`ttlSecondsAfterFinished`, and `backoffLimit` bounds retries, so a failed pipeline run leaves no
-GPUs held. `wait` follows `status.jobDeploymentStatus` and surfaces KubeRay's `reason` and
-`message` when it fails.
+A RayJob brings up a RayCluster, runs `entrypoint` on it (`python -m crops.ray_jobs.train ...`,
+the same code path as `crops train`) and tears it down. Its pods are laid out from the platform
+description (`crops.k8s.platform`), exactly as the chart lays out its own RayJobs. Lifecycle
+fields are never left to defaults: a job that hangs is killed by `activeDeadlineSeconds`, a
+finished cluster is deleted after `ttlSecondsAfterFinished`, and `backoffLimit` bounds retries,
+so a failed pipeline run leaves no GPUs held. `wait` follows `status.jobDeploymentStatus` and
+surfaces KubeRay's `reason` and `message` when it fails.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from crops.k8s.client import KubeError, api_client, api_errors, watch_until
+from crops.k8s.platform import Platform, Role
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
-RAY_VERSION = "2.60.0"
 # KubeRay's jobDeploymentStatus values that end a RayJob.
 SUCCEEDED = {"Complete"}
 FAILED = {"Failed", "ValidationFailed"}
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
-# Where the image keeps the RayJob entry points (docker/Dockerfile: WORKDIR /app). A Ray job's
-# driver does not run in the image's working directory, so the path is absolute.
-RAY_JOBS_DIR = "/app/ray_jobs"
-
-
 def entrypoint(script: str, args: Sequence[object]) -> str:
-    """`python /app/ray_jobs/<script>.py ARGS`, shell-quoted (KubeRay runs it through a shell)."""
-    return f"python {RAY_JOBS_DIR}/{script}.py " + shlex.join(str(a) for a in args)
+    """`python -m crops.ray_jobs.<script> ARGS`, shell-quoted (KubeRay runs it through a shell).
+
+    The entry points are modules of the installed package, so neither the image's layout nor
+    the driver's working directory matters."""
+    if script not in ("train", "build_index", "mine"):
+        raise ValueError(f"no RayJob entry point {script!r}: train, build_index or mine")
+    return shlex.join(["python", "-m", f"crops.ray_jobs.{script}", *(str(a) for a in args)])
 
 
 class RayJobFailed(KubeError):
@@ -52,34 +55,27 @@ class RayJobFailed(KubeError):
 
 
 class RayJobSpec(BaseModel):
-    """What a crops RayJob needs; everything else in the manifest is fixed by policy."""
+    """What one crops RayJob needs. Everything else (images, pod security, labels, accounts,
+    resources, volumes, lifecycle defaults) comes from the platform description
+    (`crops.k8s.platform`), the same values the chart's RayJobs are rendered from."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=DNS_LABEL)
-    namespace: str = Field("default", pattern=DNS_LABEL)
-    image: str = Field(min_length=1)
+    namespace: str = Field("crops", pattern=DNS_LABEL)
+    job: Literal["train", "index", "mine"] = "train"
     entrypoint: str = Field(min_length=1)
-    ray_version: str = RAY_VERSION
+    image: str | None = Field(None, min_length=1, description="None: the platform's")
     workers: int = Field(1, ge=1)
-    worker_cpu: str = "2"
-    worker_memory: str = "8Gi"
     worker_gpus: int = Field(0, ge=0)
-    head_cpu: str = "1"
-    head_memory: str = "4Gi"
-    service_account: str = "crops-ray"
-    pvc: str | None = "crops-artifacts"
-    mount_path: str = "/artifacts"
     env: dict[str, str] = Field(default_factory=dict)
     secret_env: dict[str, tuple[str, str]] = Field(
         default_factory=dict, description="ENV -> (secret name, key)"
     )
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
     shutdown_after_job_finishes: bool = True
-    ttl_seconds_after_finished: int = Field(600, ge=0)
-    active_deadline_seconds: int = Field(6 * 3600, ge=1)
-    backoff_limit: int = Field(0, ge=0)
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="None: the chart's")
+    active_deadline_seconds: int | None = Field(None, ge=1, description="None: the chart's")
+    backoff_limit: int | None = Field(None, ge=0, description="None: the chart's")
 
     @field_validator("shutdown_after_job_finishes")
     @classmethod
@@ -88,90 +84,113 @@ class RayJobSpec(BaseModel):
             raise ValueError("a crops RayJob always shuts its cluster down when the job ends")
         return value
 
-    @classmethod
-    def gpu(cls, **fields: Any) -> RayJobSpec:
-        """A spec whose workers take one GPU each on GPU nodes (NVIDIA's label and taint)."""
-        fields.setdefault("worker_gpus", 1)
-        fields.setdefault("node_selector", {"nvidia.com/gpu.present": "true"})
-        fields.setdefault(
-            "tolerations", [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-        )
-        return cls(**fields)
 
-    @classmethod
-    def for_workers(cls, worker_gpus: int, **fields: Any) -> RayJobSpec:
-        """`gpu(...)` when the workers take GPUs, else a plain CPU spec."""
-        return cls.gpu(worker_gpus=worker_gpus, **fields) if worker_gpus > 0 else cls(**fields)
+def _env(spec: RayJobSpec, head_or_worker: bool) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
+    if head_or_worker:
+        env.append({"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"})
+        env += [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+        env += [
+            {"name": k, "valueFrom": {"secretKeyRef": {"name": s, "key": key}}}
+            for k, (s, key) in sorted(spec.secret_env.items())
+        ]
+    return env
 
 
-def _container(spec: RayJobSpec, name: str, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
-    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
-    if gpus:
-        limits["nvidia.com/gpu"] = gpus
-    env = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
-    env += [
-        {"name": k, "valueFrom": {"secretKeyRef": {"name": s, "key": key}}}
-        for k, (s, key) in sorted(spec.secret_env.items())
+def _ray_pod(
+    p: Platform, role: Role, container: dict[str, Any], shm: str, gpus: int
+) -> dict[str, Any]:
+    """A head or worker pod template: the artifacts volume, /tmp and Ray's shared memory."""
+    container["volumeMounts"] = [
+        {"name": "artifacts", "mountPath": p.mount_path},
+        {"name": "tmp", "mountPath": "/tmp"},  # Ray's session dir, logs and sockets
+        {"name": "shm", "mountPath": "/dev/shm"},  # Ray's object store
     ]
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
-    if spec.pvc:
-        mounts.append({"name": "artifacts", "mountPath": spec.mount_path})
-    return {
-        "name": name,
-        "image": spec.image,
-        "env": env + [{"name": "RAY_TRAIN_V2_ENABLED", "value": "1"}],
-        "resources": {"requests": dict(limits), "limits": limits},
-        "volumeMounts": mounts,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-    }
-
-
-def _pod(spec: RayJobSpec, container: dict[str, Any], gpu_node: bool) -> dict[str, Any]:
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    if spec.pvc:
-        volumes.append({"name": "artifacts", "persistentVolumeClaim": {"claimName": spec.pvc}})
     pod: dict[str, Any] = {
-        "serviceAccountName": spec.service_account,
+        "serviceAccountName": p.service_account(role),
+        "automountServiceAccountToken": False,
+        "securityContext": p.pod_security_context(),
+        **(p.gpu_scheduling() if gpus else {}),
         "containers": [container],
-        "volumes": volumes,
+        "volumes": [
+            {"name": "artifacts", "persistentVolumeClaim": {"claimName": p.artifacts_pvc}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}},
+        ],
     }
-    if gpu_node and spec.node_selector:
-        pod["nodeSelector"] = dict(spec.node_selector)
-    if gpu_node and spec.tolerations:
-        pod["tolerations"] = [dict(t) for t in spec.tolerations]
-    return {"metadata": {"labels": {"app.kubernetes.io/part-of": "crops"}}, "spec": pod}
+    return {"metadata": {"labels": p.pod_labels(role)}, "spec": pod}
 
 
-def manifest(spec: RayJobSpec) -> dict[str, Any]:
-    """The RayJob object for `spec` (ray.io/v1)."""
-    head = _container(spec, "ray-head", spec.head_cpu, spec.head_memory, 0)
-    worker = _container(spec, "ray-worker", spec.worker_cpu, spec.worker_memory, spec.worker_gpus)
+def manifest(spec: RayJobSpec, platform: Platform | None = None) -> dict[str, Any]:
+    """The RayJob object for `spec` (ray.io/v1), laid out as the chart's RayJobs are."""
+    p = platform or Platform.default(spec.namespace)
+    ray = p.values.ray
+    life = ray.index if spec.job == "index" else ray.train
+    image = spec.image or p.ray_image(spec.worker_gpus > 0)
+
+    def container(name: str, resources: dict[str, Any], env: list[dict[str, Any]]) -> dict:
+        return {
+            "name": name,
+            "image": image,
+            "imagePullPolicy": p.pull_policy,
+            "env": env,
+            "resources": resources,
+            "securityContext": p.container_security_context(),
+        }
+
+    head = container("ray-head", p.resources(ray.head.resources), _env(spec, True))
+    head["ports"] = [
+        {"name": "gcs", "containerPort": 6379, "protocol": "TCP"},
+        {"name": "dashboard", "containerPort": p.values.ports.rayDashboard, "protocol": "TCP"},
+        {"name": "client", "containerPort": 10001, "protocol": "TCP"},
+    ]
+    worker = container(
+        "ray-worker", p.resources(ray.workers.resources, spec.worker_gpus), _env(spec, True)
+    )
+    submitter = container(
+        "ray-job-submitter", p.resources(ray.submitter.resources), _env(spec, False)
+    )
+    submitter["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "RayJob",
         "metadata": {
             "name": spec.name,
             "namespace": spec.namespace,
-            "labels": {"app.kubernetes.io/part-of": "crops", "app.kubernetes.io/name": spec.name},
+            "labels": {
+                "app.kubernetes.io/part-of": "crops",
+                "app.kubernetes.io/instance": p.release,
+                "app.kubernetes.io/component": spec.job,
+                "app.kubernetes.io/managed-by": "crops",
+            },
         },
         "spec": {
-            "entrypoint": spec.entrypoint,
             "shutdownAfterJobFinishes": spec.shutdown_after_job_finishes,
-            "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
-            "activeDeadlineSeconds": spec.active_deadline_seconds,
-            "backoffLimit": spec.backoff_limit,
+            "ttlSecondsAfterFinished": _or(
+                spec.ttl_seconds_after_finished, life.ttlSecondsAfterFinished
+            ),
+            "activeDeadlineSeconds": _or(spec.active_deadline_seconds, life.activeDeadlineSeconds),
+            "backoffLimit": _or(spec.backoff_limit, life.backoffLimit),
+            "submissionMode": "K8sJobMode",
+            "entrypoint": spec.entrypoint,
+            "runtimeEnvYAML": yaml.safe_dump(ray.runtimeEnv, sort_keys=True),
+            "submitterPodTemplate": {
+                "metadata": {"labels": p.pod_labels("raySubmitter")},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": p.service_account("raySubmitter"),
+                    "automountServiceAccountToken": False,
+                    "securityContext": p.pod_security_context(),
+                    "containers": [submitter],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+                },
+            },
             "rayClusterSpec": {
-                "rayVersion": spec.ray_version,
+                "rayVersion": ray.rayVersion,
                 "headGroupSpec": {
                     # The head schedules no work: it must not take a worker's CPUs or GPU.
-                    "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                    "template": _pod(spec, head, gpu_node=False),
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                    "template": _ray_pod(p, "rayNode", head, ray.head.shmSize or "2Gi", 0),
                 },
                 "workerGroupSpecs": [
                     {
@@ -180,12 +199,18 @@ def manifest(spec: RayJobSpec) -> dict[str, Any]:
                         "minReplicas": spec.workers,
                         "maxReplicas": spec.workers,
                         "rayStartParams": {},
-                        "template": _pod(spec, worker, gpu_node=True),
+                        "template": _ray_pod(
+                            p, "rayNode", worker, ray.workers.shmSize or "4Gi", spec.worker_gpus
+                        ),
                     }
                 ],
             },
         },
     }
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 class RayJobClient:
@@ -196,10 +221,10 @@ class RayJobClient:
 
         self.api = CustomObjectsApi(client if client is not None else api_client())
 
-    def create(self, spec: RayJobSpec) -> dict[str, Any]:
+    def create(self, spec: RayJobSpec, platform: Platform | None = None) -> dict[str, Any]:
         with api_errors(f"creating RayJob {spec.namespace}/{spec.name}"):
             return self.api.create_namespaced_custom_object(
-                GROUP, VERSION, spec.namespace, PLURAL, manifest(spec)
+                GROUP, VERSION, spec.namespace, PLURAL, manifest(spec, platform)
             )
 
     def get(self, name: str, namespace: str) -> dict[str, Any]:
@@ -237,22 +262,39 @@ class RayJobClient:
         return status
 
 
+def staging_root(platform: Platform, key: str, what: str) -> Path:
+    """`<mount path>/runs/<key>/<what>`: where a pipeline task stages a RayJob's inputs and the
+    job writes its outputs, on the artifacts volume that both mount at the platform's path. A
+    task without that volume mounted there cannot hand files to the job: that is an error
+    naming the volume, not a job that fails later on missing files."""
+    mount = Path(platform.mount_path)
+    if not mount.is_dir():
+        raise KubeError(
+            f"the artifacts volume (PVC {platform.namespace}/{platform.artifacts_pvc}) is not "
+            f"mounted at {mount} in this task, where the RayJob's pods mount it: compile the "
+            f"pipeline with --mount-path {mount}"
+        )
+    return mount / "runs" / key / what
+
+
 def submit_and_wait(
-    spec: RayJobSpec, timeout_s: float, client: ApiClient | None = None
+    spec: RayJobSpec,
+    timeout_s: float,
+    client: ApiClient | None = None,
+    platform: Platform | None = None,
 ) -> dict[str, Any]:
     """Create the RayJob and wait for it to end; returns its final status (see `wait`)."""
     jobs = RayJobClient(client)
-    jobs.create(spec)
+    jobs.create(spec, platform)
     return jobs.wait(spec.name, spec.namespace, timeout_s)
 
 
 __all__ = [
-    "RAY_JOBS_DIR",
-    "RAY_VERSION",
     "RayJobClient",
     "RayJobFailed",
     "RayJobSpec",
     "entrypoint",
     "manifest",
+    "staging_root",
     "submit_and_wait",
 ]

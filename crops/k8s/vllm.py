@@ -15,46 +15,34 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from crops.k8s.client import KubeError, api_client, api_errors, watch_until
+from crops.k8s.platform import Platform
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
 class VllmSpec(BaseModel):
-    """One vLLM server for one model."""
+    """One vLLM server for one model. Image, pod security, labels, account, resources, GPU
+    placement, cache volume and port come from the platform description (`crops.k8s.platform`),
+    the values the chart's own vLLM Deployment is rendered from."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("crops-vllm", pattern=DNS_LABEL)
-    namespace: str = Field("default", pattern=DNS_LABEL)
+    namespace: str = Field("crops", pattern=DNS_LABEL)
     model: str = Field(min_length=1, description="Hugging Face id or a path on the cache PVC")
-    image: str = VLLM_IMAGE
-    port: int = Field(8000, ge=1, le=65535)
-    gpus: int = Field(1, ge=0)
-    cpu: str = "4"
-    memory: str = "24Gi"
+    image: str | None = Field(None, min_length=1, description="None: the chart's llm.image")
+    gpus: int | None = Field(None, ge=0, description="None: llm GPUs when gpu.enabled, else 0")
     max_model_len: int | None = Field(None, ge=16)
-    cache_pvc: str | None = "crops-model-cache"
-    api_key_secret: str = "crops-llm"
-    api_key_key: str = "api-key"
-    service_account: str = "crops-vllm"
-    node_selector: dict[str, str] = Field(
-        default_factory=lambda: {"nvidia.com/gpu.present": "true"}
-    )
-    tolerations: list[dict[str, Any]] = Field(
-        default_factory=lambda: [
-            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-        ]
-    )
     startup_timeout_s: int = Field(1800, ge=60, description="weights download and load")
 
-    @property
-    def url(self) -> str:
+    def url(self, platform: Platform | None = None) -> str:
         """The in-cluster base URL the data engine's `--llm-endpoint` takes."""
-        return f"http://{self.name}.{self.namespace}.svc.cluster.local:{self.port}"
+        port = (platform or Platform.default(self.namespace)).values.ports.llm
+        return f"http://{self.name}.{self.namespace}.svc.cluster.local:{port}"
 
 
 def models_probe(port: int) -> list[str]:
@@ -67,117 +55,138 @@ def models_probe(port: int) -> list[str]:
     return ["python3", "-c", code]
 
 
-def _labels(spec: VllmSpec) -> dict[str, str]:
-    return {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/part-of": "crops"}
+def _selector(spec: VllmSpec, p: Platform) -> dict[str, str]:
+    return {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/instance": p.release}
 
 
-def deployment(spec: VllmSpec) -> dict[str, Any]:
-    """The vLLM Deployment (apps/v1)."""
+def _gpus(spec: VllmSpec, p: Platform) -> int:
+    if spec.gpus is not None:
+        return spec.gpus
+    return p.values.gpu.llmGpus if p.values.gpu.enabled else 0
+
+
+def deployment(spec: VllmSpec, platform: Platform | None = None) -> dict[str, Any]:
+    """The vLLM Deployment (apps/v1), laid out as the chart's `crops-vllm`."""
+    p = platform or Platform.default(spec.namespace)
+    llm, port, gpus = p.values.llm, p.values.ports.llm, _gpus(spec, p)
     # The image's entrypoint is `vllm serve`, which takes the model as its argument and reads
     # VLLM_API_KEY from the environment (the key never appears on the command line).
-    args = [spec.model, "--port", str(spec.port), "--served-model-name", spec.model]
+    args = ["$(MODEL)", "--served-model-name", "$(MODEL)", "--port", str(port), *llm.extraArgs]
     if spec.max_model_len:
         args += ["--max-model-len", str(spec.max_model_len)]
-    resources: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
-    if spec.gpus:
-        resources["nvidia.com/gpu"] = spec.gpus
-    probe = {"exec": {"command": models_probe(spec.port)}, "periodSeconds": 10, "timeoutSeconds": 5}
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    if spec.cache_pvc:
-        mounts.append({"name": "cache", "mountPath": "/cache"})
-        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": spec.cache_pvc}})
+    probe = {"exec": {"command": models_probe(port)}, "periodSeconds": 10, "timeoutSeconds": 5}
     container = {
         "name": "vllm",
-        "image": spec.image,
+        "image": spec.image or llm.image.ref,
+        "imagePullPolicy": llm.image.pullPolicy,
         "args": args,
         "env": [
-            {"name": "HF_HOME", "value": "/cache/hf"},
+            {"name": "MODEL", "value": spec.model},
             {
                 "name": "VLLM_API_KEY",
-                "valueFrom": {
-                    "secretKeyRef": {"name": spec.api_key_secret, "key": spec.api_key_key}
-                },
+                "valueFrom": {"secretKeyRef": {"name": llm.secretName, "key": llm.secretKey}},
             },
+            # The root filesystem is read-only: weights and vLLM's compile cache on the cache
+            # volume, everything else under /tmp.
+            {"name": "HF_HOME", "value": "/cache/hf"},
+            {"name": "VLLM_CACHE_ROOT", "value": "/cache/vllm"},
+            {"name": "HOME", "value": "/tmp"},
         ],
-        "ports": [{"containerPort": spec.port, "name": "http", "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "startupProbe": {**probe, "failureThreshold": max(spec.startup_timeout_s // 10, 1)},
-        "readinessProbe": probe,
-        "livenessProbe": {"httpGet": {"path": "/health", "port": spec.port}, "periodSeconds": 30},
-        "resources": {"requests": dict(resources), "limits": resources},
-        "volumeMounts": mounts,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
+        "readinessProbe": {**probe, "failureThreshold": 3},
+        "livenessProbe": {
+            "httpGet": {"path": "/health", "port": port},
+            "periodSeconds": 15,
+            "timeoutSeconds": 5,
+            "failureThreshold": 4,
         },
+        "resources": p.resources(llm.resources, gpus),
+        "securityContext": p.container_security_context(),
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": "/cache"},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
     }
     pod: dict[str, Any] = {
-        "serviceAccountName": spec.service_account,
+        "serviceAccountName": p.service_account("llm"),
         "automountServiceAccountToken": False,
+        "securityContext": p.pod_security_context(),
+        **(p.gpu_scheduling() if gpus else {}),
         "containers": [container],
-        "volumes": volumes,
+        "volumes": [
+            {"name": "model-cache", "persistentVolumeClaim": {"claimName": p.model_cache_pvc}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+        ],
     }
-    if spec.gpus:
-        pod["nodeSelector"] = dict(spec.node_selector)
-        pod["tolerations"] = [dict(t) for t in spec.tolerations]
+    labels = {**p.pod_labels("llm"), "app.kubernetes.io/name": spec.name}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": _labels(spec)},
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels},
         "spec": {
             "replicas": 1,
-            "selector": {"matchLabels": {"app.kubernetes.io/name": spec.name}},
-            "template": {"metadata": {"labels": _labels(spec)}, "spec": pod},
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": _selector(spec, p)},
+            "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }
 
 
-def service(spec: VllmSpec) -> dict[str, Any]:
+def service(spec: VllmSpec, platform: Platform | None = None) -> dict[str, Any]:
     """The ClusterIP Service in front of the Deployment (v1)."""
+    p = platform or Platform.default(spec.namespace)
+    port = p.values.ports.llm
+    labels = {**p.pod_labels("llm"), "app.kubernetes.io/name": spec.name}
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": _labels(spec)},
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels},
         "spec": {
-            "selector": {"app.kubernetes.io/name": spec.name},
-            "ports": [{"name": "http", "port": spec.port, "targetPort": spec.port}],
+            "selector": _selector(spec, p),
+            "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}],
         },
     }
 
 
 class VllmClient:
-    """Apply the vLLM Deployment and Service and wait until the model answers."""
+    """Apply the vLLM Deployment and Service, wait until the model answers, take them down."""
 
-    def __init__(self, client: ApiClient | None = None) -> None:
+    def __init__(self, client: ApiClient | None = None, platform: Platform | None = None) -> None:
         from kubernetes.client import AppsV1Api, CoreV1Api
 
         client = client if client is not None else api_client()
         self.apps, self.core = AppsV1Api(client), CoreV1Api(client)
+        self.platform = platform
+
+    def _platform(self, spec: VllmSpec) -> Platform:
+        return self.platform or Platform.default(spec.namespace)
 
     def apply(self, spec: VllmSpec) -> dict[str, Any]:
         """Create both objects, or replace the Deployment's spec when it exists."""
-        ns, name = spec.namespace, spec.name
+        ns, name, p = spec.namespace, spec.name, self._platform(spec)
+        body = deployment(spec, p)
         try:
             with api_errors(f"creating Deployment {ns}/{name}"):
-                self.apps.create_namespaced_deployment(ns, deployment(spec))
+                self.apps.create_namespaced_deployment(ns, body)
         except KubeError as exc:
             if exc.status != 409:
                 raise
             with api_errors(f"updating Deployment {ns}/{name}"):
-                self.apps.patch_namespaced_deployment(name, ns, {"spec": deployment(spec)["spec"]})
+                self.apps.patch_namespaced_deployment(name, ns, {"spec": body["spec"]})
         try:
             with api_errors(f"creating Service {ns}/{name}"):
-                self.core.create_namespaced_service(ns, service(spec))
+                self.core.create_namespaced_service(ns, service(spec, p))
         except KubeError as exc:
             if exc.status != 409:
                 raise
-        return {"url": spec.url, "deployment": name, "namespace": ns}
+        return {"url": spec.url(p), "deployment": name, "namespace": ns}
 
     def wait_ready(self, spec: VllmSpec, timeout_s: float) -> str:
-        """Wait until the Deployment's replicas are ready (readiness is `/v1/models`); its URL."""
+        """Wait until the Deployment's replicas are ready (readiness is `/v1/models`); its URL.
+        A timeout names the Deployment and its own conditions (why it is not available)."""
 
         def read() -> Any:
             with api_errors(f"reading Deployment {spec.namespace}/{spec.name}"):
@@ -187,6 +196,12 @@ class VllmClient:
             want = dep.spec.replicas or 0
             return want > 0 and (dep.status.ready_replicas or 0) >= want
 
+        def describe(dep: Any) -> str:
+            state = f"{dep.status.ready_replicas or 0}/{dep.spec.replicas} replicas ready"
+            for c in dep.status.conditions or []:
+                state += f"; {c.type}={c.status} {c.reason or ''}: {c.message or ''}".rstrip(": ")
+            return state
+
         watch_until(
             f"vLLM Deployment {spec.namespace}/{spec.name}",
             read,
@@ -195,9 +210,27 @@ class VllmClient:
             spec.name,
             ready,
             timeout_s,
-            describe=lambda d: f"{d.status.ready_replicas or 0}/{d.spec.replicas} replicas ready",
+            describe=describe,
         )
-        return spec.url
+        return spec.url(self._platform(spec))
+
+    def delete(self, name: str, namespace: str) -> list[str]:
+        """Take the server down (Deployment and Service), so it no longer holds its GPU; what
+        was deleted (objects already gone are not an error)."""
+        ns = namespace
+        deleted = []
+        for kind, call in (
+            ("Deployment", self.apps.delete_namespaced_deployment),
+            ("Service", self.core.delete_namespaced_service),
+        ):
+            try:
+                with api_errors(f"deleting {kind} {ns}/{name}"):
+                    call(name, ns)
+                deleted.append(f"{kind} {ns}/{name}")
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
+        return deleted
 
 
 __all__ = ["VLLM_IMAGE", "VllmClient", "VllmSpec", "deployment", "models_probe", "service"]

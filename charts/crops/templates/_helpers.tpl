@@ -7,6 +7,23 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 
+{{/* The labels of a role's pods (values `roles`): what the NetworkPolicies select. Pods built at
+run time (crops.k8s.platform.Platform.pod_labels) carry exactly these. */}}
+{{- define "crops.podLabels" -}}
+{{- $ := index . 0 -}}{{- $name := index . 1 -}}
+{{- $role := required (printf "roles.%s is required" $name) (get $.Values.roles $name) -}}
+app.kubernetes.io/part-of: crops
+app.kubernetes.io/instance: {{ $.Release.Name }}
+app.kubernetes.io/component: {{ required (printf "roles.%s.component is required" $name) $role.component }}
+{{- end }}
+
+{{/* The ServiceAccount of a role's pods. */}}
+{{- define "crops.serviceAccount" -}}
+{{- $ := index . 0 -}}{{- $name := index . 1 -}}
+{{- $role := required (printf "roles.%s is required" $name) (get $.Values.roles $name) -}}
+{{ required (printf "roles.%s.serviceAccount is required" $name) $role.serviceAccount }}
+{{- end }}
+
 {{/* The platform image. */}}
 {{- define "crops.image" -}}
 {{ printf "%s:%s" .Values.image.repository (toString .Values.image.tag) }}

@@ -1,0 +1,195 @@
+"""One description of the platform: the chart, and everything built from it.
+
+The chart (charts/crops) is the only hand-written description. These tests render it with every
+value set and profile, build each object that the code creates at run time (RayJobs, the
+InferenceService with its canary, the vLLM Deployment and Service) from the same values through
+`crops.k8s.platform`, and fail on any difference; the generated kustomize tree and the packaged
+platform.json must equal a fresh rendering of the chart.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster import render
+
+from crops.k8s import inference_service as isvc
+from crops.k8s.client import KubeError
+from crops.k8s.platform import CONFIGMAP, Platform
+from crops.k8s.rayjob import RayJobSpec
+from crops.k8s.rayjob import manifest as rayjob_manifest
+from crops.k8s.vllm import VllmSpec, deployment, service
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "crops"
+SCRIPT = REPO / "scripts" / "render_manifests.py"
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "ci": yaml.safe_load((CHART / "ci-values.yaml").read_text()),
+    "gpu": {"gpu": {"enabled": True}},
+    "serverless": {"serving": {"mode": "Serverless"}},
+    "kind": {
+        **yaml.safe_load((CHART / "profiles" / "small.yaml").read_text()),
+        "image": {"pullPolicy": "Never"},
+    },
+    # A team's own values: another user, image, GPU taint and release.
+    "custom": {
+        "image": {"repository": "ml/crops", "tag": "2.0.0"},
+        "securityContext": {"runAsUser": 4242, "runAsGroup": 4343, "fsGroup": 4444},
+        "gpu": {"enabled": True, "tolerations": [{"key": "gpu", "operator": "Exists"}]},
+        "storage": {"artifacts": {"name": "team-artifacts"}, "mountPath": "/data"},
+    },
+}
+
+
+def one(objs: list[dict], kind: str, name: str) -> dict:
+    (obj,) = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj
+
+
+def platform_of(objs: list[dict]) -> Platform:
+    doc = json.loads(one(objs, "ConfigMap", CONFIGMAP)["data"]["platform.json"])
+    return Platform.from_document(doc)
+
+
+def differences(chart: Any, built: Any, path: str = "") -> list[str]:
+    """Every path where the chart's object and the built one differ."""
+    if isinstance(chart, dict) and isinstance(built, dict):
+        out = []
+        for key in sorted(set(chart) | set(built)):
+            if key not in built:
+                out.append(f"{path}.{key}: only in the chart")
+            elif key not in chart:
+                out.append(f"{path}.{key}: only in the built object")
+            else:
+                out += differences(chart[key], built[key], f"{path}.{key}")
+        return out
+    if isinstance(chart, list) and isinstance(built, list) and len(chart) == len(built):
+        return [p for i, (a, b) in enumerate(zip(chart, built, strict=True)) for p in
+                differences(a, b, f"{path}[{i}]")]  # fmt: skip
+    return [] if chart == built else [f"{path}: chart {chart!r}, built {built!r}"]
+
+
+def built_rayjob(chart_job: dict, platform: Platform) -> dict:
+    """The RayJob the code builds for the chart job's entrypoint and size."""
+    spec = chart_job["spec"]
+    workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"]
+    gpus = platform.values.gpu.rayWorkerGpus if platform.values.gpu.enabled else 0
+    job = RayJobSpec(
+        name=chart_job["metadata"]["name"],
+        namespace=platform.namespace,
+        job=chart_job["metadata"]["labels"]["app.kubernetes.io/component"],
+        entrypoint=spec["entrypoint"],
+        workers=workers,
+        worker_gpus=gpus,
+    )
+    return rayjob_manifest(job, platform)
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=str)
+def test_run_time_objects_equal_the_charts(values: str) -> None:
+    objs = render(VALUE_SETS[values])
+    p = platform_of(objs)
+    problems: list[str] = []
+    for name in ("crops-train", "crops-index"):
+        chart = one(objs, "RayJob", name)["spec"]
+        built = built_rayjob(one(objs, "RayJob", name), p)["spec"]
+        chart = {k: v for k, v in chart.items() if k != "suspend"}  # templates start suspended
+        for side in (chart, built):
+            side["runtimeEnvYAML"] = yaml.safe_load(side["runtimeEnvYAML"])
+        problems += [f"RayJob {name}{d}" for d in differences(chart, built)]
+
+    model = p.values.llm.model
+    for kind, built in (
+        ("Deployment", deployment(VllmSpec(namespace=p.namespace, model=model), p)),
+        ("Service", service(VllmSpec(namespace=p.namespace, model=model), p)),
+    ):
+        chart = one(objs, kind, "crops-vllm")
+        chart_spec = {k: v for k, v in chart["spec"].items() if k != "replicas"}  # chart scales
+        built_spec = {k: v for k, v in built["spec"].items() if k != "replicas"}
+        problems += [f"{kind} crops-vllm{d}" for d in differences(chart_spec, built_spec)]
+
+    serving = VALUE_SETS[values].get("serving", {})
+    mode = serving.get("mode", "Standard")
+    chart_isvc = one(objs, "InferenceService", "crops-retrieval")
+    control = isvc.InferenceServiceSpec(
+        name="crops-retrieval",
+        namespace=p.namespace,
+        model_path="/artifacts/model",
+        index_path="/artifacts/index",
+        mode=mode,
+    )
+    candidate = control.model_copy(
+        update={
+            "model_path": "/artifacts/candidate/model",
+            "index_path": "/artifacts/candidate/index",
+        }
+    )
+    if mode == "Standard":
+        built_isvc = isvc.manifest(control, p, canary=candidate)
+    else:  # Knative: the candidate is the next revision of spec.predictor
+        built_isvc = isvc.manifest(control, p)
+        built_isvc["spec"]["predictor"]["canaryTrafficPercent"] = 10
+    problems += [
+        f"InferenceService{d}" for d in differences(chart_isvc["spec"], built_isvc["spec"])
+    ]
+    problems += [
+        f"InferenceService annotations{d}"
+        for d in differences(
+            chart_isvc["metadata"]["annotations"], built_isvc["metadata"]["annotations"]
+        )
+    ]
+    assert problems == []
+
+
+def test_a_drift_is_caught() -> None:
+    """The comparison is not vacuous: a chart with another seccomp profile or label differs."""
+    objs = render({})
+    p = platform_of(objs)
+    job = one(objs, "RayJob", "crops-train")
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    head["metadata"]["labels"]["app.kubernetes.io/component"] = "ray-head"
+    head["spec"]["securityContext"].pop("fsGroup")
+    found = differences(job["spec"], built_rayjob(job, p)["spec"])
+    assert any("labels.app.kubernetes.io/component" in d for d in found), found
+    assert any(d.endswith("securityContext.fsGroup: only in the built object") for d in found)
+
+
+def test_the_generated_manifests_and_platform_json_match_the_chart() -> None:
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert Platform.default() == platform_of(render({}))
+
+
+def test_the_chart_pins_the_ray_the_project_installs() -> None:
+    import ray
+
+    assert Platform.default().values.ray.rayVersion == ray.__version__
+
+
+def test_a_bad_platform_description_is_refused() -> None:
+    doc = json.loads((REPO / "crops" / "k8s" / "platform.json").read_text())
+    doc["values"]["securityContext"]["runAsUser"] = 0
+    with pytest.raises(ValueError, match="runAsUser"):
+        Platform.from_document(doc)
+
+
+def test_the_platform_is_read_from_the_cluster_with_the_pipeline_account(
+    accounts, namespace: str
+) -> None:
+    """The pipeline's account reads the release's ConfigMap; a missing one is named."""
+    with pytest.raises(KubeError, match=f"ConfigMap {namespace}/crops-platform not found"):
+        Platform.from_cluster(namespace, client=accounts.admin)
+    accounts.install({"image": {"tag": "9.9.9"}})
+    got = Platform.from_cluster(namespace, client=accounts.client("crops-pipeline"))
+    assert got.image == "crops:9.9.9" and got.namespace == namespace
+    with pytest.raises(KubeError, match="403"):
+        Platform.from_cluster(namespace, client=accounts.client("crops-serve"))
