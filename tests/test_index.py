@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -267,11 +266,8 @@ def test_rayjob_entry_point_builds_from_two_files(
     extra = tmp_path / "synth_videos.parquet"
     videos = pl.read_parquet(tiny_dir / "videos.parquet")
     videos.head(40).with_columns(pl.col("video_id") + (1 << 62)).write_parquet(extra)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ray_jobs"))
-    try:
-        from build_index import main
-    finally:
-        sys.path.pop(0)
+    from crops.ray_jobs.build_index import main
+
     out = tmp_path / "ivf"
     code = main(
         [

@@ -244,14 +244,9 @@ def test_default_world_positives_are_precise_and_beyond_exposure(minilm, tmp_pat
 
 
 def test_rayjob_entry_point_mines_like_the_cli(tiny_dir: Path, tmp_path: Path) -> None:
-    """`python ray_jobs/mine.py ...` is `crops mine ...`: same outputs, exit 2 on bad input."""
-    import sys
+    """`python -m crops.ray_jobs.mine` is `crops mine`: same outputs, exit 2 on bad input."""
+    from crops.ray_jobs.mine import main
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ray_jobs"))
-    try:
-        from mine import main
-    finally:
-        sys.path.pop(0)
     out = tmp_path / "mined"
     args = ["--world", str(tiny_dir), "--out", str(out), "--filter-model", "none"]
     assert main([*args, "--llm-backend", "knowledge"]) == 0

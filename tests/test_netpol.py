@@ -15,29 +15,22 @@ Only ingress policies are rendered; the evaluator checks egress as well (none is
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 
 import pytest
 import yaml
+from cluster import rendering as rendered
 from netpol import ContainerPort, NetworkPolicies, Pod, container_ports, selector_matches
 
-REPO = Path(__file__).resolve().parents[1]
-CHART = REPO / "charts" / "crops"
-RELEASE = "crops"  # the release namespace, where every policy and platform pod lives
+RELEASE = "crops"  # the renderings' namespace: every policy and platform pod lives here
 KFP_NAMESPACE = "kubeflow"  # standalone KFP runs the pipeline's task pods here
 OPERATOR_NAMESPACE = "ray-system"  # the KubeRay operator (values: ray.operatorNamespace)
 SERVING_NAMESPACES = ("knative-serving", "istio-system", "kourier-system")
-VALUE_SETS = {
-    "default": {},
-    "serverless": {"serving": {"mode": "Serverless"}},
-    "gpu": {"gpu": {"enabled": True}},
-}
+# The chart value sets (tests/cluster.py CHART_VALUES) whose policies are checked.
+VALUE_SETS = ("default", "serverless", "gpu")
 PART_OF, COMPONENT = "app.kubernetes.io/part-of", "app.kubernetes.io/component"
 # Ports tried on every destination besides its declared ones: Ray's GCS, dashboard (job API)
 # and client, the predictor, Knative's queue-proxy, vLLM, and an arbitrary Ray worker port.
@@ -451,33 +444,6 @@ def report(wrong: list[str]) -> str:
 # ---------------------------------------------------------------- collecting the pod templates
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-@cache
-def _rendered_text(values_name: str) -> str:
-    import helm_python as helm
-
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(
-            _merge(values, VALUE_SETS[values_name]), name="crops", namespace=RELEASE
-        )
-    return "\n---\n".join(text for path, text in sorted(rendered.items()) if path.endswith(".yaml"))
-
-
-def rendered(values_name: str) -> list[dict]:
-    """A fresh copy of the chart's objects for a value set."""
-    return [doc for doc in yaml.safe_load_all(_rendered_text(values_name)) if doc]
-
-
 def network_policies(objs: list[dict]) -> list[dict]:
     return [o for o in objs if o["kind"] == "NetworkPolicy"]
 
@@ -684,7 +650,7 @@ def cluster_pods() -> list[Endpoint]:
 @pytest.mark.parametrize("values_name", VALUE_SETS)
 def test_every_pod_template_is_collected(values_name: str, pipeline_labels) -> None:
     """The checks below are not vacuous: every kind of platform pod is there."""
-    objs = rendered(values_name)
+    objs = rendered(f"helm:{values_name}")
     assert {p["metadata"]["name"] for p in network_policies(objs)} == {
         "default-deny-ingress",
         "allow-predictor",
@@ -707,7 +673,7 @@ def test_every_pod_template_is_collected(values_name: str, pipeline_labels) -> N
 
 @pytest.mark.parametrize("values_name", VALUE_SETS)
 def test_chart_pods_talk_only_where_they_must(values_name: str) -> None:
-    objs = rendered(values_name)
+    objs = rendered(f"helm:{values_name}")
     pods = chart_pods(objs) + cluster_pods()
     wrong = wrong_pairs(network_policies(objs), pods, pods, values_name == "serverless")
     assert not wrong, report(wrong)
@@ -717,7 +683,7 @@ def test_chart_pods_talk_only_where_they_must(values_name: str) -> None:
 def test_runtime_built_pods_talk_only_where_they_must(values_name: str) -> None:
     """The RayJob, InferenceService (predictor and canary) and vLLM Deployment that the
     pipeline's components build at run time, against the chart's policies."""
-    objs = rendered(values_name)
+    objs = rendered(f"helm:{values_name}")
     pods = chart_pods(objs) + cluster_pods() + runtime_pods(values_name, objs)
     wrong = wrong_pairs(
         network_policies(objs), pods, pods, values_name == "serverless", involving="runtime"
@@ -728,7 +694,7 @@ def test_runtime_built_pods_talk_only_where_they_must(values_name: str) -> None:
 @pytest.mark.parametrize("values_name", VALUE_SETS)
 def test_pipeline_task_pods_talk_only_where_they_must(values_name: str, pipeline_labels) -> None:
     """Every task pod of the cluster pipeline, in KFP's namespace and in the release's."""
-    objs = rendered(values_name)
+    objs = rendered(f"helm:{values_name}")
     pods = chart_pods(objs) + cluster_pods() + pipeline_pods(pipeline_labels)
     wrong = wrong_pairs(
         network_policies(objs), pods, pods, values_name == "serverless", involving="pipeline"
@@ -789,7 +755,7 @@ def _open_to_everyone(spec: dict) -> None:
 )
 def test_a_doctored_policy_fails_the_check(doctor, caught: str) -> None:
     """The check is not blind: each doctored policy set adds the wrong pairs it should."""
-    objs = rendered("default")
+    objs = rendered("helm:default")
     pods = chart_pods(objs) + cluster_pods()
     before = set(wrong_pairs(network_policies(objs), pods, pods, False))
     after = set(wrong_pairs(doctor(network_policies(objs)), pods, pods, False))

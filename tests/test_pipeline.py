@@ -354,7 +354,7 @@ def test_the_whole_pipeline_runs_under_kfp_local_on_the_tiny_world(run, tmp_path
     summary = json.loads(summary_path.read_text())
     assert summary["decision"]["action"] in ("promote", "hold", "rollback")
     assert list(summary["offline"]["scores"]) == ["BM25", "NCE", "CroPS"]
-    assert all(t["ok"] for t in summary["tasks"].values()) and len(summary["tasks"]) == 11
+    assert all(t["ok"] for t in summary["tasks"].values()) and len(summary["tasks"]) == 12
     for key in ("offline_table", "ab_report_json", "ab_report_md", "isvc_manifest"):
         assert Path(summary[key]).is_file(), key
         assert summary[key] in stdout.replace("\n", ""), key
@@ -362,4 +362,9 @@ def test_the_whole_pipeline_runs_under_kfp_local_on_the_tiny_world(run, tmp_path
     assert report["decision"] == summary["decision"]
     manifest = yaml.safe_load(Path(summary["isvc_manifest"]).read_text())
     assert manifest["kind"] == "InferenceService"
+    # never all traffic to the untested model: the control serves, the candidate is the canary
+    (canary,) = manifest["spec"]["canary"]
+    assert canary["trafficPercent"] == 10
+    served = {c["predictor"]["containers"][0]["args"][2] for c in [canary]}
+    assert manifest["spec"]["predictor"]["containers"][0]["args"][2] not in served
     assert Path(summary["offline_table"]).read_text().startswith("# Offline retrieval")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster import render
+from cluster import CHART_VALUES, chart_values, render
 
 from crops.k8s import inference_service as isvc
 from crops.k8s.client import KubeError
@@ -30,10 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "crops"
 SCRIPT = REPO / "scripts" / "render_manifests.py"
 VALUE_SETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "ci": yaml.safe_load((CHART / "ci-values.yaml").read_text()),
-    "gpu": {"gpu": {"enabled": True}},
-    "serverless": {"serving": {"mode": "Serverless"}},
+    **{name: chart_values(name) for name in CHART_VALUES},
     "kind": {
         **yaml.safe_load((CHART / "profiles" / "small.yaml").read_text()),
         "image": {"pullPolicy": "Never"},

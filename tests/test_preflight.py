@@ -140,6 +140,20 @@ def test_a_namespace_with_everything_installed_passes(apiserver, namespace: str)
     assert f"you may create KFP runs in {namespace}" in report.passed
 
 
+def test_tasks_on_another_image_than_the_platforms_are_noted(apiserver, namespace: str) -> None:
+    """The RayJobs and predictors run the chart's image; tasks compiled for another one are
+    worth a word before the run (a note: a CUDA build for the tasks may be deliberate)."""
+    install(apiserver.api_client(), namespace)
+    alice, _ = caller(apiserver, namespace, READER + SECRETS, may_review=True)
+    same = check(alice, namespace, images=("crops:0.1.0",))
+    assert same.ok and same.notes == []
+    other = check(alice, namespace, images=("registry.example/crops:0.2.0",))
+    assert other.ok
+    (note,) = other.notes
+    assert "'registry.example/crops:0.2.0'" in note and "'crops:0.1.0'" in note
+    assert f"ConfigMap {namespace}/crops-platform" in note
+
+
 @pytest.mark.parametrize(
     ("without", "secret", "expected"),
     [

@@ -217,11 +217,11 @@ def test_the_rayjob_entry_point_is_crops_train() -> None:
     import subprocess
     import sys
 
-    entry = Path(__file__).resolve().parents[1] / "ray_jobs" / "train.py"
     done = subprocess.run(
         [
             sys.executable,
-            str(entry),
+            "-m",
+            "crops.ray_jobs.train",
             "--samples",
             "/no/such.parquet",
             "--videos",

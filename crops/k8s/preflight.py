@@ -146,6 +146,7 @@ def check(
     llm_secret: str = LLM_SECRET,
     pvcs: tuple[str, ...] = (),
     multi_user: bool = False,
+    images: tuple[str, ...] = (),
 ) -> Report:
     """Check `namespace` for what a pipeline run's pods need; see the module docstring.
 
@@ -159,6 +160,8 @@ def check(
         llm_secret: the Secret's name.
         pvcs: the PVCs the compiled pipeline mounts (the platform's artifacts PVC is added).
         multi_user: KFP is multi-user: check the caller may create runs in `namespace`.
+        images: the tasks' images; one that is not the platform's image (what the RayJobs and
+            predictors run) is reported as a note.
     """
     return _Preflight(client, namespace, service_account).run(
         llm=llm,
@@ -166,6 +169,7 @@ def check(
         llm_secret=llm_secret,
         pvcs=pvcs,
         multi_user=multi_user,
+        images=images,
     )
 
 
@@ -231,6 +235,7 @@ class _Preflight:
         llm_secret: str,
         pvcs: tuple[str, ...],
         multi_user: bool,
+        images: tuple[str, ...] = (),
     ) -> Report:
         if not self._namespace():
             return self.report
@@ -254,6 +259,13 @@ class _Preflight:
                     f"{platform.service_account('pipeline')!r}: the account needs the "
                     "crops-pipeline Role's rights (checked below when possible)"
                 )
+            for image in dict.fromkeys(images):
+                if image != platform.image:
+                    self.report.notes.append(
+                        f"the tasks run image {image!r}, the RayJobs and predictors they create "
+                        f"run {platform.image!r} (ConfigMap {self.ns}/{CONFIGMAP}, the chart's "
+                        "`image`): build both from the same source, or give them one tag"
+                    )
         if not wanted:
             wanted[Platform.default().artifacts_pvc] = None
         for pvc in wanted:

@@ -20,7 +20,6 @@ from crops.k8s.platform import Platform
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
@@ -90,6 +89,7 @@ def deployment(spec: VllmSpec, platform: Platform | None = None) -> dict[str, An
             # volume, everything else under /tmp.
             {"name": "HF_HOME", "value": "/cache/hf"},
             {"name": "VLLM_CACHE_ROOT", "value": "/cache/vllm"},
+            {"name": "XDG_CACHE_HOME", "value": "/cache/xdg"},  # Triton's, FlashInfer's JIT
             {"name": "HOME", "value": "/tmp"},
         ],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
@@ -233,4 +233,4 @@ class VllmClient:
         return deleted
 
 
-__all__ = ["VLLM_IMAGE", "VllmClient", "VllmSpec", "deployment", "models_probe", "service"]
+__all__ = ["VllmClient", "VllmSpec", "deployment", "models_probe", "service"]

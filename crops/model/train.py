@@ -411,10 +411,13 @@ def train(cfg: TrainConfig, progress: Callable[[str, int, int], None] | None = N
     out.mkdir(parents=True, exist_ok=True)
     storage = cfg.storage_path or str((out / "checkpoints").resolve())
     if not ray.is_initialized():
+        # A Ray job's driver (a RayJob, or `ray job submit`) already runs in the job's runtime
+        # env, which sets the variable; Ray refuses to merge the same key twice.
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
         ray.init(
             include_dashboard=False,
             log_to_driver=True,
-            runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}},
+            runtime_env=None if in_job else {"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}},
         )
     # the same configuration on the same input files resumes (or returns) its own run; other
     # settings or re-mined files start afresh (checkpoints carry this fingerprint)
