@@ -45,7 +45,7 @@ LOCAL_PROFILES: dict[str, dict[str, Any]] = {
     },
     "default": {
         # 1,000 steps: CroPS's cross-perspective gain shows (QR R@100 57 against the click-only
-        # model's 42) and the run stays near 11 minutes on 2 cores; see the README.
+        # model's 42) and the run stays near 9 minutes on 2 cores; see the README.
         "steps": 1000,
         "filter_model": "minilm",
         "ab_users": 0,
