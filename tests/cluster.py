@@ -44,6 +44,8 @@ CHART_VALUES = {
     "ci": (CHART / "ci-values.yaml", {}),
     "gpu": (None, {"gpu": {"enabled": True}}),
     "serverless": (None, {"serving": {"mode": "Serverless"}}),
+    # KServe's payload logging on: both predictors carry `logger`
+    "logged": (None, {"serving": {"requestLog": {"url": "http://sink.logging.svc/requests"}}}),
 }
 # Every named rendering, for rendering(name).
 RENDERINGS = [f"kustomize:{o}" for o in OVERLAYS] + [f"helm:{v}" for v in CHART_VALUES]

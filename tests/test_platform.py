@@ -41,6 +41,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "securityContext": {"runAsUser": 4242, "runAsGroup": 4343, "fsGroup": 4444},
         "gpu": {"enabled": True, "tolerations": [{"key": "gpu", "operator": "Exists"}]},
         "storage": {"artifacts": {"name": "team-artifacts"}, "mountPath": "/data"},
+        "serving": {"requestLog": {"url": "http://broker.logging.svc.cluster.local/requests"}},
     },
 }
 

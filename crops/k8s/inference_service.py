@@ -123,9 +123,16 @@ def predictor(spec: InferenceServiceSpec, platform: Platform | None = None) -> d
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    log = serving.requestLog
+    logger: dict[str, Any] = {}
+    if log.url:  # KServe's payload logging: requests and responses as CloudEvents
+        logger = {"logger": {"mode": log.mode, "url": log.url}}
+        if log.metadataHeaders:
+            logger["logger"]["metadataHeaders"] = list(log.metadataHeaders)
     return {
         "serviceAccountName": p.service_account("predictor"),
         "automountServiceAccountToken": False,  # the predictor never calls the API
+        **logger,
         # KServe puts these on the pods; the NetworkPolicies admit traffic by them.
         "labels": p.pod_labels("predictor"),
         "securityContext": p.pod_security_context(),

@@ -115,6 +115,12 @@ class LlmValues(_Values):
     resources: dict[str, dict[str, Any]]
 
 
+class RequestLogValues(_Values):
+    url: str = ""
+    mode: Literal["all", "request", "response"] = "all"
+    metadataHeaders: list[str] = Field(default_factory=list)
+
+
 class ServingValues(_Values):
     mode: Literal["Standard", "Serverless"]
     name: str
@@ -123,6 +129,7 @@ class ServingValues(_Values):
     minReplicas: int = Field(ge=0)
     maxReplicas: int = Field(ge=1)
     resources: dict[str, dict[str, Any]]
+    requestLog: RequestLogValues = Field(default_factory=RequestLogValues)
 
 
 class PortValues(_Values):
