@@ -547,6 +547,13 @@ def serve(
     workers: Annotated[int, typer.Option(help="server processes sharing the port")] = 1,
     threads: Annotated[int, typer.Option(help="torch and FAISS threads per process")] = 1,
     access_log: Annotated[bool, typer.Option(help="log every request")] = False,
+    request_log: Annotated[
+        Path | None,
+        typer.Option(help="append one Parquet row per query to DIR/day=YYYY-MM-DD/ (off: none)"),
+    ] = None,
+    request_log_queue: Annotated[
+        int, typer.Option(help="requests waiting for the log writer; beyond: dropped, counted")
+    ] = 10_000,
 ) -> None:
     """Serve the retriever over KServe's v1 and v2 (open inference) REST protocols."""
     from crops.serve.requests import Limits
@@ -556,6 +563,10 @@ def serve(
         _fail(f"--port {port}: must be between 0 and 65535")
     if workers < 1 or threads < 1:
         _fail("--workers and --threads must be at least 1")
+    if request_log_queue < 1:
+        _fail("--request-log-queue must be at least 1")
+    if request_log is not None and request_log.exists() and not request_log.is_dir():
+        _fail(f"--request-log {request_log}: not a directory")
     for path, what in ((model, "--model"), (index, "--index")):
         if not path.is_dir():
             _fail(f"{what} {path}: not a directory")
@@ -571,6 +582,8 @@ def serve(
         limits=limits,
         threads=threads,
         access_log=access_log,
+        request_log=request_log,
+        request_log_queue=request_log_queue,
     )
 
     def ready(url: str) -> None:

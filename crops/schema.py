@@ -90,11 +90,33 @@ SAMPLES = pa.schema(
     ]
 )
 
+#: One row per query answered (or refused) by `crops serve --request-log`: a request of n
+#: queries is n rows (instance 0..n-1); a refused request is one row with a null query and
+#: null results. user_id comes from the caller's ``x-user-id`` header.
+REQUEST_LOG = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("instance", pa.int32(), nullable=False),
+        pa.field("ts", TS, nullable=False),
+        pa.field("user_id", pa.int64()),
+        pa.field("query", pa.string()),
+        pa.field("top_k", pa.int32()),
+        pa.field("video_ids", pa.list_(pa.int64())),
+        pa.field("scores", pa.list_(pa.float32())),
+        pa.field("model_hash", pa.string(), nullable=False),
+        pa.field("latency_ms", pa.float32(), nullable=False),
+        pa.field("status", pa.int16(), nullable=False),
+        pa.field("protocol", pa.string()),
+        pa.field("error", pa.string()),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "videos": VIDEOS,
     "search_log": SEARCH_LOG,
     "rec_log": REC_LOG,
     "samples": SAMPLES,
+    "request_log": REQUEST_LOG,
 }
 
 #: Columns whose values are user or uploader text and must be valid UTF-8.
@@ -103,6 +125,7 @@ TEXT_COLUMNS: dict[str, tuple[str, ...]] = {
     "search_log": ("query", "stage"),
     "rec_log": (),
     "samples": ("query", "source"),
+    "request_log": ("request_id", "query", "model_hash", "protocol", "error"),
 }
 
 
@@ -364,6 +387,24 @@ def _row_reasons(
                 "label does not match its source under HLA",
             ),
             (c("relevance").is_not_null() & ~c("relevance").is_finite(), "relevance not finite"),
+        ]
+    if name == "request_log":
+        ok = c("status").is_between(200, 299)
+        rules += [
+            (
+                ~pl.struct("request_id", "instance").is_first_distinct(),
+                "duplicate (request_id, instance)",
+            ),
+            (c("instance") < 0, "negative instance"),
+            ((c("status") < 100) | (c("status") > 599), "status not an HTTP code"),
+            (c("latency_ms") < 0, "negative latency_ms"),
+            (c("query").str.len_bytes() > MAX_QUERY_BYTES, f"query over {MAX_QUERY_BYTES} bytes"),
+            (ok & c("query").is_null(), "answered without a query"),
+            (ok & c("video_ids").is_null(), "answered without video_ids"),
+            (
+                c("video_ids").list.len() != c("scores").list.len(),
+                "video_ids and scores differ in length",
+            ),
         ]
     if video_ids is not None and name in ("search_log", "rec_log", "samples"):
         rules.append(

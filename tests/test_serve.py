@@ -350,6 +350,26 @@ def test_server_refuses_malformed_requests_and_keeps_serving(server):
     assert proc.poll() is None
 
 
+def test_server_headers_without_request_log(server, tiny_index):
+    """x-request-id (echoed or new) and x-model-hash on answers and errors, logging off."""
+    from crops.index.store import model_hash
+
+    url, _, _ = server
+    want = model_hash(tiny_index[0])
+    with httpx.Client(base_url=url, timeout=10) as client:
+        ok = client.post(
+            "/v1/models/crops:predict", json={"instances": ["a"]}, headers={"x-request-id": "r-9"}
+        )
+        bad = client.post("/v1/models/crops:predict", json={"instances": []})
+        missing = client.post("/v1/models/nope:predict", json={"instances": ["a"]})
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "r-9"
+    assert bad.status_code == 400 and missing.status_code == 404
+    for r in (ok, bad, missing):
+        assert r.headers["x-model-hash"] == want
+    assert len(bad.headers["x-request-id"]) == 32 != len(missing.headers["x-request-id"]) - 1
+    assert bad.headers["x-request-id"] != missing.headers["x-request-id"]
+
+
 def test_http_retriever_against_the_server(server, reference, queries):
     url, _, _ = server
     remote = HttpRetriever(url, timeout_s=10)

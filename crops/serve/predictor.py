@@ -27,9 +27,15 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput, ModelNotReady
 
 from crops.index.retriever import DenseRetriever
+from crops.index.store import model_hash
+from crops.serve import reqlog
 from crops.serve.requests import Limits, Parsed, parse_v1, parse_v2
 
 DEFAULT_NAME = "crops"
+
+
+def _usable_id(value: str) -> bool:
+    return len(value) <= reqlog.MAX_REQUEST_ID and value.isprintable()
 
 
 class RetrievalModel(Model):
@@ -46,10 +52,15 @@ class RetrievalModel(Model):
         self.model_dir, self.index_dir = Path(model_dir), Path(index_dir)
         self.limits = limits or Limits()
         self.retriever: DenseRetriever | None = None
+        self.model_hash: str | None = None
 
     def load(self) -> bool:
         """Load the query tower and the index; refuses an index built with another model."""
         self.retriever = DenseRetriever.load(self.model_dir, self.index_dir, check_model=True)
+        # the index names its model's hash (checked above); an older index without one: hash
+        self.model_hash = self.retriever.index.manifest.get("model_hash") or model_hash(
+            self.model_dir
+        )
         self.ready = True
         return self.ready
 
@@ -91,17 +102,41 @@ class RetrievalModel(Model):
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any] | InferResponse:
-        """Answer a v1 body (a dict) or a v2 `InferRequest`."""
-        if isinstance(payload, InferRequest):
-            return self._predict_v2(payload)
+        """Answer a v1 body (a dict) or a v2 `InferRequest`.
+
+        Inside `crops serve`, the request's `reqlog.Record` gets the queries and results (for
+        the request log); an ``x-user-id`` header that is not an integer is a 400.
+        """
+        record = reqlog.current()
+        try:
+            if record is not None and record.user_id_error:
+                raise InvalidInput(record.user_id_error)
+            if isinstance(payload, InferRequest):
+                return self._predict_v2(payload, record)
+            return self._predict_v1(payload, record)
+        except InvalidInput as exc:
+            if record is not None:
+                record.error = str(exc)
+            raise
+
+    def _predict_v1(self, payload: Any, record: reqlog.Record | None) -> dict[str, Any]:
         parsed = parse_v1(payload, self.limits)
-        predictions = []
+        if record is not None:
+            record.queries, record.top_ks = parsed.queries, parsed.top_ks
+        predictions, results = [], []
         for scores, ids in self.search(parsed):
             found = ids >= 0
-            predictions.append({"video_ids": ids[found].tolist(), "scores": scores[found].tolist()})
+            ids, scores = ids[found], scores[found]
+            predictions.append({"video_ids": ids.tolist(), "scores": scores.tolist()})
+            results.append((ids, scores))  # arrays: the log writer builds columns from them
+        if record is not None:
+            record.results = results
         return {"predictions": predictions}
 
-    def _predict_v2(self, request: InferRequest) -> InferResponse:
+    def _predict_v2(self, request: InferRequest, record: reqlog.Record | None) -> InferResponse:
+        body_id = request.id
+        if record is not None and body_id and record.generated_id and _usable_id(body_id):
+            record.request_id = body_id  # no x-request-id header: the body's id is the id
         if request.request_outputs:
             names = {"video_ids", "scores"}
             for out in request.request_outputs:
@@ -110,13 +145,18 @@ class RetrievalModel(Model):
                         f"unknown output {out.name!r} requested (outputs: scores, video_ids)"
                     )
         parsed = parse_v2(request, self.limits)
+        if record is not None:
+            record.queries, record.top_ks = parsed.queries, parsed.top_ks
         results = self.search(parsed)
         ids = np.stack([r[1] for r in results]).astype(np.int64)
         scores = np.stack([r[0] for r in results]).astype(np.float32)
         scores[ids < 0] = 0.0
         shape = list(ids.shape)
+        if record is not None:
+            record.results = [(i[i >= 0], s[i >= 0]) for i, s in zip(ids, scores, strict=True)]
+        response_id = request.id or (record.request_id if record is not None else None)
         return InferResponse(
-            response_id=request.id or uuid.uuid4().hex,
+            response_id=response_id or uuid.uuid4().hex,
             model_name=self.name,
             infer_outputs=[
                 InferOutput("video_ids", shape, "INT64", data=ids),

@@ -49,6 +49,10 @@ class ServeSpec:
     limits: Limits = Limits()
     threads: int = 1
     access_log: bool = False
+    request_log: Path | None = None  # a folder: one Parquet row per query answered
+    request_log_queue: int = 10_000  # finished requests waiting for the writer thread
+    request_log_flush_rows: int = 1_000
+    request_log_flush_s: float = 5.0
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -126,7 +130,44 @@ def run_worker(spec: ServeSpec, sock: socket.socket, model=None) -> None:
     rest.config.host = spec.host  # for uvicorn's log line; the socket is already bound
     rest.create_application()
     _quiet_invalid_input(app)
-    uvicorn.Server(rest.config).run(sockets=[sock])
+    log = _add_request_ids(app, spec, model)
+    if log is None:
+        uvicorn.Server(rest.config).run(sockets=[sock])
+        return
+    # uvicorn re-raises SIGINT/SIGTERM once it has shut down, which with the default handlers
+    # ends the process at once: note the signal instead, write the log, then re-raise it
+    caught: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if main:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            previous[s] = signal.signal(s, lambda signum, _frame: caught.append(signum))
+    try:
+        uvicorn.Server(rest.config).run(sockets=[sock])
+    finally:
+        log.close()  # uvicorn has finished its requests: write every queued row
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if caught:
+        signal.raise_signal(caught[0])
+
+
+def _add_request_ids(app, spec: ServeSpec, model):
+    """Request id and model hash headers on every answer; the request log when asked for.
+    The middleware is added last, so it is the outermost: it sees the final status."""
+    from crops.serve.reqlog import RequestLog, RequestLogMiddleware
+
+    log = None
+    if spec.request_log is not None:
+        log = RequestLog(
+            spec.request_log,
+            model.model_hash,
+            max_queue=spec.request_log_queue,
+            flush_rows=spec.request_log_flush_rows,
+            flush_s=spec.request_log_flush_s,
+        )
+    app.add_middleware(RequestLogMiddleware, model_hash=model.model_hash, log=log)
+    return log
 
 
 def _worker_main(spec: ServeSpec, sock: socket.socket) -> None:
