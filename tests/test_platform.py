@@ -191,3 +191,17 @@ def test_the_platform_is_read_from_the_cluster_with_the_pipeline_account(
     assert got.image == "crops:9.9.9" and got.namespace == namespace
     with pytest.raises(KubeError, match="403"):
         Platform.from_cluster(namespace, client=accounts.client("crops-serve"))
+
+
+def test_a_task_without_the_artifacts_volume_is_told_which_one(tmp_path) -> None:
+    """Staging a RayJob or publishing a model needs the volume where the pods mount it."""
+    from crops.k8s.rayjob import staging_root
+
+    p = Platform.default("ml")
+    with pytest.raises(KubeError, match="PVC ml/crops-artifacts\\) is not mounted at /artifacts"):
+        staging_root(p, "k", "train")
+    values = p.values.model_copy(
+        update={"storage": p.values.storage.model_copy(update={"mountPath": str(tmp_path)})}
+    )
+    mounted = p.model_copy(update={"values": values})
+    assert staging_root(mounted, "k", "train") == tmp_path / "runs" / "k" / "train"

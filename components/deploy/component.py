@@ -147,11 +147,7 @@ def deploy(
     urls = isvc.serving_urls(candidate)
     applied = target == "cluster" and not hold
     if applied:
-        if not Path(platform.mount_path).is_dir():
-            raise RuntimeError(
-                f"the artifacts volume is not mounted at {platform.mount_path} in this task (the "
-                f"platform's storage.mountPath): compile the pipeline with that mount path"
-            )
+        platform.mounted_artifacts()  # the predictors read what is copied there
         for spec, m, ix in ((candidate, model, index), (control, control_model, control_index)):
             for src, dst in ((m.path, spec.model_path), (ix.path, spec.index_path)):
                 shutil.copytree(src, dst, dirs_exist_ok=True)

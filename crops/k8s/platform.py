@@ -23,6 +23,7 @@ import copy
 import json
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -288,6 +289,19 @@ class Platform(BaseModel):
     @property
     def mount_path(self) -> str:
         return self.values.storage.mountPath
+
+    def mounted_artifacts(self) -> Path:
+        """The artifacts volume's mount in this pod, where the pods the task creates (RayJobs,
+        predictors) mount it too. Not mounted there: an error naming the volume, before any
+        object is created that would fail later on missing files."""
+        mount = Path(self.mount_path)
+        if not mount.is_dir():
+            raise KubeError(
+                f"the artifacts volume (PVC {self.namespace}/{self.artifacts_pvc}) is not "
+                f"mounted at {mount} in this task, where the pods it creates mount it: compile "
+                f"the pipeline with --mount-path {mount}"
+            )
+        return mount
 
     def _role(self, role: str) -> RoleValues:
         try:

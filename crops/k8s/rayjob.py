@@ -266,15 +266,8 @@ def staging_root(platform: Platform, key: str, what: str) -> Path:
     """`<mount path>/runs/<key>/<what>`: where a pipeline task stages a RayJob's inputs and the
     job writes its outputs, on the artifacts volume that both mount at the platform's path. A
     task without that volume mounted there cannot hand files to the job: that is an error
-    naming the volume, not a job that fails later on missing files."""
-    mount = Path(platform.mount_path)
-    if not mount.is_dir():
-        raise KubeError(
-            f"the artifacts volume (PVC {platform.namespace}/{platform.artifacts_pvc}) is not "
-            f"mounted at {mount} in this task, where the RayJob's pods mount it: compile the "
-            f"pipeline with --mount-path {mount}"
-        )
-    return mount / "runs" / key / what
+    naming the volume (`Platform.mounted_artifacts`), not a job that fails on missing files."""
+    return platform.mounted_artifacts() / "runs" / key / what
 
 
 def submit_and_wait(
