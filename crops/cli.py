@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from crops.abtest.cli import abtest_app
+from crops.console import console, err
+from crops.console import fail as _fail
+from crops.console import options as _options
+from crops.console import progress_bar as _progress_bar
+from crops.console import summary_table as _summary_table
 
 app = typer.Typer(
     name="crops",
@@ -21,56 +27,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _options(model, **values):
-    """Build a pydantic settings model from CLI options; a bad value exits 2 naming it."""
-    from pydantic import ValidationError
-
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or model.__name__
-        _fail(f"bad option {where}: {first['msg']}")
-
-
-def _summary_table(summary: dict, title: str) -> Table:
-    table = Table(title=title, show_header=True, header_style="bold")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in summary.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    return table
-
-
-@contextmanager
-def _progress_bar() -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar on stderr (when it is a terminal): yields progress(task, done, total)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    tasks: dict[str, int] = {}
-    columns = (
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err, disable=not err.is_terminal) as bar:
-
-        def progress(task: str, done: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = bar.add_task(task, total=total)
-            bar.update(tasks[task], completed=done, total=total)
-
-        yield progress
 
 
 class ScaleName(StrEnum):
@@ -663,147 +619,6 @@ def index_command(
     console.print(_summary_table(shown, "index"))
 
 
-@app.command()
-def abtest(
-    world: Annotated[Path, typer.Option(help="a simulated world (`crops simulate`)")],
-    control: Annotated[str, typer.Option(help="control arm: a KServe v1 URL or a MODEL_DIR")],
-    treatment: Annotated[str, typer.Option(help="treatment arm: a KServe v1 URL or a MODEL_DIR")],
-    out: Annotated[Path, typer.Option(help="report folder R")],
-    treatment_share: Annotated[float, typer.Option(help="users in treatment, 0 < s < 1")] = 0.1,
-    users: Annotated[int | None, typer.Option(help="a seeded sample of users (default all)")] = (
-        None
-    ),
-    days: Annotated[int, typer.Option(help="simulated days; a sequential look after each")] = 5,
-    searches_per_user: Annotated[float, typer.Option(help="mean searches per user a day")] = 1.0,
-    seed: Annotated[int, typer.Option(help="traffic seed (same seed, same report)")] = 0,
-    salt: Annotated[str, typer.Option(help="salt of the assignment hash")] = "crops-abtest",
-    control_index: Annotated[
-        Path | None, typer.Option(help="INDEX_DIR for a MODEL_DIR control (default: exact)")
-    ] = None,
-    treatment_index: Annotated[
-        Path | None, typer.Option(help="INDEX_DIR for a MODEL_DIR treatment (default: exact)")
-    ] = None,
-    primary: Annotated[str, typer.Option(help="ctr | long_play_rate | reformulation_rate")] = "ctr",
-    alpha: Annotated[float, typer.Option(help="two-sided level over all looks")] = 0.05,
-    spending: Annotated[str, typer.Option(help="obrien-fleming | pocock")] = "obrien-fleming",
-    min_users_per_arm: Annotated[int, typer.Option(help="no promotion below this")] = 500,
-    max_error_rate: Annotated[float, typer.Option(help="treatment errors+timeouts/requests")] = (
-        0.01
-    ),
-    max_p99_ms: Annotated[float, typer.Option(help="treatment p99 latency limit (ms)")] = 200.0,
-    timeout_s: Annotated[float, typer.Option(help="per-request endpoint timeout")] = 2.0,
-    concurrency: Annotated[int, typer.Option(help="requests in flight per arm")] = 8,
-    apply: Annotated[
-        bool, typer.Option(help="patch the InferenceService's canary traffic with the decision")
-    ] = False,
-    isvc: Annotated[str | None, typer.Option(help="InferenceService name (--apply)")] = None,
-    namespace: Annotated[str | None, typer.Option(help="its namespace (--apply)")] = None,
-    canary_mode: Annotated[
-        str, typer.Option(help="auto | Standard (spec.canary) | Serverless (--apply)")
-    ] = "auto",
-    kubeconfig: Annotated[
-        str | None, typer.Option(help="kubeconfig (--apply; default: in-cluster, ~/.kube/config)")
-    ] = None,
-) -> None:
-    """Online A/B test of two retrieval endpoints with simulated users; canary decision."""
-    from crops.evaluate.abtest import AbTestConfig, AbTestError, apply_decision, run_abtest
-    from crops.evaluate.canary import CanaryPolicy
-
-    if apply and not (isvc and namespace):
-        _fail("--apply needs --isvc NAME and --namespace NS")
-    if not apply and (isvc or namespace):
-        _fail("--isvc and --namespace go with --apply")
-    if canary_mode not in ("auto", "Standard", "Serverless"):
-        _fail(f"--canary-mode must be auto, Standard or Serverless, got {canary_mode!r}")
-    kube = None
-    if apply:  # a missing cluster configuration should fail before the test, not after it
-        from crops.k8s.client import KubeError, api_client
-
-        try:
-            kube = api_client(kubeconfig)
-        except KubeError as exc:
-            _fail(str(exc))
-    policy = _options(
-        CanaryPolicy,
-        primary=primary,
-        alpha=alpha,
-        looks=max(days, 1),
-        spending=spending,
-        min_users_per_arm=min_users_per_arm,
-        max_error_rate=max_error_rate,
-        max_p99_ms=max_p99_ms,
-    )
-    cfg = _options(
-        AbTestConfig,
-        world=world,
-        control=control,
-        treatment=treatment,
-        control_index=control_index,
-        treatment_index=treatment_index,
-        treatment_share=treatment_share,
-        users=users,
-        days=days,
-        searches_per_user=searches_per_user,
-        seed=seed,
-        salt=salt,
-        timeout_s=timeout_s,
-        concurrency=concurrency,
-        policy=policy,
-        out=out,
-    )
-    try:
-        with _progress_bar() as progress:
-            report = run_abtest(cfg, progress=progress)
-    except AbTestError as exc:
-        _fail(str(exc))
-        return
-    decision = report["decision"]
-    colour = {"promote": "green", "hold": "yellow", "rollback": "red"}[decision["action"]]
-    console.print(
-        f"[bold {colour}]{decision['action'].upper()}[/] after look {report['looks_run']} of "
-        f"{report['looks_planned']}",
-        highlight=False,
-    )
-    for reason in decision["reasons"]:
-        console.print(f"  - {escape(reason)}", highlight=False, soft_wrap=True)
-    analysis, shown = report["analysis"], {}
-    for arm in ("control", "treatment"):
-        shown[f"{arm} users"] = analysis["arms"][arm]["users"]
-    for metric, lift in analysis["metrics"].items():
-        for arm in ("control", "treatment"):
-            shown[f"{metric} {arm}"] = analysis["arms"][arm]["metrics"][metric]["value"]
-        shown[f"{metric} lift"] = lift["lift"]
-        shown[f"{metric} p"] = lift["p_value"]
-    for arm, g in report["guardrails"].items():
-        shown[f"{arm} error rate"] = g["error_rate"]
-        shown[f"{arm} p99 ms"] = report["timings"]["latency_ms"][arm]["p99_ms"]
-    console.print(_summary_table(shown, "A/B test"))
-    console.print(f"report written to {out / 'ab_report.json'} and {out / 'report.md'}")
-    if apply:
-        try:
-            applied = apply_decision(
-                decision,
-                isvc=isvc,
-                namespace=namespace,
-                client=kube,
-                mode=canary_mode,
-            )
-        except KubeError as exc:
-            _fail(str(exc), code=1)
-            return
-        where = f"InferenceService {namespace}/{isvc}"
-        if applied.get("noop"):
-            console.print(f"{decision['action']}: {applied['noop']}")
-        elif not applied["patched"]:
-            console.print(
-                f"{where}: hold, left unchanged (canary at {applied['canary_traffic_percent']} %)"
-            )
-        elif decision["action"] == "promote":
-            console.print(f"{where}: canary promoted to all traffic")
-        else:
-            console.print(f"{where}: canary rolled back, all traffic to the previous predictor")
-
-
 pipeline_app = typer.Typer(
     name="pipeline",
     help="The Kubeflow pipeline: compile it, run it here (kfp.local), submit it to a cluster.",
@@ -1054,6 +869,7 @@ def pipeline_submit(
 
 
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(abtest_app, name="abtest")
 
 
 def main() -> None:

@@ -39,6 +39,9 @@ MAX_QUERY_BYTES = 1024
 #: A play is long when watch_ms >= min(duration_ms, LONG_PLAY_MS). The one definition.
 LONG_PLAY_MS = 18_000
 
+#: A user's next query within this many seconds, and different, is a reformulation.
+REFORMULATION_WINDOW_S = 90
+
 VIDEOS = pa.schema(
     [
         pa.field("video_id", pa.int64(), nullable=False),

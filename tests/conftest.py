@@ -35,8 +35,14 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 @pytest.fixture
 def run(monkeypatch):
     """Invoke the real CLI: (exit code, stdout, stderr); wide consoles so rich does not wrap."""
-    monkeypatch.setattr(cli, "console", Console(width=400))
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=400))
+    import crops.abtest.cli as abtest_cli
+    import crops.console as shared
+
+    wide, wide_err = Console(width=400), Console(stderr=True, width=400)
+    for module in (cli, shared, abtest_cli):
+        monkeypatch.setattr(module, "console", wide)
+        monkeypatch.setattr(module, "err", wide_err)
+    monkeypatch.setenv("TERMINAL_WIDTH", "400")  # typer's --help tables
     runner = CliRunner()
 
     def invoke(*args: object) -> tuple[int, str, str]:

@@ -1,4 +1,5 @@
-"""The online A/B job: assignment, a run through real HTTP endpoints, report, robustness, CLI."""
+"""The simulated A/B job: assignment, a run through HTTP endpoints that leaves the logs
+`crops abtest analyze` reads (and the same numbers when it reads them), robustness, CLI."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import shutil
 import socket
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 from fake_kserve import FakeKServeEndpoint
 
-from crops.evaluate.abtest import (
-    AbTestConfig,
-    AbTestError,
-    apply_decision,
-    assign,
-    assignment_hash,
-    run_abtest,
-)
+from crops.abtest.analyze import AnalyzeConfig, analyze_logs
+from crops.abtest.arms import AbTestError
+from crops.abtest.layout import SEARCH_WITH_ARM
+from crops.abtest.simulate import AbTestConfig, run_abtest
+from crops.abtest.traffic import assign, assignment_hash
 from crops.evaluate.canary import CanaryPolicy
-from crops.schema import SEARCH_LOG
+from crops.k8s.rollout import apply_decision
+from crops.schema import REQUEST_LOG
 from crops.world.world import World
 
 # A policy the tiny world can reach: 300 users, and latency on a shared 2-core machine is noise.
@@ -50,7 +50,20 @@ def _free_port() -> int:
 
 
 def _without_timings(report: dict) -> dict:
-    return {k: v for k, v in report.items() if k != "timings"}
+    """The report without wall-clock figures: run times and measured latencies."""
+    drop = ("p50_ms", "p99_ms")
+    out = {k: v for k, v in report.items() if k not in ("timings", "guardrails")}
+    out["history"] = [
+        {
+            **h,
+            "guardrails": {
+                a: {k: v for k, v in g.items() if k not in drop} for a, g in h["guardrails"].items()
+            },
+        }
+        for h in report["history"]
+    ]
+    out.pop("analysis", None)
+    return out
 
 
 # --------------------------------------------------------------------------- assignment
@@ -101,21 +114,27 @@ def test_a_run_writes_logs_report_and_plots_and_reruns_identically(
     first = run_abtest(_cfg(tiny_dir, control, treatment, out))
     saved = json.loads((out / "ab_report.json").read_text())
     assert _without_timings(saved) == _without_timings(first)
+    assert first["source"] == "simulated"
 
-    # assignment: users split by the hash, every logged user in the arm the hash says
+    # the logs: the layout's partitions, every logged user in the arm the hash says
     assigned = first["assignment"]["assigned"]
     assert assigned["control"] + assigned["treatment"] == 150
-    for arm in ("control", "treatment"):
-        for look in range(1, first["looks_run"] + 1):
-            day = out / "logs" / arm / f"day={look}"
-            log = pl.read_parquet(day / "search_log.parquet")
-            assert pq.read_schema(day / "search_log.parquet").equals(SEARCH_LOG)
-            requests = pl.read_parquet(day / "requests.parquet")
-            assert set(log["request_id"].unique()) <= set(requests["request_id"])
-            in_treatment = assign(requests["user_id"].unique().to_numpy(), 0.5, "crops-abtest")
-            assert in_treatment.all() if arm == "treatment" else not in_treatment.any()
+    search_files = sorted((out / "logs" / "search_log").glob("day=*/part-*.parquet"))
+    request_files = sorted((out / "logs" / "request_log").glob("day=*/requests-*.parquet"))
+    assert len(search_files) == len(request_files) == 2 * first["looks_run"]
+    for f in search_files:
+        assert pq.read_schema(f).equals(SEARCH_WITH_ARM)
+        log = pl.read_parquet(f)
+        arm = f.stem.removeprefix("part-")
+        assert set(log["arm"].unique()) <= {arm}
+        in_treatment = assign(log["user_id"].unique().to_numpy(), 0.5, "crops-abtest")
+        assert in_treatment.all() if arm == "treatment" else not in_treatment.any()
+    requests = pl.concat([pl.read_parquet(f) for f in request_files])
+    assert pq.read_schema(request_files[0]).equals(REQUEST_LOG)
+    searched = pl.concat([pl.read_parquet(f) for f in search_files])
+    assert set(searched["request_id"].cast(pl.String)) <= set(requests["request_id"])
 
-    # per-look history, cumulative: users never decrease; endpoint counts add up
+    # per-look history from the ledger, cumulative: users never decrease
     hist = first["history"]
     assert [h["look"] for h in hist] == list(range(1, len(hist) + 1))
     assert all(h["metrics"]["ctr"]["control"]["value"] is not None for h in hist)
@@ -124,25 +143,55 @@ def test_a_run_writes_logs_report_and_plots_and_reruns_identically(
     for arm in ("control", "treatment"):
         g = first["guardrails"][arm]
         assert g["errors"] == 0 and g["requests"] > 0
-        assert g["requests"] == sum(h["guardrails_this_day"][arm]["requests"] for h in hist)
+    assert sum(first["guardrails"][a]["requests"] for a in ("control", "treatment")) == (
+        requests.filter(pl.col("ts") < datetime.fromisoformat(hist[-1]["window_end"])).height
+    )
     assert first["decision"]["action"] in ("promote", "hold", "rollback")
     assert first["decision"]["reasons"]
+    assert len(json.loads(Path(first["experiment"]["ledger"]).read_text())["looks"]) == len(hist)
 
     md = (out / "report.md").read_text()
     assert f"**Decision: {first['decision']['action'].upper()}**" in md
     for m in ("ctr", "long_play_rate", "reformulation_rate"):
         assert f"| {m} |" in md
     assert "Guardrails" in md and "Sample ratio" in md
-    for png in ("metrics_over_time.png", "lift_over_time.png"):
+    for png in ("metrics_over_time.png", "lift_over_time.png", "sequential_boundary.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a rerun with the same seed and inputs: the same report but for wall-clock figures
-    logs_before = pl.read_parquet(out / "logs/treatment/day=1/search_log.parquet")
+    logs_before = pl.read_parquet(search_files[-1])
     again = run_abtest(_cfg(tiny_dir, control, treatment, out))
     assert _without_timings(again) == _without_timings(first)
-    assert pl.read_parquet(out / "logs/treatment/day=1/search_log.parquet").equals(logs_before)
+    assert pl.read_parquet(search_files[-1]).equals(logs_before)
     other = run_abtest(_cfg(tiny_dir, control, treatment, tmp_path / "R2", seed=1, days=1))
     assert other["history"][0]["metrics"] != first["history"][0]["metrics"]
+
+
+def test_analyze_reads_the_simulated_logs_to_the_same_numbers_and_decision(
+    tiny_dir: Path, endpoints, tmp_path: Path
+) -> None:
+    """Issue 13 point 5: the simulator is a log source; `analyze` of its logs agrees."""
+    control, treatment = endpoints
+    sim = run_abtest(_cfg(tiny_dir, control, treatment, tmp_path / "R", days=3))
+    cfg = AnalyzeConfig(
+        logs=str(tmp_path / "R" / "logs"),
+        out=tmp_path / "R2",
+        treatment_share=0.5,
+        policy=sim["policy"],
+    )
+    again = analyze_logs(cfg)
+    assert again["source"] == "logs" and again["looks_taken_now"] == list(
+        range(1, sim["looks_run"] + 1)
+    )
+    assert again["history"] == sim["history"]  # every number, look by look, guardrails too
+    assert again["analysis"] == sim["analysis"] and again["decision"] == sim["decision"]
+    assert again["experiment"]["id"] == sim["experiment"]["id"]
+    assert again["hygiene"]["search_log"] == sim["hygiene"]["search_log"]
+    # both ledgers hold the same looks, byte for byte but for where they are
+    a = json.loads(Path(sim["experiment"]["ledger"]).read_text())
+    b = json.loads(Path(again["experiment"]["ledger"]).read_text())
+    strip = lambda d: [{k: v for k, v in lk.items() if k != "written_at"} for lk in d["looks"]]  # noqa: E731
+    assert strip(a) == strip(b)
 
 
 def test_a_flaky_treatment_is_rolled_back_by_the_guardrail(
@@ -155,7 +204,7 @@ def test_a_flaky_treatment_is_rolled_back_by_the_guardrail(
         )
     g = report["guardrails"]
     assert g["control"]["errors"] == 0
-    trt = g["treatment"]
+    trt = g["treatment"]  # from the request log: 5xx answers and timeouts (504)
     assert trt["errors"] > 0 and 0.15 < trt["error_rate"] < 0.5  # 500s and timeouts alike
     assert report["decision"]["action"] == "rollback"
     assert any("error rate" in r for r in report["decision"]["reasons"])
@@ -209,12 +258,14 @@ def test_two_model_folders_are_served_and_compared(
     for arm in ("control", "treatment"):
         assert report["guardrails"][arm]["errors"] == 0
         assert report["guardrails"][arm]["requests"] > 0
-        log = (out / "logs" / arm / "server.log").read_text()
+        log = (out / "servers" / f"{arm}.log").read_text()
         port = int(re.search(r"http://127\.0\.0\.1:(\d+)", log).group(1))
         with socket.socket() as s:  # the job stopped its servers
             assert s.connect_ex(("127.0.0.1", port)) != 0
     again = run_abtest(cfg)
     assert _without_timings(again) == _without_timings(report)
+    hashes = {report["arms"][a]["model_hash"] for a in ("control", "treatment")}
+    assert {report["experiment"]["control_hash"], report["experiment"]["candidate_hash"]} == hashes
 
 
 # --------------------------------------------------------------------------- the CLI

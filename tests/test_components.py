@@ -546,7 +546,7 @@ def test_abtest_locally_serves_the_model_folders_unless_given_urls(
     tiny_dir: Path, tiny_index, tmp_path: Path, monkeypatch
 ) -> None:
     """STUB for run_abtest: the arms, policy and flags reach it."""
-    import crops.evaluate.abtest as ab
+    import crops.abtest.simulate as ab
 
     model_dir, index_dir = tiny_index
     seen: dict = {}
@@ -583,7 +583,7 @@ def test_abtest_on_a_cluster_measures_the_served_predictors_and_applies_its_deci
     """On a cluster the arms are deploy's URLs (the InferenceService's default predictor and
     canary), never copies served by the task; the decision is applied, as crops-abtest, to
     that InferenceService; a second promote finds no canary and is a recorded no-op."""
-    import crops.evaluate.abtest as ab
+    import crops.abtest.simulate as ab
     from crops.k8s.inference_service import InferenceServiceClient, InferenceServiceSpec, deploy
 
     accounts.install()
@@ -636,13 +636,15 @@ def test_abtest_on_a_cluster_measures_the_served_predictors_and_applies_its_deci
 def test_abtest_holds_and_applies_nothing_when_deploy_held(
     tiny_dir: Path, tiny_index, tmp_path: Path, monkeypatch
 ) -> None:
-    import crops.evaluate.abtest as ab
+    import crops.abtest.simulate as ab
 
     def never(*args, **kwargs):
         raise AssertionError("no test and no API call after a hold")
 
+    import crops.k8s.rollout as rollout
+
     monkeypatch.setattr(ab, "run_abtest", never)
-    monkeypatch.setattr(ab, "apply_decision", never)
+    monkeypatch.setattr(rollout, "apply_decision", never)
     common = abtest_args(tiny_dir, tiny_index, tmp_path)
     reason = "hold: the candidate is worse than the control beyond the tolerance; offline ..."
     action = abtest.python_func(

@@ -470,13 +470,20 @@ def abtest_pod(objs: list[dict]) -> dict:
     ]
 
 
-def abtest_options(script: str) -> dict[str, str]:
-    """The options of the `crops abtest` command line the CronJob's shell runs."""
+#: The renderings whose CronJob runs simulated users (`abtest.source: simulated`): the kind and
+#: minikube profiles; every other one decides from the logs (`crops abtest analyze`).
+SIMULATED_ABTEST = ("kustomize:kind", "kustomize:minikube")
+
+
+def abtest_command(script: str) -> tuple[list[str], dict[str, str]]:
+    """The command (`crops abtest` or `crops abtest analyze`) and the options of the command
+    line the CronJob's shell runs."""
     words = shlex.split(script)
     assert words[:3] == ["exec", "crops", "abtest"], words
+    command = ["crops", "abtest"] + (["analyze"] if words[3:4] == ["analyze"] else [])
     opts: dict[str, str] = {}
     last = None
-    for word in words[3:]:
+    for word in words[len(command) + 1 :]:
         if word.startswith("--"):
             assert word not in opts, f"{word} given twice"
             last = word
@@ -484,7 +491,12 @@ def abtest_options(script: str) -> dict[str, str]:
         else:
             assert last is not None and opts[last] == "", f"{word!r} follows no option"
             opts[last] = word
-    return opts
+    return command, opts
+
+
+def abtest_options(script: str) -> dict[str, str]:
+    """The options of the `crops abtest [analyze]` command line the CronJob's shell runs."""
+    return abtest_command(script)[1]
 
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
@@ -502,11 +514,15 @@ def test_the_abtest_cronjob_compares_the_predictors_and_applies_its_decision(
     (c,) = pod["containers"]
     script = c["args"][0]
     # $$ is Kubernetes' escape: the shell, not the kubelet, runs `date`.
-    assert '--out "/artifacts/abtest/$$(date -u' in script
-    opts = abtest_options(script)
+    assert '--out "/artifacts/abtest/runs/$$(date -u' in script
+    command, opts = abtest_command(script)
     env = {e["name"]: e for e in c["env"]}
-    urls = {arm: env[f"{arm.upper()}_URL"]["value"] for arm in ("control", "treatment")}
-    assert opts["--control"] == "$CONTROL_URL" and opts["--treatment"] == "$TREATMENT_URL"
+    # From logs, the sequential test's state is in the ledger on the artifacts volume; a
+    # simulated run is a whole test with its own ledger in its report folder.
+    if rendering in SIMULATED_ABTEST:
+        assert "--ledger" not in opts
+    else:
+        assert opts["--ledger"] == "/artifacts/abtest/ledger" and "--break-stale-lock" in opts
     # The decision is applied to the one InferenceService, in the pod's own namespace, with
     # the canary mechanism that InferenceService uses.
     isvc = by_kind(objs, "InferenceService")["crops-retrieval"]
@@ -515,6 +531,15 @@ def test_the_abtest_cronjob_compares_the_predictors_and_applies_its_decision(
     assert opts["--namespace"] == "$POD_NAMESPACE"
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert opts["--canary-mode"] == deployment_mode(isvc)
+    if rendering not in SIMULATED_ABTEST:
+        # From the platform's logs: no endpoint is called, so no endpoint URLs.
+        assert command == ["crops", "abtest", "analyze"]
+        assert opts["--logs"] == "/artifacts/logs" and opts["--looks"] == "5"
+        assert not {"CONTROL_URL", "TREATMENT_URL"} & set(env)
+        return
+    assert command == ["crops", "abtest"]
+    urls = {arm: env[f"{arm.upper()}_URL"]["value"] for arm in ("control", "treatment")}
+    assert opts["--control"] == "$CONTROL_URL" and opts["--treatment"] == "$TREATMENT_URL"
     if deployment_mode(isvc) == "Serverless":
         # Knative tags: the previous revision and the latest (the canary).
         assert urls == {
@@ -537,18 +562,16 @@ def test_the_abtest_cronjob_compares_the_predictors_and_applies_its_decision(
     assert urls["treatment"] == "http://crops-retrieval-candidate-predictor.crops.svc.cluster.local"
 
 
-def test_the_options_the_cronjob_passes_exist_in_crops_abtest(run) -> None:
-    """The CronJob's command line is only text to Kubernetes: check it against the real CLI."""
-    code, out, _ = run("abtest", "--help")
-    assert code == 0
-    script = " ".join(
-        by_kind(rendered(r), "CronJob")["crops-abtest"]["spec"]["jobTemplate"]["spec"]["template"][
-            "spec"
-        ]["containers"][0]["args"][0]
-        for r in RENDERINGS
-    )
-    for option in sorted(set(re.findall(r"(--[a-z][a-z-]+)", script))):
-        assert option in out, f"crops abtest has no {option}"
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_the_options_the_cronjob_passes_exist_in_crops_abtest(rendering: str, run) -> None:
+    """The CronJob's command line is only text to Kubernetes: check it against the real CLI
+    (`crops abtest analyze` from logs, `crops abtest` with simulated users)."""
+    script = abtest_pod(rendered(rendering))["containers"][0]["args"][0]
+    command, opts = abtest_command(script)
+    code, out, _ = run(*command[1:], "--help")
+    assert code == 0, out
+    for option in sorted(opts):
+        assert option in out, f"{' '.join(command)} has no {option}"
 
 
 def test_gpu_only_where_asked() -> None:
@@ -1000,8 +1023,8 @@ def test_the_abtest_account_applies_each_decision_and_the_pipeline_rolls_out_the
     waits for Ready (`kserve` plays the controller)."""
     from kubernetes import client
 
-    from crops.evaluate.abtest import apply_decision
     from crops.k8s.inference_service import InferenceServiceSpec, deploy
+    from crops.k8s.rollout import apply_decision
 
     objs = rendered(rendering)
     admin = apiserver.api_client()

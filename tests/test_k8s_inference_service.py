@@ -15,7 +15,6 @@ import pytest
 from kubernetes import client as k8s
 from test_k8s_rayjob import assert_sent_is_kept
 
-from crops.evaluate.abtest import apply_decision
 from crops.k8s.client import KubeError, KubeTimeout
 from crops.k8s.inference_service import (
     GROUP,
@@ -30,6 +29,7 @@ from crops.k8s.inference_service import (
     serving_urls,
     set_canary_traffic,
 )
+from crops.k8s.rollout import apply_decision
 
 WAIT_S = 20.0  # the player marks a change Ready within a few tenths of a second
 

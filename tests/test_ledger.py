@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from crops.evaluate import ledger as L
-from crops.evaluate.canary import CanaryPolicy, Decision, boundaries, nominal_level, spent_alpha
-from crops.evaluate.ledger import (
+from crops.abtest import ledger as L
+from crops.abtest.ledger import (
     Ledger,
     LedgerError,
     LedgerLocked,
@@ -25,6 +24,7 @@ from crops.evaluate.ledger import (
     format_status,
     status,
 )
+from crops.evaluate.canary import CanaryPolicy, Decision, boundaries, nominal_level, spent_alpha
 
 T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 CTL, CAND = "sha256:control-aaaa", "sha256:candidate-bbbb"

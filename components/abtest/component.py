@@ -45,7 +45,8 @@ def abtest(
     canary (treatment); the task never serves copies of its own, so the decision it applies
     concerns the predictors it measured. Locally an arm is a KServe v1 URL when its `*_url` is
     given, else the model with its index, served by a `crops serve` subprocess for the test's
-    duration (`crops.evaluate.abtest.run_abtest`). When the deploy task held (`deploy_decision`
+    duration (`crops.abtest.simulate.run_abtest`: the users' logs, then the analysis of
+    them, look by look). When the deploy task held (`deploy_decision`
     `hold`: the offline table showed the candidate worse), no traffic is sent, nothing is
     applied, and the decision is hold with deploy's reason. With `apply`, the decision is
     applied to the InferenceService (`apply_decision`: promote makes the canary the only
@@ -61,7 +62,8 @@ def abtest(
         metrics: per metric the arms' values, lift and p-value; the decision (promote 1,
             hold 0, rollback -1), the looks run and the users per arm.
         report: report.md.
-        results: the report folder: ab_report.json, report.md, the plots, the logs per arm.
+        results: the report folder: ab_report.json, report.md, the plots, the logs (logs/) and
+            the ledger (ledger/).
         target: local | cluster (the arms must then be URLs).
         control_url: the control's KServe v1 URL (on a cluster the InferenceService's default
             predictor, from deploy); empty, locally: serve control_model.
@@ -93,14 +95,10 @@ def abtest(
     import shutil
     from pathlib import Path
 
-    from crops.evaluate.abtest import (
-        AbTestConfig,
-        apply_decision,
-        held_report,
-        render_markdown,
-        run_abtest,
-    )
+    from crops.abtest.report import held_report, write_report
+    from crops.abtest.simulate import AbTestConfig, run_abtest
     from crops.evaluate.canary import CanaryPolicy
+    from crops.k8s.rollout import apply_decision
 
     if target not in ("local", "cluster"):
         raise ValueError(f"target {target!r}: use local or cluster")
@@ -123,9 +121,7 @@ def abtest(
     if held:  # the offline gate held the candidate back: nothing deployed, nothing to measure
         rep = held_report(deploy_reason or "the deploy task held the candidate", days, policy)
         out = Path(results.path)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "ab_report.json").write_text(json.dumps(rep, indent=2) + "\n", encoding="utf-8")
-        (out / "report.md").write_text(render_markdown(rep), encoding="utf-8")
+        write_report(rep, out)
         shutil.copy2(out / "report.md", report.path)
         metrics.log_metric("decision", 0)
         metrics.log_metric("looks_run", 0)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from crops.schema import LONG_PLAY_MS
+from crops.schema import LONG_PLAY_MS, REFORMULATION_WINDOW_S
 
 Scale = Literal["tiny", "default", "large"]
 
@@ -51,7 +51,7 @@ class WorldConfig(BaseModel):
     colloquial_share: float = Field(0.45, ge=0, le=1, description="videos worded colloquially")
     spam_share: float = Field(0.4, ge=0, le=1, description="videos with hashtag-spam words")
     form_mix: FormMix = FormMix()
-    reformulation_window_s: int = Field(90, gt=0)
+    reformulation_window_s: int = Field(REFORMULATION_WINDOW_S, gt=0)
     reformulate_prob: float = Field(0.75, ge=0, le=1)
     max_queries_per_session: int = Field(4, ge=1)
     feed_search_coupling: float = Field(

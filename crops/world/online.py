@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -54,34 +54,84 @@ class EndpointStats:
         }
 
 
+MODEL_HASH_HEADER = "x-model-hash"
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """One POST as the caller saw it, for an app's own request log.
+
+    `status` is the HTTP status, None when no answer came (refused, reset, timed out before
+    the status line); `video_ids` is None unless a 2xx answer could be read; `timed_out` says
+    the client gave up waiting; `model_hash` is the answer's ``x-model-hash`` header, if any.
+    """
+
+    video_ids: list[int] | None
+    scores: list[float] | None
+    status: int | None
+    latency_ms: float
+    model_hash: str | None
+    error: str | None
+    timed_out: bool = False
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+
+
 class HttpRetriever:
     """A retrieval endpoint as a `Retriever`: one POST per query, bounded concurrency.
 
     A failed or timed-out request yields no candidates for that query (the user sees an empty
-    page) and is counted in `stats`; it never stops the simulation.
+    page) and is counted in `stats`; it never stops the simulation. With ``record=True`` each
+    call (one per round of `Platform.run_sessions`, with that round's distinct queries) appends
+    a ``{query: CallOutcome}`` dict to `calls`, so a caller can log what each request got.
     """
 
     def __init__(
-        self, url: str, model: str = "crops", timeout_s: float = 2.0, concurrency: int = 8
+        self,
+        url: str,
+        model: str = "crops",
+        timeout_s: float = 2.0,
+        concurrency: int = 8,
+        *,
+        record: bool = False,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"endpoint URL must start with http:// or https://, got {url!r}")
-        self.endpoint = f"{url.rstrip('/')}/v1/models/{model}:predict"
+        self.url = url.rstrip("/")
+        self.endpoint = f"{self.url}/v1/models/{model}:predict"
         self.timeout_s, self.concurrency = timeout_s, concurrency
         self.stats = EndpointStats()
+        self.calls: list[dict[str, CallOutcome]] | None = [] if record else None
         self._lock = threading.Lock()
 
-    def _one(self, query: str, k: int) -> list[int]:
+    def _one(self, query: str, k: int) -> CallOutcome:
         body = json.dumps({"instances": [{"query": query, "top_k": k}]}).encode()
         req = urllib.request.Request(
             self.endpoint, data=body, headers={"Content-Type": "application/json"}
         )
+        status: int | None = None
+        model_hash: str | None = None
+        ids: list[int] | None = None
+        scores: list[float] | None = None
+        error: str | None = None
+        timed_out = False
         t0 = time.perf_counter()
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                status, model_hash = resp.status, resp.headers.get(MODEL_HASH_HEADER)
                 payload = json.loads(resp.read())
-            ids = payload["predictions"][0]["video_ids"]
-            out = [int(v) for v in ids]
+            pred = payload["predictions"][0]
+            ids = [int(v) for v in pred["video_ids"]]
+            try:
+                scores = [float(s) for s in pred["scores"]]
+            except (KeyError, TypeError, ValueError):
+                scores = None  # the ids are the answer; scores are for the log only
+        except urllib.error.HTTPError as exc:  # an answer, with a 4xx/5xx status
+            status, model_hash = exc.code, (exc.headers or {}).get(MODEL_HASH_HEADER)
+            error = f"{type(exc).__name__}: {exc}"
+            exc.close()
         except (
             urllib.error.URLError,
             http.client.HTTPException,
@@ -93,20 +143,24 @@ class HttpRetriever:
             TypeError,
         ) as exc:
             error = f"{type(exc).__name__}: {exc}"
-            out = []
-        else:
-            error = None
+            timed_out = _timed_out(exc)
+            ids = scores = None
+        latency_ms = (time.perf_counter() - t0) * 1000
         with self._lock:
             self.stats.requests += 1
-            self.stats.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            self.stats.latencies_ms.append(latency_ms)
             if error is not None:
                 self.stats.errors += 1
                 self.stats.last_error = error
-        return out
+        return CallOutcome(ids, scores, status, latency_ms, model_hash, error, timed_out)
 
     def __call__(self, queries: Sequence[str], k: int) -> list[Sequence[int]]:
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda q: self._one(q, k), queries))
+            outcomes = list(pool.map(lambda q: self._one(q, k), queries))
+        if self.calls is not None:
+            with self._lock:
+                self.calls.append(dict(zip(queries, outcomes, strict=True)))
+        return [o.video_ids or [] for o in outcomes]
 
 
 class LexicalRetriever:
@@ -165,11 +219,14 @@ def run_online(
     day: int | None = None,
     seed: int = 0,
     searches_per_user: float = 1.0,
+    on_round: Callable[[int], None] | None = None,
 ) -> OnlineRun:
     """Send a day of simulated users' searches through `retriever`; return their logs.
 
     `users` (row indices) restricts traffic to some users, e.g. one arm of an A/B split. The
-    day defaults to the one after the test day, so online traffic is new traffic.
+    day defaults to the one after the test day, so online traffic is new traffic. `on_round`
+    hears the number of requests of each session round, in order (`Platform.run_sessions`):
+    `requests` lists them round after round, and the retriever is called once per round.
     """
     day = world.cfg.days + 1 if day is None else day
     rng = np.random.default_rng([world.cfg.seed, 7, day, seed])
@@ -181,7 +238,7 @@ def run_online(
         raise ValueError("no traffic: the user selection holds no searching users")
     own = isinstance(retriever, LexicalRetriever) and retriever.world is world
     req, imp = world.platform.run_sessions(
-        all_users, start, rng, retriever=None if own else retriever
+        all_users, start, rng, retriever=None if own else retriever, on_round=on_round
     )
     ids = IdCounter()
     search, truth = search_rows(world, req, imp, ids, day)
@@ -189,6 +246,7 @@ def run_online(
 
 
 __all__ = [
+    "CallOutcome",
     "LexicalRetriever",
     "EndpointStats",
     "HttpRetriever",

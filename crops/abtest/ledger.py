@@ -179,6 +179,13 @@ class Look(BaseModel):
     action: Action
     reasons: list[str] = Field(min_length=1)
     inputs_digest: str = Field(min_length=1, description="digest of the analysed inputs")
+    counts: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="rows analysed per table and event day: the next look's late events",
+    )
+    record: dict[str, Any] = Field(
+        default_factory=dict, description="what the look saw, for reports (metrics, guardrails)"
+    )
     written_at: datetime
 
     @model_validator(mode="after")
@@ -205,6 +212,8 @@ class Look(BaseModel):
         z: float | None,
         inputs: Any,
         written_at: datetime,
+        counts: dict[str, dict[str, int]] | None = None,
+        record: dict[str, Any] | None = None,
     ) -> Look:
         """The look `canary.decide` concluded; `inputs` (JSON-able) is digested, not stored."""
         return cls(
@@ -220,6 +229,8 @@ class Look(BaseModel):
             action=decision.action,
             reasons=list(decision.reasons),
             inputs_digest=digest(inputs),
+            counts=counts or {},
+            record=record or {},
             written_at=written_at,
         )
 
@@ -453,6 +464,16 @@ class Ledger:
     def to_json(self) -> bytes:
         return _dump(self.state)
 
+    def refresh(self) -> None:
+        """Re-read the stored looks (call under the lock, before deciding the next look)."""
+        data = _read_bytes(self.fs, self.path)
+        if data is None:
+            raise LedgerError(f"ledger {self.path} disappeared; start the experiment again")
+        stored = _parse(data, self.path)
+        if stored.experiment != self.experiment:
+            raise LedgerError(f"ledger {self.path} now holds another experiment")
+        self.state = stored
+
     # ---------------------------------------------------------------- writing
 
     def _require_local(self) -> None:
@@ -473,23 +494,43 @@ class Ledger:
         """Who holds the lock now (None: nobody, or a lock file still being written)."""
         return self._read_lock()
 
+    def is_stale(self, held: LockInfo) -> bool:
+        """A lock older than `stale_after`, or held by a process of this host that is gone."""
+        if self.clock() - held.acquired_at > self.stale_after:
+            return True
+        host, _, pid = held.holder.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+    def stale_holder(self) -> LockInfo | None:
+        """The holder of a stale lock (see `is_stale`), or None (no lock, or a live one)."""
+        held = self._read_lock()
+        return held if held is not None and self.is_stale(held) else None
+
     def _refuse(self, held: LockInfo | None) -> NoReturn:
         if held is None:
             raise LedgerLocked(
                 f"ledger {self.path} is locked ({self.lock_path}, holder unreadable: the "
-                "lock file is corrupt); break it with crops.evaluate.ledger.break_lock if no "
+                "lock file is corrupt); break it with crops.abtest.ledger.break_lock if no "
                 "run is in progress",
                 None,
                 False,
             )
         age = self.clock() - held.acquired_at
-        stale = age > self.stale_after
+        stale = self.is_stale(held)
         raise LedgerLocked(
             f"ledger {self.path} is locked by {held.holder} since "
             f"{held.acquired_at.isoformat()} ({age} ago)"
             + (
-                f"; the lock is stale (older than {self.stale_after}): if that run is dead, "
-                "break it with crops.evaluate.ledger.break_lock"
+                f"; the lock is stale (older than {self.stale_after}, or its process is gone): "
+                "if that run is dead, break it (`crops abtest analyze --break-stale-lock`, or "
+                "crops.abtest.ledger.break_lock)"
                 if stale
                 else "; another run is taking this experiment's look"
             ),
