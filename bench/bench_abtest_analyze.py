@@ -41,6 +41,7 @@ from datetime import timedelta
 from pathlib import Path
 
 DAYS = 5
+TABLES = ("search_log", "request_log")
 K = 8  # shown impressions per request
 ERROR_RATE = 0.002
 DUPLICATE_SHARE = 0.0005
@@ -128,7 +129,7 @@ def child_analyze(logs: Path, work: Path, ledger_from: str | None) -> dict:
         "looks_run": report["looks_run"],
         "action": report["decision"]["action"],
         "timings": report["timings"],
-        "quarantined": {k: report["hygiene"][k]["quarantined"] for k in ("search_log", "request_log")},
+        "quarantined": {k: report["hygiene"][k]["quarantined"] for k in TABLES},
         "sums": sums,
     }
 
@@ -153,7 +154,11 @@ def child_reference(logs: Path, work: Path, _: str | None) -> dict:
     seconds = time.perf_counter() - t0
     names = [d[0] for d in cur.description]
     threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
-    return {"seconds": seconds, "threads": threads, "sums": [dict(zip(names, r)) for r in rows]}
+    return {
+        "seconds": seconds,
+        "threads": threads,
+        "sums": [dict(zip(names, r, strict=True)) for r in rows],
+    }
 
 
 CHILDREN = {"analyze": child_analyze, "reference": child_reference}
@@ -195,9 +200,7 @@ def generate(logs: Path, impressions: int, seed: int) -> tuple[dict, float, int]
 
 def sums_line(sums: list[dict]) -> str:
     cols = ("impressions", "clicks", "long_plays", "requests", "reformulated")
-    return "  ".join(
-        f"{s['arm']}: " + " ".join(f"{c} {s[c]:,}" for c in cols) for s in sums
-    )
+    return "  ".join(f"{s['arm']}: " + " ".join(f"{c} {s[c]:,}" for c in cols) for s in sums)
 
 
 def main() -> None:
@@ -245,9 +248,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
 
     seeded = work / "ledger-4"
     t0 = time.perf_counter()
-    first4 = analyze_logs(
-        analyze_config(logs, work / "seed-report", seeded, DAYS - 1), plots=False
-    )
+    first4 = analyze_logs(analyze_config(logs, work / "seed-report", seeded, DAYS - 1), plots=False)
     print(
         f"ledger with looks {first4['looks_taken_now']} prepared in"
         f" {time.perf_counter() - t0:.1f} s (not measured)"

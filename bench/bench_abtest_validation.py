@@ -257,7 +257,8 @@ def synth_per_user(spec: SynthSpec) -> dict[str, float]:
     probability 1/2, and makes 1 + Poisson(0.6) requests of k impressions per active day
     (no errors). With A active days: E[A] = 1 + (D - 1) / 4, E[A^2] from the binomial; the
     user's CTR is Beta with a + b = C (intra-user correlation 1 / (C + 1)), so the per-user
-    delta-method variance of the CTR is R (1 - R) / x_bar * (C / (C + 1) + E[n^2] / (x_bar (C + 1))).
+    delta-method variance of the CTR is R (1 - R) / x_bar times the design effect
+    C / (C + 1) + E[n^2] / (x_bar (C + 1)), n the user's impressions.
     """
     k, days, c = spec.impressions_per_request, spec.days, CONCENTRATION
     m = np.arange(days)[::-1]  # later days after each arrival day
@@ -462,7 +463,7 @@ def main() -> None:
                 "required_users": size.as_dict(),
                 "target_power": POWER,
                 "promoted": power,
-                "outcomes": ptally,
+                "outcomes": {k: v for k, v in ptally.items() if k != "false_promotion"},
                 "promoted_at_look": looks_at,
                 "seconds": pw_s,
             },

@@ -556,6 +556,68 @@ def serve(
         _fail(str(exc))
 
 
+@app.command()
+def logsink(
+    out: Annotated[
+        Path, typer.Option(help="request_log folder to write (LOGS/request_log): day=D/*.parquet")
+    ],
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: all)")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="HTTP port (0: any free port)")] = 8080,
+    pair_timeout_s: Annotated[
+        float, typer.Option(help="a request without its response after this is logged as 504")
+    ] = 30.0,
+    model_hash: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=HASH (repeat): the model hash of a predictor; KEY is its ce-component, "
+            "ce-endpoint, component/endpoint or a pod-name prefix (ce-source)"
+        ),
+    ] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="refuse larger events (HTTP 413)")] = 1 << 20,
+) -> None:
+    """Land KServe's payload logs (CloudEvents, `logger.url`) as request_log Parquet files."""
+    import logging
+
+    from crops.serve.logsink import parse_model_hashes, serve_logsink
+    from crops.serve.server import ServeError
+
+    if not 0 <= port <= 65535:
+        _fail(f"--port {port}: must be between 0 and 65535")
+    if not pair_timeout_s > 0:
+        _fail(f"--pair-timeout-s {pair_timeout_s}: must be positive")
+    if max_body_bytes < 1:
+        _fail(f"--max-body-bytes {max_body_bytes}: must be at least 1")
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out}: not a directory")
+    try:
+        hashes = parse_model_hashes(model_hash or [])
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    def ready(url: str) -> None:
+        console.print(
+            f"[bold]logsink at {url}[/]: POST CloudEvents to {url}/ (KServe logger.url);"
+            f" writing {out}/day=YYYY-MM-DD/; Ctrl-C stops",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    try:
+        serve_logsink(
+            out,
+            host,
+            port,
+            pair_timeout_s=pair_timeout_s,
+            model_hashes=hashes,
+            max_body_bytes=max_body_bytes,
+            on_ready=ready,
+        )
+    except ServeError as exc:
+        _fail(str(exc))
+
+
 @app.command("index")
 def index_command(
     model: Annotated[Path, typer.Option(help="MODEL_DIR from `crops train`")],

@@ -27,17 +27,25 @@ the requests they share.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from crops.abtest.layout import ARM, ARMS, DAY, REQUESTS, SEARCH, LogsError, day_start, utc_day
 from crops.abtest.ledger import Ledger, LedgerError, Look, break_lock, status
-from crops.abtest.logs import Logs, Quarantine, read_logs
+from crops.abtest.logs import (
+    Logs,
+    Quarantine,
+    chunk_lengths,
+    like_chunks,
+    read_logs,
+    run_starts,
+)
 from crops.abtest.report import REPORT_VERSION, write_report
 from crops.evaluate.abstats import COUNTS, METRICS, analyze
 from crops.evaluate.canary import CanaryPolicy, decide
@@ -99,16 +107,51 @@ class AnalyzeError(ValueError):
 
 def _linked(logs: Logs) -> pl.DataFrame:
     """Search requests joined to the request log by id: request_id, arm, model_hash, ts pair."""
-    search = logs.search.group_by("request_id").agg(
-        pl.col(ARM).first(), pl.col("ts").min().alias("search_ts")
-    )
+    memo = logs.memo.get("linked")
+    if memo is not None and memo[0] is logs.search and memo[1] is logs.requests:
+        return memo[2]
+    agg = (pl.col(ARM).first(), pl.col("ts").min().alias("search_ts"))
+    blocks = _blocks(logs.search, ["request_id"], first=["request_id", ARM], least=["ts"])
+    search = (blocks[0] if blocks is not None else logs.search).group_by("request_id").agg(*agg)
     req = (
         logs.requests.filter(pl.col("instance") == 0)
         .with_columns(pl.col("request_id").cast(pl.Int64, strict=False).alias("_rid"))
         .filter(pl.col("_rid").is_not_null())
         .select("_rid", "model_hash", pl.col("ts").alias("request_ts"))
     )
-    return search.join(req, left_on="request_id", right_on="_rid", how="inner")
+    linked = search.join(req, left_on="request_id", right_on="_rid", how="inner")
+    logs.memo["linked"] = (logs.search, logs.requests, linked)
+    return linked
+
+
+def _blocks(
+    df: pl.DataFrame,
+    by: list[str],
+    *,
+    first: Sequence[str] = (),
+    least: Sequence[str] = (),
+    count: dict[str, pl.Expr] | None = None,
+) -> tuple[pl.DataFrame, np.ndarray] | None:
+    """One row per run of consecutive rows equal in `by`: `first` columns' first values,
+    `least` columns' minima, `count` booleans' sums, and the runs' first rows; None when a
+    `least` column has nulls.
+
+    Logs keep a request's rows together, so a group-by over requests or users can run over
+    these runs (a few per request) instead of every row, with the same result: the first of
+    the first run is the first row, the minimum of the minima the minimum, sums add up.
+    """
+    if df.height == 0 or any(df[c].null_count() for c in least):
+        return None
+    starts = run_starts(df, by)
+    cols: dict[str, Any] = {c: df[c].gather(starts) for c in first}
+    for c in least:
+        values = df[c].to_physical().to_numpy()
+        cols[c] = pl.Series(c, np.minimum.reduceat(values, starts)).cast(df[c].dtype)
+    if count:
+        flags = df.select(**{n: e.fill_null(False) for n, e in count.items()})
+        for n in count:
+            cols[n] = np.add.reduceat(flags[n].to_numpy(), starts, dtype=np.int64)
+    return pl.DataFrame(cols), starts
 
 
 def infer_hashes(logs: Logs) -> tuple[str, str]:
@@ -189,10 +232,9 @@ def _experiment_hygiene(
         logs.requests.filter(pl.col("instance") == 0)
         .with_columns(pl.col("request_id").cast(pl.Int64, strict=False).alias("_rid"))
         .filter(pl.col("_rid").is_not_null())
-        .unique("_rid", keep="first")
         .select(pl.col("_rid").alias("request_id"), pl.col("model_hash").alias("_served_by"))
+        .unique("request_id", keep="first")  # the first row of an id, as before the select
     )
-    search = logs.search.join(served, on="request_id", how="left")
     served_arm = (
         pl.when(pl.col("_served_by") == control)
         .then(pl.lit("control"))
@@ -200,21 +242,51 @@ def _experiment_hygiene(
         .then(pl.lit("treatment"))
         .otherwise(pl.lit("other"))
     )
-    search = search.with_columns(served_arm.alias("_served_arm"))
     linked = pl.col("_served_by").is_not_null()
     outside = linked & (pl.col("_served_arm") == "other")
+    mismatch = linked & ~outside & (pl.col("_served_arm") != pl.col(ARM))
+    search = logs.search
+    # the verdicts depend on a row's request and arm only: decided once per run of rows
+    blocks = _blocks(search, ["request_id", ARM], first=["request_id", ARM])
+    if blocks is not None:
+        lengths = np.diff(np.append(blocks[1], search.height))
+        verdicts = (
+            blocks[0]
+            .join(served, on="request_id", how="left", maintain_order="left")
+            .with_columns(served_arm.alias("_served_arm"))
+            .select(
+                outside.fill_null(False).alias("outside"),
+                mismatch.fill_null(False).alias("mismatch"),
+                (~outside & ~mismatch).fill_null(False).alias("keep"),
+            )
+        )
+        per_row = {c: np.repeat(verdicts[c].to_numpy(), lengths) for c in verdicts.columns}
+        chunks = chunk_lengths(search)
+
+        def rows(mask: np.ndarray) -> pl.DataFrame:
+            picked = search.filter(like_chunks(mask, "", chunks)) if mask.any() else search.clear()
+            return picked.join(served, on="request_id", how="left", maintain_order="left")
+
+        bad_outside, bad_mismatch = rows(per_row["outside"]), rows(per_row["mismatch"])
+        bad_mismatch = bad_mismatch.with_columns(served_arm.alias("_served_arm"))
+        keep = per_row["keep"]
+        kept = search if keep.all() else search.filter(like_chunks(keep, "", chunks))
+    else:
+        joined = search.join(served, on="request_id", how="left")
+        joined = joined.with_columns(served_arm.alias("_served_arm"))
+        bad_outside, bad_mismatch = joined.filter(outside), joined.filter(mismatch)
+        kept = joined.filter(~outside & ~mismatch).drop("_served_by", "_served_arm")
     q.add(
         SEARCH,
-        search.filter(outside),
+        bad_outside,
         pl.format("served by model hash {}, outside this experiment", pl.col("_served_by")),
     )
-    mismatch = linked & ~outside & (pl.col("_served_arm") != pl.col(ARM))
     q.add(
         SEARCH,
-        search.filter(mismatch),
+        bad_mismatch,
         pl.format("logged as {} but served by the {} model", pl.col(ARM), pl.col("_served_arm")),
     )
-    search = search.filter(~outside & ~mismatch).drop("_served_by", "_served_arm")
+    search = kept
     future = pl.col("ts") > latest_ok
     why = f"event time after the analysis time plus the allowed skew ({latest_ok.isoformat()})"
     q.add(SEARCH, search.filter(future), why)
@@ -244,9 +316,25 @@ def clock_skew(logs: Logs, threshold_s: float) -> dict[str, Any]:
 # --------------------------------------------------------------------------- one look
 
 
+_PER_DAY = {"ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
+
+
 def _day_counts(df: pl.DataFrame) -> dict[str, int]:
     if df.height == 0:
         return {}
+    ts = df["ts"]
+    dtype = ts.dtype
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone in (None, "UTC") and not ts.null_count():
+        # UTC days since the epoch: a bincount, not a group-by over every row
+        days = ts.to_physical().to_numpy() // _PER_DAY[dtype.time_unit]
+        lo = int(days.min())
+        if int(days.max()) - lo < 1_000_000:
+            counts = np.bincount(days - lo)
+            epoch = date(1970, 1, 1)
+            return {
+                (epoch + timedelta(days=lo + int(i))).isoformat(): int(counts[i])
+                for i in np.flatnonzero(counts)
+            }
     g = df.group_by(pl.col("ts").dt.date().alias("d")).len().sort("d")
     return {d.isoformat(): int(n) for d, n in g.iter_rows()}
 
@@ -269,26 +357,46 @@ def user_sums(
     search: pl.DataFrame, requests: pl.DataFrame, *, window_s: int, long_play_ms: int
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Per user: first arm and COUNTS over both arms; and the contamination figures."""
+    lp = long_play(pl.col("watch_ms"), pl.col("duration_ms"), long_play_ms)
+    is_shown = pl.col("stage") == "shown"
+    # per run of rows of one request, user and arm (logs keep a request's rows together):
+    # the first user, arm and query, the earliest ts, the shown rows' counts
+    blocks = _blocks(
+        search,
+        ["request_id", "user_id", ARM],
+        first=["request_id", "user_id", ARM, "query"],
+        least=["ts"],
+        count={
+            "impressions": is_shown,
+            "clicks": is_shown & pl.col("clicked"),
+            "long_plays": is_shown & pl.col("clicked") & lp,
+        },
+    )
+    rows = blocks[0] if blocks is not None else search
     events = pl.concat(
         [
-            search.select("user_id", "ts", ARM),
+            rows.select("user_id", "ts", ARM),
             requests.filter(pl.col("user_id").is_not_null()).select("user_id", "ts", ARM),
         ]
     )
     assigned = events.group_by("user_id").agg(
         pl.col(ARM).sort_by("ts").first(), (pl.col(ARM).n_unique() > 1).alias("_both")
     )
-    lp = long_play(pl.col("watch_ms"), pl.col("duration_ms"), long_play_ms)
-    shown = (
-        search.filter(pl.col("stage") == "shown")
-        .group_by("user_id")
-        .agg(
-            pl.len().cast(pl.Int64).alias("impressions"),
-            pl.col("clicked").sum().cast(pl.Int64).alias("clicks"),
-            (pl.col("clicked") & lp).sum().cast(pl.Int64).alias("long_plays"),
+    if blocks is not None:
+        shown = rows.group_by("user_id").agg(
+            pl.col(c).sum().cast(pl.Int64) for c in ("impressions", "clicks", "long_plays")
         )
-    )
-    from_search = search.group_by("request_id").agg(
+    else:
+        shown = (
+            search.filter(is_shown)
+            .group_by("user_id")
+            .agg(
+                pl.len().cast(pl.Int64).alias("impressions"),
+                pl.col("clicked").sum().cast(pl.Int64).alias("clicks"),
+                (pl.col("clicked") & lp).sum().cast(pl.Int64).alias("long_plays"),
+            )
+        )
+    from_search = rows.group_by("request_id").agg(
         pl.col("user_id").first(), pl.col("ts").min(), pl.col("query").first()
     )
     only_logged = (
@@ -388,7 +496,9 @@ def take_look(
     """Analyse look k (events from `start` to the end of the experiment's k-th day), decide."""
     policy = ledger.policy
     end = start + k * DAY
-    s = search.filter(pl.col("ts") < end)
+    # the columns the look reads; a window that holds every row is no copy
+    used = ["request_id", "user_id", "ts", "query", "stage", "clicked", "watch_ms", "duration_ms"]
+    s = search.select(*used, ARM).filter(pl.col("ts") < end)
     r = requests.filter(pl.col("ts") < end)
     counts = {SEARCH: _day_counts(s), REQUESTS: _day_counts(r)}
     prev = ledger.looks[-1] if ledger.looks else None

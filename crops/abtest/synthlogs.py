@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crops.abtest.layout import ARMS, REQUESTS, SEARCH, SEARCH_WITH_ARM, day_start, partition
@@ -137,8 +138,8 @@ def _day(
             a[order] for a in (rows_r, u, clicked, watch, video, position)
         )
         nrows = len(rows_r)
-    queries = pa.array(np.char.add("q", query_id.astype(str)), pa.string())
-    arms = pa.array(np.array(ARMS)[arm], pa.string())
+    queries = pc.binary_join_element_wise("q", pa.array(query_id).cast(pa.string()), "")
+    arms = pa.array(ARMS, pa.string()).take(pa.array(arm))
     ts_arr = pa.array(ts, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
     idx = pa.array(rows_r)
     search = pa.table(
@@ -149,7 +150,7 @@ def _day(
             "ts": ts_arr.take(idx),
             "query": queries.take(idx),
             "video_id": pa.array(video, pa.int64()),
-            "stage": pa.array(np.full(nrows, "shown"), pa.string()),
+            "stage": pa.repeat(pa.scalar("shown", pa.string()), nrows),
             "position": pa.array(position, pa.int32()),
             "clicked": pa.array(clicked),
             "watch_ms": pa.array(watch, pa.int64()),
@@ -180,7 +181,7 @@ def _day(
             "model_hash": hashes,
             "latency_ms": pa.array(rng.lognormal(np.log(12), 0.4, m).astype(np.float32)),
             "status": pa.array(status),
-            "protocol": pa.array(np.full(m, "v1"), pa.string()),
+            "protocol": pa.repeat(pa.scalar("v1", pa.string()), m),
             "error": pa.array(np.where(failed, "HTTP 503", None), pa.string()),
         },
         schema=REQUEST_LOG,

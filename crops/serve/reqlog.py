@@ -11,6 +11,10 @@ writes them in batches to ``DIR/day=YYYY-MM-DD/requests-<pid>-<n>.parquet`` (eve
 ``put_nowait``: a full queue drops the request's rows, counts them (``dropped``, the Prometheus
 counter ``crops_request_log_dropped_total``) and logs a line, never blocking or failing the
 answer.
+
+A `Record` may also be built outside a live request (`crops logsink` builds one per KServe
+request/response pair): it then carries its own ``ts``, ``status``, ``latency_ms`` and, when
+set, its own ``model_hash``, which wins over the log's.
 """
 
 from __future__ import annotations
@@ -67,13 +71,14 @@ class Record:
     latency_ms: float = 0.0
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    model_hash: str | None = None  # this request's model, when not the log's (crops logsink)
 
     def rows(self, model_hash: str) -> list[dict[str, Any]]:
         base = {
             "request_id": self.request_id,
             "ts": self.ts,
             "user_id": self.user_id,
-            "model_hash": model_hash,
+            "model_hash": self.model_hash or model_hash,
             "latency_ms": self.latency_ms,
             "status": self.status,
             "protocol": self.protocol,
@@ -124,6 +129,7 @@ class RequestLog:
         self.dropped = 0  # requests whose rows were not queued (queue full or log closed)
         self.written = 0  # rows written to files
         self.files = 0
+        self._seq = 0  # the last file number used (skips names an earlier process left)
         self.write_errors = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -201,7 +207,11 @@ class RequestLog:
                 folder = self.directory / f"day={day}"
                 folder.mkdir(parents=True, exist_ok=True)
                 self.files += 1
-                target = folder / f"requests-{os.getpid()}-{self.files}.parquet"
+                self._seq += 1
+                target = folder / f"requests-{os.getpid()}-{self._seq}.parquet"
+                while target.exists():  # a restarted process with the same pid (a container's
+                    self._seq += 1  # pid 1) must not replace an earlier run's file
+                    target = folder / f"requests-{os.getpid()}-{self._seq}.parquet"
                 tmp = target.with_name(f".{target.name}.tmp")
                 # no dictionary encoding: on the result lists it costs ~15x the write time
                 pq.write_table(table, tmp, use_dictionary=False)
@@ -250,7 +260,7 @@ def _table(records: list[Record], model_hash: str) -> pa.Table:
             cols["user_id"].append(rec.user_id)
             cols["query"].append(q)
             cols["top_k"].append(rec.top_ks[i] if rec.top_ks and q is not None else None)
-            cols["model_hash"].append(model_hash)
+            cols["model_hash"].append(rec.model_hash or model_hash)
             cols["latency_ms"].append(rec.latency_ms)
             cols["status"].append(rec.status)
             cols["protocol"].append(rec.protocol)
