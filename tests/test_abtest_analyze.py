@@ -323,3 +323,16 @@ def test_cli_analyze_and_status_as_the_cronjob_runs_them(run, tmp_path: Path) ->
     assert code == 2 and "no such folder" in stderr
     code, _, stderr = run(*base, "--out", tmp_path / "R5", "--experiment", "nope")
     assert code == 2 and "not in the ledger" in stderr
+
+
+def test_files_that_store_the_arm_as_a_categorical_read_like_the_rest(tmp_path: Path) -> None:
+    spec = SynthSpec(users=400, seed=7)
+    write_logs(spec, tmp_path / "plain")
+    plain = analyze_logs(cfg(tmp_path / "plain", tmp_path / "a" / "R"), plots=False)
+    write_logs(spec, tmp_path / "mixed")
+    f = tmp_path / "mixed/search_log/day=2026-01-06/part-0.parquet"
+    t = pq.read_table(f)
+    i = t.schema.get_field_index("arm")
+    _write(t.set_column(i, "arm", t.column("arm").dictionary_encode()), f)
+    mixed = analyze_logs(cfg(tmp_path / "mixed", tmp_path / "b" / "R"), plots=False)
+    assert mixed["history"] == plain["history"]

@@ -160,6 +160,9 @@ def _read(prefix: LogPrefix, files: list[LogFile], columns: list[str] | None) ->
         t = pq.read_table(prefix.full(f), filesystem=prefix.fs, partitioning=None)
         if columns is not None:
             t = t.select([c for c in columns if c in t.column_names])
+        for i, col_field in enumerate(t.schema):  # categoricals in one file, plain text in another
+            if pa.types.is_dictionary(col_field.type):
+                t = t.set_column(i, col_field.name, t.column(i).cast(col_field.type.value_type))
         n = t.num_rows
         t = t.append_column(
             "_file", pa.array([f.path] * 1, pa.string()).take(np.zeros(n, np.int64))
