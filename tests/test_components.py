@@ -663,7 +663,14 @@ def test_abtest_holds_and_applies_nothing_when_deploy_held(
 
 @pytest.mark.slow
 def test_abtest_serves_two_models_and_decides(tiny_dir: Path, tiny_index, tmp_path: Path) -> None:
+    """Two different models (the experiment is keyed by their hashes), served and compared."""
+    from crops.index.build import build_exact_index
+    from crops.model.encoders import build_dual_encoder
+
     model_dir, index_dir = tiny_index
+    other = tmp_path / "other-model"
+    build_dual_encoder("hash", seed=7).save(other)
+    other_index = build_exact_index(other, tiny_dir / "videos.parquet", tmp_path / "other-index")
     metrics, report, results = (
         out(Metrics, tmp_path, "m"),
         out(Markdown, tmp_path, "report"),
@@ -673,8 +680,8 @@ def test_abtest_serves_two_models_and_decides(tiny_dir: Path, tiny_index, tmp_pa
         world=given(Dataset, tiny_dir),
         control_model=given(Model, model_dir),
         control_index=given(Artifact, index_dir),
-        treatment_model=given(Model, model_dir),
-        treatment_index=given(Artifact, index_dir),
+        treatment_model=given(Model, other),
+        treatment_index=given(Artifact, other_index),
         metrics=metrics,
         report=report,
         results=results,
@@ -687,6 +694,9 @@ def test_abtest_serves_two_models_and_decides(tiny_dir: Path, tiny_index, tmp_pa
     assert action == saved["decision"]["action"] in ("promote", "hold", "rollback")
     assert metrics.metadata["looks_run"] == 1
     assert Path(report.path).read_text().startswith("# Online A/B test")
+    exp = saved["experiment"]
+    assert exp["control_hash"] != exp["candidate_hash"]
+    assert (Path(results.path) / "logs" / "request_log").is_dir()
 
 
 # ----------------------------------------------------------------------------- kfp.local
