@@ -643,13 +643,8 @@ class Ledger:
         does not follow the ledger; LedgerLocked when another writer holds the lock.
         """
         with self.lock():
-            data = _read_bytes(self.fs, self.path)
-            if data is None:
-                raise LedgerError(f"ledger {self.path} disappeared; start the experiment again")
-            stored = _parse(data, self.path)
-            if stored.experiment != self.experiment:
-                raise LedgerError(f"ledger {self.path} now holds another experiment")
-            self.state = stored
+            self.refresh()
+            stored = self.state
             if look.index <= len(stored.looks):
                 old = stored.looks[look.index - 1]
                 if old.content_digest == look.content_digest:
