@@ -52,14 +52,14 @@ from scipy import stats
 
 from crops.abtest.analyze import (
     AnalyzeConfig,
-    _experiment_hygiene,  # the hygiene analyze_logs applies: needed for the naive look
     analyze_logs,
+    experiment_hygiene,  # the hygiene analyze_logs applies: needed for the naive look
     guardrails,
-    user_sums,
 )
 from crops.abtest.layout import day_start
 from crops.abtest.logs import read_logs
 from crops.abtest.synthlogs import CONCENTRATION, CTR, SynthSpec, write_logs
+from crops.abtest.usersums import user_sums
 from crops.evaluate.abstats import analyze, design_effect
 from crops.evaluate.canary import (
     CanaryPolicy,
@@ -106,8 +106,12 @@ def naive_look(logs: Path, spec: SynthSpec, d: int, policy: CanaryPolicy = NAIVE
     """Look 1 of 1 on all rows through day d: the statistics of `take_look`, no ledger."""
     read = read_logs(str(logs))
     control, candidate = spec.hashes
-    search, requests = _experiment_hygiene(
-        read, control, candidate, as_of(spec, d) + timedelta(seconds=MAX_SKEW_S)
+    search, requests, _ = experiment_hygiene(
+        read,
+        read.quarantine,
+        control=control,
+        candidate=candidate,
+        latest_ok=as_of(spec, d) + timedelta(seconds=MAX_SKEW_S),
     )
     start = day_start(spec.start)
     end = start + timedelta(days=d + 1)
@@ -277,7 +281,14 @@ def pilot(users: int, seed: int) -> dict[str, float]:
         logs = Path(tmp) / "logs"
         write_logs(spec, logs)
         read = read_logs(str(logs))
-        search, requests = _experiment_hygiene(read, *spec.hashes, as_of(spec, spec.days - 1))
+        control, candidate = spec.hashes
+        search, requests, _ = experiment_hygiene(
+            read,
+            read.quarantine,
+            control=control,
+            candidate=candidate,
+            latest_ok=as_of(spec, spec.days - 1),
+        )
         u, _ = user_sums(
             search, requests, window_s=REFORMULATION_WINDOW_S, long_play_ms=LONG_PLAY_MS
         )

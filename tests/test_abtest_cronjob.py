@@ -2,7 +2,8 @@
 `crops abtest analyze` on the platform's logs, `simulated` (the kind and minikube profiles) runs
 `crops abtest` with simulated users; from logs one look a run through the ledger on the
 volume, simulated a whole test a run; the decision applied to the InferenceService. An unknown
-source fails the render with a message."""
+source fails the render with a message. The logs it reads are where the logsink writes its
+request_log; an s3:// prefix takes its credentials from `abtest.env`/`abtest.envFrom`."""
 
 from __future__ import annotations
 
@@ -121,6 +122,7 @@ def test_simulated_users_in_serverless_mode_use_the_knative_tags() -> None:
 def test_values_reach_the_command_line() -> None:
     values = {
         "storage": {"mountPath": "/data"},
+        "logsink": {"enabled": False},  # it writes on the volume; these logs are in s3://
         "abtest": {
             "logs": "s3://platform-logs/search",
             "ledger": "/data/ledger",
@@ -139,6 +141,86 @@ def test_values_reach_the_command_line() -> None:
     assert words[-2:] == ["--primary", "long_play_rate"]
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert mounts["artifacts"] == "/data"
+
+
+def logsink_out(objs: list[dict[str, Any]]) -> str:
+    (sink,) = [
+        o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "crops-logsink"
+    ]
+    (c,) = sink["spec"]["template"]["spec"]["containers"]
+    return c["args"][c["args"].index("--out") + 1]
+
+
+@pytest.mark.parametrize(
+    ("values", "logs"),
+    [
+        ({}, "/artifacts/logs"),
+        ({"storage": {"mountPath": "/data"}}, "/data/logs"),  # the prefix follows the mount
+        ({"abtest": {"logs": "/artifacts/platform/logs"}}, "/artifacts/platform/logs"),
+    ],
+)
+def test_the_cronjob_reads_the_logs_where_the_logsink_writes(values: dict, logs: str) -> None:
+    objs = render(values)
+    (cron,) = [o for o in objs if o["kind"] == "CronJob"]
+    words = command_line(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    assert words[words.index("--logs") + 1] == logs
+    assert logsink_out(objs) == f"{logs}/request_log"  # crops.abtest.layout's request_log
+
+
+def test_a_log_prefix_off_the_volume_with_the_logsink_fails_the_render() -> None:
+    """The sink can only write on the artifacts volume: logs it writes that the analysis never
+    reads are refused, with what to do instead."""
+    with pytest.raises(
+        HelmError, match=r"abtest\.logs is \"s3://b/logs\"; set logsink\.enabled=false"
+    ):
+        render({"abtest": {"logs": "s3://b/logs"}})
+    with pytest.raises(HelmError, match=r"storage\.mountPath /artifacts\), but abtest\.logs"):
+        render({"abtest": {"logs": "/elsewhere/logs"}})
+    render({"abtest": {"logs": "s3://b/logs"}, "logsink": {"enabled": False}})
+
+
+def test_s3_credentials_reach_the_container_from_a_secret() -> None:
+    """abtest.env and abtest.envFrom are passed through verbatim, after the chart's own."""
+    env = [
+        {
+            "name": "AWS_ACCESS_KEY_ID",
+            "valueFrom": {"secretKeyRef": {"name": "crops-logs-s3", "key": "access-key-id"}},
+        },
+        {
+            "name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "crops-logs-s3", "key": "secret-access-key"}},
+        },
+        {"name": "AWS_DEFAULT_REGION", "value": "eu-west-1"},
+    ]
+    env_from = [{"secretRef": {"name": "crops-logs-env"}}, {"configMapRef": {"name": "s3-cfg"}}]
+    values = {
+        "logsink": {"enabled": False},
+        "abtest": {"logs": "s3://platform-logs/search", "env": env, "envFrom": env_from},
+    }
+    (c,) = cronjob_pod(values)["containers"]
+    names = [e["name"] for e in c["env"]]
+    assert names[:3] == ["POD_NAMESPACE", "HOME", "MPLCONFIGDIR"]  # the chart's own first
+    assert c["env"][3:] == env
+    assert c["envFrom"] == env_from
+    words = command_line(cronjob_pod(values))
+    assert words[words.index("--logs") + 1] == "s3://platform-logs/search"
+    # Not set: no envFrom at all, and only the chart's variables.
+    (plain,) = cronjob_pod({})["containers"]
+    assert "envFrom" not in plain
+    assert [e["name"] for e in plain["env"]] == ["POD_NAMESPACE", "HOME", "MPLCONFIGDIR"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"env": [{"value": "no name"}]},
+        {"env": {"AWS_REGION": "eu-west-1"}},  # a map, not the EnvVar list
+        {"envFrom": [{"secret": {"name": "s"}}]},
+    ],
+)
+def test_the_schema_refuses_a_malformed_env(bad: dict) -> None:
+    with pytest.raises(HelmError, match=r"/abtest/env"):
+        render({"abtest": bad})
 
 
 @pytest.mark.parametrize("source", ["simulate", "Logs", ""])

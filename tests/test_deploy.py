@@ -32,7 +32,14 @@ from cluster import rendering as rendered
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "crops"
 RAY_VERSION = "2.60.0"
-ACCOUNTS = ("crops-pipeline", "crops-abtest", "crops-ray", "crops-serve", "crops-vllm")
+ACCOUNTS = (
+    "crops-pipeline",
+    "crops-abtest",
+    "crops-ray",
+    "crops-serve",
+    "crops-vllm",
+    "crops-logsink",
+)
 # Every kind the artefacts may contain; a new kind must be added here (and to pod_specs if it
 # runs pods) before the checks below accept it.
 KNOWN_KINDS = {
@@ -857,6 +864,7 @@ ALLOWED = {
     "crops-ray": set(),
     "crops-serve": set(),
     "crops-vllm": set(),
+    "crops-logsink": set(),  # the sink only receives events and writes files
 }
 
 

@@ -3,12 +3,12 @@
 First the evaluator itself (tests/netpol.py) on small hand-written policies, one rule shape
 at a time, admitted and denied. Then the platform: the chart is rendered (default,
 Serverless, gpu values) and its NetworkPolicies are evaluated for every pod template any
-code path creates (the chart's RayJobs, InferenceService predictors, vLLM Deployment and A/B
-CronJob; the run-time builders in crops.k8s; every task pod of the compiled cluster
-pipeline, in the KFP namespace and in the release namespace), from each to each, on the
-ports in use and a few others. What each pod is for comes from where it was found, not from
-its labels, so a template that lost its labels is caught: the pairs that must talk (ADMITTED)
-must be admitted, everything else denied. Every wrong pair is reported at once.
+code path creates (the chart's RayJobs, InferenceService predictors, vLLM and logsink
+Deployments and A/B CronJob; the run-time builders in crops.k8s; every task pod of the
+compiled cluster pipeline, in the KFP namespace and in the release namespace), from each to
+each, on the ports in use and a few others. What each pod is for comes from where it was
+found, not from its labels, so a template that lost its labels is caught: the pairs that must
+talk (ADMITTED) must be admitted, everything else denied. Every wrong pair is reported at once.
 
 Only ingress policies are rendered; the evaluator checks egress as well (none isolates).
 """
@@ -33,8 +33,9 @@ SERVING_NAMESPACES = ("knative-serving", "istio-system", "kourier-system")
 VALUE_SETS = ("default", "serverless", "gpu")
 PART_OF, COMPONENT = "app.kubernetes.io/part-of", "app.kubernetes.io/component"
 # Ports tried on every destination besides its declared ones: Ray's GCS, dashboard (job API)
-# and client, the predictor, Knative's queue-proxy, vLLM, and an arbitrary Ray worker port.
-PROBE_PORTS = (6379, 8265, 10001, 8080, 8012, 8000, 23456)
+# and client, the predictor (and the logsink), Knative's queue-proxy, vLLM, KServe's agent,
+# and an arbitrary Ray worker port.
+PROBE_PORTS = (6379, 8265, 10001, 8080, 8012, 8000, 9081, 23456)
 
 
 # ------------------------------------------------------------------------------ the evaluator
@@ -372,15 +373,23 @@ ADMITTED: list[tuple[str, tuple[str, ...] | None, str, tuple[int, ...] | None]] 
     ("pipeline", None, "predictor", (8080,)),  # the pipeline's abtest (and deploy) task
     ("pipeline", None, "llm", (8000,)),  # mine's LLM synthesis
     ("ray-node", None, "llm", (8000,)),  # `crops mine` run as a RayJob
+    ("predictor", (RELEASE,), "logsink", (8080,)),  # KServe's agent sends the payload logs
+]
+# Payload logging on (the default: to the logsink): KServe's agent (9081) fronts the predictor
+# container, and Standard mode's predictor Service targets it.
+ADMITTED_LOGGED = [
+    ("abtest", None, "predictor", (9081,)),
+    ("pipeline", None, "predictor", (9081,)),
 ]
 # Serverless: Knative's activator and the ingress gateways reach the queue-proxy.
 ADMITTED_SERVERLESS = [("serving", SERVING_NAMESPACES, "predictor", (8012,))]
 # Either way is fine (the policies may or may not open these): Serverless, the platform's
-# callers on the queue-proxy port and the gateways on the container port behind it.
+# callers on the queue-proxy port and the gateways on the container ports behind it (the
+# predictor's, KServe's agent's).
 UNASSERTED_SERVERLESS = [
     ("abtest", None, "predictor", (8012,)),
     ("pipeline", None, "predictor", (8012,)),
-    ("serving", SERVING_NAMESPACES, "predictor", (8080,)),
+    ("serving", SERVING_NAMESPACES, "predictor", (8080, 9081)),
 ]
 
 
@@ -394,9 +403,13 @@ def _listed(table: list, src: Endpoint, dst: Endpoint, port: int) -> bool:
     )
 
 
-def expected(src: Endpoint, dst: Endpoint, port: int, serverless: bool) -> bool | None:
+def expected(
+    src: Endpoint, dst: Endpoint, port: int, serverless: bool, logged: bool = True
+) -> bool | None:
     """Admitted (True), denied (False) or either (None)."""
     if _listed(ADMITTED, src, dst, port):
+        return True
+    if logged and _listed(ADMITTED_LOGGED, src, dst, port):
         return True
     if serverless and _listed(ADMITTED_SERVERLESS, src, dst, port):
         return True
@@ -411,10 +424,12 @@ def wrong_pairs(
     destinations: Iterable[Endpoint],
     serverless: bool,
     involving: str | None = None,
+    logged: bool = True,
 ) -> list[str]:
     """Every (source, destination, port) whose outcome differs from `expected`; only pairs
-    with an endpoint of origin `involving` when given. Destinations outside the release
-    namespace are not governed by the chart and are skipped."""
+    with an endpoint of origin `involving` when given; `logged`: the predictors send payload
+    logs. Destinations outside the release namespace are not governed by the chart and are
+    skipped."""
     net = NetworkPolicies(policies)
     out = []
     destinations = [d for d in destinations if d.pod.namespace == RELEASE]
@@ -424,7 +439,7 @@ def wrong_pairs(
                 continue
             ports = sorted({*PROBE_PORTS, *(p.port for p in dst.pod.ports)})
             for port in ports:
-                want = expected(src, dst, port, serverless)
+                want = expected(src, dst, port, serverless, logged)
                 if want is None:
                     continue
                 got = net.allowed(src.pod, dst.pod, port)
@@ -505,7 +520,11 @@ def isvc_pods(obj: dict, origin: str) -> list[Endpoint]:
 
 # What the chart's Deployments and CronJobs are for, by name; any other pod-running object
 # fails the collection until it is added here (and to ADMITTED if it talks to anything).
-CHART_ROLES = {("Deployment", "crops-vllm"): "llm", ("CronJob", "crops-abtest"): "abtest"}
+CHART_ROLES = {
+    ("Deployment", "crops-vllm"): "llm",
+    ("Deployment", "crops-logsink"): "logsink",
+    ("CronJob", "crops-abtest"): "abtest",
+}
 POD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 
 
@@ -656,12 +675,16 @@ def test_every_pod_template_is_collected(values_name: str, pipeline_labels) -> N
         "allow-predictor",
         "allow-vllm",
         "allow-ray",
+        "allow-logsink",
     }
     chart = chart_pods(objs)
     roles = sorted(e.role for e in chart)
     predictors = 1 if values_name == "serverless" else 2
     assert roles == sorted(
-        ["ray-node"] * 4 + ["ray-submitter"] * 2 + ["predictor"] * predictors + ["llm", "abtest"]
+        ["ray-node"] * 4
+        + ["ray-submitter"] * 2
+        + ["predictor"] * predictors
+        + ["llm", "abtest", "logsink"]
     ), [str(e) for e in chart]
     runtime = sorted(e.role for e in runtime_pods(values_name, objs))
     assert runtime == sorted(
@@ -702,6 +725,18 @@ def test_pipeline_task_pods_talk_only_where_they_must(values_name: str, pipeline
     assert not wrong, report(wrong)
 
 
+def test_without_payload_logging_there_is_no_logsink_and_the_agent_port_stays_closed() -> None:
+    """logsink.enabled false and no serverless.requestLog.url: no sink, no agent, no 9081."""
+    from cluster import render
+
+    objs = render({"logsink": {"enabled": False}})
+    assert "logsink" not in {e.role for e in chart_pods(objs)}
+    assert "allow-logsink" not in {p["metadata"]["name"] for p in network_policies(objs)}
+    pods = chart_pods(objs) + cluster_pods()
+    wrong = wrong_pairs(network_policies(objs), pods, pods, False, logged=False)
+    assert not wrong, report(wrong)
+
+
 def _drop(name: str) -> Callable[[list[dict]], list[dict]]:
     return lambda policies: [p for p in policies if p["metadata"]["name"] != name]
 
@@ -718,6 +753,11 @@ def _edit(name: str, change: Callable[[dict], None]) -> Callable[[list[dict]], l
 
 def _rename_selected_component(spec: dict) -> None:
     spec["podSelector"] = {"matchLabels": {COMPONENT: "vllm"}}
+
+
+def _close_the_agent_port(spec: dict) -> None:
+    for rule in spec["ingress"]:
+        rule["ports"] = [p for p in rule["ports"] if p["port"] != 9081]
 
 
 def _open_to_everyone(spec: dict) -> None:
@@ -750,8 +790,35 @@ def _open_to_everyone(spec: dict) -> None:
             _drop("default-deny-ingress"),
             r"cluster stranger .* -> chart cronjob crops-abtest \[abtest\] .* expected denied",
         ),
+        # allow-predictor without the agent's port: the A/B job cannot reach the predictor's
+        # Service, which targets the agent when payload logging is on.
+        (
+            _edit("allow-predictor", _close_the_agent_port),
+            r"chart cronjob crops-abtest \[abtest\] .* -> chart crops-retrieval predictor .* "
+            r"port 9081/TCP: expected admitted",
+        ),
+        # allow-logsink dropped: the predictors' payload logs no longer reach the sink.
+        (
+            _drop("allow-logsink"),
+            r"chart crops-retrieval predictor \[predictor\] .* -> chart deployment crops-logsink "
+            r"\[logsink\] .* port 8080/TCP: expected admitted",
+        ),
+        # allow-logsink admitting every pod: a stranger could write the request log.
+        (
+            _edit("allow-logsink", _open_to_everyone),
+            r"cluster stranger .* -> chart deployment crops-logsink \[logsink\] .* "
+            r"port 8080/TCP: expected denied",
+        ),
     ],
-    ids=["drop-allow-ray", "mislabel-allow-vllm", "open-allow-predictor", "drop-default-deny"],
+    ids=[
+        "drop-allow-ray",
+        "mislabel-allow-vllm",
+        "open-allow-predictor",
+        "drop-default-deny",
+        "close-agent-port",
+        "drop-allow-logsink",
+        "open-allow-logsink",
+    ],
 )
 def test_a_doctored_policy_fails_the_check(doctor, caught: str) -> None:
     """The check is not blind: each doctored policy set adds the wrong pairs it should."""

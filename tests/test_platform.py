@@ -4,7 +4,8 @@ The chart (charts/crops) is the only hand-written description. These tests rende
 value set and profile, build each object that the code creates at run time (RayJobs, the
 InferenceService with its canary, the vLLM Deployment and Service) from the same values through
 `crops.k8s.platform`, and fail on any difference; the generated kustomize tree and the packaged
-platform.json must equal a fresh rendering of the chart.
+platform.json must equal a fresh rendering of the chart. The predictors' default payload-log URL
+is the chart's logsink Service, in the chart and at run time alike.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from cluster import CHART_VALUES, chart_values, render
 
 from crops.k8s import inference_service as isvc
 from crops.k8s.client import KubeError
-from crops.k8s.platform import CONFIGMAP, Platform
+from crops.k8s.platform import CONFIGMAP, LOGSINK, Platform
 from crops.k8s.rayjob import RayJobSpec
 from crops.k8s.rayjob import manifest as rayjob_manifest
 from crops.k8s.vllm import VllmSpec, deployment, service
@@ -43,6 +44,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "storage": {"artifacts": {"name": "team-artifacts"}, "mountPath": "/data"},
         "serving": {"requestLog": {"url": "http://broker.logging.svc.cluster.local/requests"}},
     },
+    # The logsink on another port (the predictors' default logger URL follows it), and none.
+    "logsink-port": {"ports": {"logsink": 9090}},
+    "no-logsink": {"logsink": {"enabled": False}},
 }
 
 
@@ -157,6 +161,81 @@ def test_a_drift_is_caught() -> None:
     found = differences(job["spec"], built_rayjob(job, p)["spec"])
     assert any("labels.app.kubernetes.io/component" in d for d in found), found
     assert any(d.endswith("securityContext.fsGroup: only in the built object") for d in found)
+    # A predictor logging elsewhere than the run-time default (the logsink) differs too.
+    pred = one(objs, "InferenceService", "crops-retrieval")["spec"]["predictor"]
+    pred["logger"]["url"] = "http://crops-logsink.crops.svc.cluster.local:80"
+    spec = isvc.InferenceServiceSpec(
+        name="crops-retrieval", model_path="/artifacts/model", index_path="/artifacts/index"
+    )
+    found = differences(pred, isvc.predictor(spec, p))
+    assert found == [
+        ".logger.url: chart 'http://crops-logsink.crops.svc.cluster.local:80', built "
+        "'http://crops-logsink.crops.svc.cluster.local:8080'"
+    ], found
+
+
+def logsink_service_url(objs: list[dict]) -> str:
+    """The in-cluster URL of the rendered logsink Service, from the object itself."""
+    svc = one(objs, "Service", LOGSINK)
+    (port,) = svc["spec"]["ports"]
+    meta = svc["metadata"]
+    return f"http://{meta['name']}.{meta['namespace']}.svc.cluster.local:{port['port']}"
+
+
+@pytest.mark.parametrize(
+    ("values", "namespace"),
+    [({}, "crops"), ({"ports": {"logsink": 9090}}, "ml-team")],
+    ids=["default", "other-port-and-namespace"],
+)
+def test_the_default_logger_url_is_the_logsink_service_in_chart_and_code(
+    values: dict, namespace: str
+) -> None:
+    """serving.requestLog.url unset: the chart's predictors, and those built at run time from
+    the release's ConfigMap or from the packaged defaults, log to the logsink's Service."""
+    objs = render(values, namespace=namespace)
+    url = logsink_service_url(objs)
+    chart_isvc = one(objs, "InferenceService", "crops-retrieval")
+    loggers = [chart_isvc["spec"]["predictor"]["logger"]]
+    loggers += [c["predictor"]["logger"] for c in chart_isvc["spec"]["canary"]]
+    assert {lg["url"] for lg in loggers} == {url}
+    p = platform_of(objs)
+    assert p.namespace == namespace and p.logsink_url == p.request_log_url == url
+    spec = isvc.InferenceServiceSpec(
+        name="crops-retrieval", namespace=namespace, model_path="/m", index_path="/i"
+    )
+    assert isvc.predictor(spec, p)["logger"] == loggers[0]
+    assert isvc.canary_predictor(spec, p)["logger"] == loggers[0]
+    if not values:  # the packaged defaults, moved to the namespace, say the same
+        assert Platform.default(namespace).request_log_url == url
+
+
+def test_an_explicit_url_wins_and_no_logsink_means_no_logging() -> None:
+    spec = isvc.InferenceServiceSpec(name="crops-retrieval", model_path="/m", index_path="/i")
+    own = "http://collector.logging.svc.cluster.local/events"
+    for values, want in (
+        ({"serving": {"requestLog": {"url": own}}}, own),
+        ({"serving": {"requestLog": {"url": own}}, "logsink": {"enabled": False}}, own),
+        ({"logsink": {"enabled": False}}, None),
+    ):
+        objs = render(values)
+        pred = one(objs, "InferenceService", "crops-retrieval")["spec"]["predictor"]
+        built = isvc.predictor(spec, platform_of(objs))
+        assert (pred.get("logger") or {}).get("url") == want, values
+        assert (built.get("logger") or {}).get("url") == want, values
+        sinks = [
+            o for o in objs if LOGSINK in o["metadata"]["name"] and o["kind"] != "ServiceAccount"
+        ]
+        assert bool(sinks) is values.get("logsink", {}).get("enabled", True), values
+
+
+def test_a_release_from_before_the_logsink_builds_predictors_without_one() -> None:
+    """A ConfigMap written by an older chart (no logsink values) means no sink: no logger."""
+    doc = json.loads((REPO / "crops" / "k8s" / "platform.json").read_text())
+    del doc["values"]["logsink"], doc["values"]["ports"]["logsink"]
+    p = Platform.from_document(doc)
+    assert p.logsink_url is None and p.request_log_url == ""
+    spec = isvc.InferenceServiceSpec(name="crops-retrieval", model_path="/m", index_path="/i")
+    assert "logger" not in isvc.predictor(spec, p)
 
 
 def test_the_generated_manifests_and_platform_json_match_the_chart() -> None:

@@ -51,6 +51,8 @@ def test_server_logs_every_request_with_ids_and_model_hash(tiny_index, tmp_path)
             assert r.status_code == 200
             assert r.headers["x-request-id"] == "caller-1"
             assert r.headers["x-model-hash"] == want_hash
+            # and in the body, which is what KServe's payload logger forwards to the sink
+            assert r.json()["model_hash"] == want_hash
             sent["caller-1"] = 200
             first = r.json()["predictions"][0]
             # no id sent: a new uuid4 hex

@@ -1,7 +1,8 @@
 """`crops abtest analyze`: the canary decision from the platform's logs, one look per day.
 
 An experiment is (control model hash, candidate model hash, start, policy); its looks live in
-the ledger (`crops.abtest.ledger`). An invocation reads the logs (`crops.abtest.logs`), finds
+the ledger (`crops.abtest.ledger`). An invocation reads the logs (`crops.abtest.logs`) one day
+partition at a time, each digested once and reused by later runs (`crops.abtest.digest`), finds
 the experiment, and takes every look whose day is complete (its window ended `settle_s` before
 the analysis time) and not yet in the ledger, one per day in order, stopping at a promote or
 rollback; a daily CronJob therefore takes one look per run, and a run that was missed is caught
@@ -27,7 +28,8 @@ the requests they share.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,20 +38,26 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from crops.abtest.layout import ARM, ARMS, DAY, REQUESTS, SEARCH, LogsError, day_start, utc_day
-from crops.abtest.ledger import Ledger, LedgerError, Look, break_lock, status
-from crops.abtest.logs import (
-    Logs,
-    Quarantine,
-    chunk_lengths,
-    like_chunks,
-    read_logs,
-    run_starts,
+from crops.abtest.digest import Analysed, Digests, cache_dir
+from crops.abtest.layout import (
+    ARM,
+    ARMS,
+    DAY,
+    REQUESTS,
+    SEARCH,
+    LogsError,
+    day_start,
+    list_logs,
+    utc_day,
 )
+from crops.abtest.ledger import Ledger, LedgerError, Look, break_lock, status
+from crops.abtest.logs import Logs, Quarantine, served_requests
 from crops.abtest.report import REPORT_VERSION, write_report
+from crops.abtest.usersums import merge_users, request_blocks
 from crops.evaluate.abstats import COUNTS, METRICS, analyze
 from crops.evaluate.canary import CanaryPolicy, decide
-from crops.schema import LONG_PLAY_MS, REFORMULATION_WINDOW_S, long_play
+from crops.rowcheck import chunk_lengths, like_chunks
+from crops.schema import LONG_PLAY_MS, REFORMULATION_WINDOW_S
 
 Progress = Callable[[str, int, int], None]
 
@@ -105,73 +113,40 @@ class AnalyzeError(ValueError):
 # --------------------------------------------------------------------------- the experiment
 
 
-def _linked(logs: Logs) -> pl.DataFrame:
+def linked_requests(logs: Logs, long_play_ms: int = LONG_PLAY_MS) -> pl.DataFrame:
     """Search requests joined to the request log by id: request_id, arm, model_hash, ts pair."""
-    memo = logs.memo.get("linked")
-    if memo is not None and memo[0] is logs.search and memo[1] is logs.requests:
-        return memo[2]
     agg = (pl.col(ARM).first(), pl.col("ts").min().alias("search_ts"))
-    blocks = _blocks(logs.search, ["request_id"], first=["request_id", ARM], least=["ts"])
-    search = (blocks[0] if blocks is not None else logs.search).group_by("request_id").agg(*agg)
-    req = (
-        logs.requests.filter(pl.col("instance") == 0)
-        .with_columns(pl.col("request_id").cast(pl.Int64, strict=False).alias("_rid"))
-        .filter(pl.col("_rid").is_not_null())
-        .select("_rid", "model_hash", pl.col("ts").alias("request_ts"))
+    blocks = request_blocks(logs.search, long_play_ms, logs.memo)[0]
+    search = blocks.group_by("request_id").agg(*agg)
+    req = served_requests(logs.requests).select(
+        "request_id", "model_hash", pl.col("ts").alias("request_ts")
     )
-    linked = search.join(req, left_on="request_id", right_on="_rid", how="inner")
-    logs.memo["linked"] = (logs.search, logs.requests, linked)
-    return linked
+    return search.join(req, on="request_id", how="inner")
 
 
-def _blocks(
-    df: pl.DataFrame,
-    by: list[str],
-    *,
-    first: Sequence[str] = (),
-    least: Sequence[str] = (),
-    count: dict[str, pl.Expr] | None = None,
-) -> tuple[pl.DataFrame, np.ndarray] | None:
-    """One row per run of consecutive rows equal in `by`: `first` columns' first values,
-    `least` columns' minima, `count` booleans' sums, and the runs' first rows; None when a
-    `least` column has nulls.
-
-    Logs keep a request's rows together, so a group-by over requests or users can run over
-    these runs (a few per request) instead of every row, with the same result: the first of
-    the first run is the first row, the minimum of the minima the minimum, sums add up.
-    """
-    if df.height == 0 or any(df[c].null_count() for c in least):
-        return None
-    starts = run_starts(df, by)
-    cols: dict[str, Any] = {c: df[c].gather(starts) for c in first}
-    for c in least:
-        values = df[c].to_physical().to_numpy()
-        cols[c] = pl.Series(c, np.minimum.reduceat(values, starts)).cast(df[c].dtype)
-    if count:
-        flags = df.select(**{n: e.fill_null(False) for n, e in count.items()})
-        for n in count:
-            cols[n] = np.add.reduceat(flags[n].to_numpy(), starts, dtype=np.int64)
-    return pl.DataFrame(cols), starts
-
-
-def infer_hashes(logs: Logs) -> tuple[str, str]:
+def infer_hashes(hashes: pl.DataFrame, uri: str) -> tuple[str, str]:
     """(control, candidate) model hashes from the requests both logs share.
 
-    The candidate is the hash that served the latest treatment request (a new candidate starts
-    a new experiment); the control the hash that served most control requests.
+    `hashes` counts them per arm and model hash, with each one's latest (last_ts, last_id)
+    (`crops.abtest.digest.Validated.hashes_df`, any number of rows per pair). The candidate is
+    the hash that served the latest treatment request (a new candidate starts a new
+    experiment); the control the hash that served most control requests.
     """
-    linked = _linked(logs)
-    ctl = linked.filter(pl.col(ARM) == "control")
-    trt = linked.filter(pl.col(ARM) == "treatment")
+    ctl = hashes.filter(pl.col(ARM) == "control")
+    trt = hashes.filter(pl.col(ARM) == "treatment")
     if ctl.height == 0 or trt.height == 0:
         raise AnalyzeError(
-            f"cannot tell the arms' model hashes from {logs.prefix.uri}: no "
+            f"cannot tell the arms' model hashes from {uri}: no "
             f"{'control' if ctl.height == 0 else 'treatment'} request of the search log is in "
             "the request log (the app sends its search_log request id as x-request-id); pass "
             "--control-hash and --candidate-hash"
         )
-    candidate = trt.sort(["request_ts", "request_id"])["model_hash"][-1]
-    counts = ctl.group_by("model_hash").len().sort(["len", "model_hash"], descending=[True, False])
+    candidate = trt.sort(["last_ts", "last_id"])["model_hash"][-1]
+    counts = (
+        ctl.group_by("model_hash")
+        .agg(pl.col("n").sum())
+        .sort(["n", "model_hash"], descending=[True, False])
+    )
     control = counts["model_hash"][0]
     if control == candidate:
         raise AnalyzeError(
@@ -181,7 +156,7 @@ def infer_hashes(logs: Logs) -> tuple[str, str]:
     return str(control), str(candidate)
 
 
-def _experiment_hashes(cfg: AnalyzeConfig, logs: Logs) -> tuple[str, str]:
+def _experiment_hashes(cfg: AnalyzeConfig, hashes: pl.DataFrame) -> tuple[str, str]:
     if cfg.control_hash is not None and cfg.candidate_hash is not None:
         return cfg.control_hash, cfg.candidate_hash
     if cfg.experiment is not None:
@@ -194,7 +169,7 @@ def _experiment_hashes(cfg: AnalyzeConfig, logs: Logs) -> tuple[str, str]:
                 f"(experiments there: {known})"
             )
         return match[0]["control"], match[0]["candidate"]
-    return infer_hashes(logs)
+    return infer_hashes(hashes, str(cfg.logs))
 
 
 # --------------------------------------------------------------------------- hygiene
@@ -210,11 +185,18 @@ def _arm_of_hash(control: str, candidate: str) -> pl.Expr:
     )
 
 
-def _experiment_hygiene(
-    logs: Logs, control: str, candidate: str, latest_ok: datetime
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Quarantine rows outside the experiment or from the future; (search, requests) left."""
-    q = logs.quarantine
+def experiment_hygiene(
+    logs: Logs,
+    q: Quarantine,
+    *,
+    control: str,
+    candidate: str,
+    latest_ok: datetime,
+    long_play_ms: int = LONG_PLAY_MS,
+) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Quarantine (into `q`) rows outside the experiment or from the future; the search and
+    request rows left (`logs.search` itself when none of its rows goes), and how many rows
+    were in the future."""
     req = logs.requests.with_columns(_arm_of_hash(control, candidate).alias(ARM))
     unknown = pl.col(ARM).is_null()
     q.add(
@@ -229,10 +211,8 @@ def _experiment_hygiene(
     )
     req = req.filter(~unknown)
     served = (
-        logs.requests.filter(pl.col("instance") == 0)
-        .with_columns(pl.col("request_id").cast(pl.Int64, strict=False).alias("_rid"))
-        .filter(pl.col("_rid").is_not_null())
-        .select(pl.col("_rid").alias("request_id"), pl.col("model_hash").alias("_served_by"))
+        served_requests(logs.requests)
+        .select("request_id", pl.col("model_hash").alias("_served_by"))
         .unique("request_id", keep="first")  # the first row of an id, as before the select
     )
     served_arm = (
@@ -247,11 +227,11 @@ def _experiment_hygiene(
     mismatch = linked & ~outside & (pl.col("_served_arm") != pl.col(ARM))
     search = logs.search
     # the verdicts depend on a row's request and arm only: decided once per run of rows
-    blocks = _blocks(search, ["request_id", ARM], first=["request_id", ARM])
-    if blocks is not None:
-        lengths = np.diff(np.append(blocks[1], search.height))
+    blocks, runs = request_blocks(search, long_play_ms, logs.memo)
+    if runs:
+        lengths = blocks["rows"].to_numpy()
         verdicts = (
-            blocks[0]
+            blocks.select("request_id", ARM)
             .join(served, on="request_id", how="left", maintain_order="left")
             .with_columns(served_arm.alias("_served_arm"))
             .select(
@@ -289,25 +269,29 @@ def _experiment_hygiene(
     search = kept
     future = pl.col("ts") > latest_ok
     why = f"event time after the analysis time plus the allowed skew ({latest_ok.isoformat()})"
-    q.add(SEARCH, search.filter(future), why)
-    q.add(REQUESTS, req.filter(future), why)
-    return search.filter(~future), req.filter(~future)
+    ahead = (search.filter(future), req.filter(future))
+    q.add(SEARCH, ahead[0], why)
+    q.add(REQUESTS, ahead[1], why)
+    if ahead[0].height:
+        search = search.filter(~future)
+    if ahead[1].height:
+        req = req.filter(~future)
+    return search, req, ahead[0].height + ahead[1].height
 
 
-def clock_skew(logs: Logs, threshold_s: float) -> dict[str, Any]:
-    """Search log time minus request log time on the requests both logs hold."""
-    linked = _linked(logs)
+def clock_skew(skew: pl.DataFrame, threshold_s: float) -> dict[str, Any]:
+    """Search log time minus request log time on the requests both logs hold (`skew_ms`)."""
     out: dict[str, Any] = {
-        "pairs": linked.height,
+        "pairs": skew.height,
         "median_s": None,
         "max_abs_s": None,
         "threshold_s": threshold_s,
         "flagged": False,
     }
-    if linked.height == 0:
+    if skew.height == 0:
         return out
-    d = (pl.col("search_ts") - pl.col("request_ts")).dt.total_milliseconds() / 1000.0
-    s = linked.select(d.median().alias("m"), d.abs().max().alias("x")).row(0)
+    d = pl.col("skew_ms") / 1000.0
+    s = skew.select(d.median().alias("m"), d.abs().max().alias("x")).row(0)
     out.update(median_s=round(float(s[0]), 3), max_abs_s=round(float(s[1]), 3))
     out["flagged"] = bool(abs(s[0]) > threshold_s)
     return out
@@ -316,27 +300,38 @@ def clock_skew(logs: Logs, threshold_s: float) -> dict[str, Any]:
 # --------------------------------------------------------------------------- one look
 
 
-_PER_DAY = {"ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
+@dataclass
+class LookData:
+    """Every look's inputs, summed over the partitions (`crops.abtest.digest.Analysed`)."""
 
+    groups: pl.DataFrame  # `crops.abtest.usersums.user_day_sums`
+    guard: pl.DataFrame  # day, arm, status, latency_ms
+    counts: pl.DataFrame  # table, day, rows
 
-def _day_counts(df: pl.DataFrame) -> dict[str, int]:
-    if df.height == 0:
-        return {}
-    ts = df["ts"]
-    dtype = ts.dtype
-    if isinstance(dtype, pl.Datetime) and dtype.time_zone in (None, "UTC") and not ts.null_count():
-        # UTC days since the epoch: a bincount, not a group-by over every row
-        days = ts.to_physical().to_numpy() // _PER_DAY[dtype.time_unit]
-        lo = int(days.min())
-        if int(days.max()) - lo < 1_000_000:
-            counts = np.bincount(days - lo)
-            epoch = date(1970, 1, 1)
-            return {
-                (epoch + timedelta(days=lo + int(i))).isoformat(): int(counts[i])
-                for i in np.flatnonzero(counts)
-            }
-    g = df.group_by(pl.col("ts").dt.date().alias("d")).len().sort("d")
-    return {d.isoformat(): int(n) for d, n in g.iter_rows()}
+    @classmethod
+    def merge(cls, parts: list[Analysed]) -> LookData:
+        counts = pl.concat([p.counts_df for p in parts])
+        return cls(
+            groups=pl.concat([p.groups_df for p in parts]),
+            guard=pl.concat([p.guard_df for p in parts]),
+            counts=counts.group_by("table", "day").agg(pl.col("rows").sum()).sort("table", "day"),
+        )
+
+    def day_counts(self, first: date, end: date) -> dict[str, dict[str, int]]:
+        """Rows per table and event day in [first, end)."""
+        out: dict[str, dict[str, int]] = {SEARCH: {}, REQUESTS: {}}
+        window = self.counts.filter((pl.col("day") >= first) & (pl.col("day") < end))
+        for table, day, n in window.iter_rows():
+            out[table][day.isoformat()] = int(n)
+        return out
+
+    def before(self, first: date) -> dict[str, int]:
+        """Rows per table with an event day before `first` (before the experiment started)."""
+        early = self.counts.filter(pl.col("day") < first)
+        out = {SEARCH: 0, REQUESTS: 0}
+        for table, _, n in early.iter_rows():
+            out[table] += int(n)
+        return out
 
 
 def late_rows(prev: Look | None, counts: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -351,91 +346,6 @@ def late_rows(prev: Look | None, counts: dict[str, dict[str, int]]) -> dict[str,
             if datetime.fromisoformat(day).date() < end:
                 late[kind] += max(0, n - before.get(day, 0))
     return late
-
-
-def user_sums(
-    search: pl.DataFrame, requests: pl.DataFrame, *, window_s: int, long_play_ms: int
-) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Per user: first arm and COUNTS over both arms; and the contamination figures."""
-    lp = long_play(pl.col("watch_ms"), pl.col("duration_ms"), long_play_ms)
-    is_shown = pl.col("stage") == "shown"
-    # per run of rows of one request, user and arm (logs keep a request's rows together):
-    # the first user, arm and query, the earliest ts, the shown rows' counts
-    blocks = _blocks(
-        search,
-        ["request_id", "user_id", ARM],
-        first=["request_id", "user_id", ARM, "query"],
-        least=["ts"],
-        count={
-            "impressions": is_shown,
-            "clicks": is_shown & pl.col("clicked"),
-            "long_plays": is_shown & pl.col("clicked") & lp,
-        },
-    )
-    rows = blocks[0] if blocks is not None else search
-    events = pl.concat(
-        [
-            rows.select("user_id", "ts", ARM),
-            requests.filter(pl.col("user_id").is_not_null()).select("user_id", "ts", ARM),
-        ]
-    )
-    assigned = events.group_by("user_id").agg(
-        pl.col(ARM).sort_by("ts").first(), (pl.col(ARM).n_unique() > 1).alias("_both")
-    )
-    if blocks is not None:
-        shown = rows.group_by("user_id").agg(
-            pl.col(c).sum().cast(pl.Int64) for c in ("impressions", "clicks", "long_plays")
-        )
-    else:
-        shown = (
-            search.filter(is_shown)
-            .group_by("user_id")
-            .agg(
-                pl.len().cast(pl.Int64).alias("impressions"),
-                pl.col("clicked").sum().cast(pl.Int64).alias("clicks"),
-                (pl.col("clicked") & lp).sum().cast(pl.Int64).alias("long_plays"),
-            )
-        )
-    from_search = rows.group_by("request_id").agg(
-        pl.col("user_id").first(), pl.col("ts").min(), pl.col("query").first()
-    )
-    only_logged = (
-        requests.filter(pl.col("user_id").is_not_null())
-        .with_columns(pl.col("request_id").cast(pl.Int64, strict=False).alias("_rid"))
-        .join(from_search.select(pl.col("request_id").alias("_rid")), on="_rid", how="anti")
-        .select("user_id", "ts", "query")
-    )
-    reqs = pl.concat([from_search.select("user_id", "ts", "query"), only_logged]).sort(
-        ["user_id", "ts"]
-    )
-    nxt_user, nxt_q, nxt_ts = (pl.col(c).shift(-1) for c in ("user_id", "query", "ts"))
-    reform = (
-        (nxt_user == pl.col("user_id"))
-        & (nxt_q != pl.col("query"))
-        & ((nxt_ts - pl.col("ts")).dt.total_milliseconds() <= window_s * 1000)
-    ).fill_null(False)
-    per_req = (
-        reqs.with_columns(reform.alias("reformulated"))
-        .group_by("user_id")
-        .agg(
-            pl.len().cast(pl.Int64).alias("requests"),
-            pl.col("reformulated").sum().cast(pl.Int64).alias("reformulated"),
-        )
-    )
-    users = (
-        assigned.join(shown, on="user_id", how="left")
-        .join(per_req, on="user_id", how="left")
-        .with_columns(pl.col(c).fill_null(0).cast(pl.Int64) for c in COUNTS)
-        .sort("user_id")
-    )
-    both = int(users["_both"].sum()) if users.height else 0
-    contamination = {
-        "users_both_arms": both,
-        "users": users.height,
-        "share": round(both / users.height, 6) if users.height else None,
-        "rule": "first assignment",
-    }
-    return users.drop("_both"), contamination
 
 
 def guardrails(requests: pl.DataFrame) -> dict[str, dict[str, Any]]:
@@ -487,8 +397,7 @@ def _history_entry(
 def take_look(
     ledger: Ledger,
     k: int,
-    search: pl.DataFrame,
-    requests: pl.DataFrame,
+    data: LookData,
     cfg: AnalyzeConfig,
     start: datetime,
     written_at: datetime,
@@ -496,15 +405,12 @@ def take_look(
     """Analyse look k (events from `start` to the end of the experiment's k-th day), decide."""
     policy = ledger.policy
     end = start + k * DAY
-    # the columns the look reads; a window that holds every row is no copy
-    used = ["request_id", "user_id", "ts", "query", "stage", "clicked", "watch_ms", "duration_ms"]
-    s = search.select(*used, ARM).filter(pl.col("ts") < end)
-    r = requests.filter(pl.col("ts") < end)
-    counts = {SEARCH: _day_counts(s), REQUESTS: _day_counts(r)}
+    first, last = utc_day(start), utc_day(end)
+    counts = data.day_counts(first, last)
     prev = ledger.looks[-1] if ledger.looks else None
     late = late_rows(prev, counts)
-    users, contamination = user_sums(
-        s, r, window_s=cfg.reformulation_window_s, long_play_ms=cfg.long_play_ms
+    users, contamination = merge_users(
+        data.groups, window_s=cfg.reformulation_window_s, first_day=first, end_day=last
     )
     analysis = analyze(
         users,
@@ -512,7 +418,7 @@ def take_look(
         expected_treatment_share=cfg.treatment_share,
         srm_threshold=policy.srm_p,
     )
-    guards = guardrails(r)
+    guards = guardrails(data.guard.filter((pl.col("day") >= first) & (pl.col("day") < last)))
     history = [lk.information_fraction for lk in ledger.looks]
     decision = decide(
         analysis,
@@ -558,17 +464,18 @@ def take_look(
 # --------------------------------------------------------------------------- the job
 
 
-def _hygiene(logs: Logs, q: Quarantine, extra: dict[str, Any]) -> dict[str, Any]:
+def _hygiene(digests: Digests, q: Quarantine, extra: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in (SEARCH, REQUESTS):
-        n = logs.rows_read[kind]
+        n = sum(v.rows_read[kind] for v in digests.validated)
         out[kind] = {
-            "files": len(logs.files(kind)),
+            "files": sum(v.files[kind] for v in digests.validated),
             "rows": n,
             "valid": n - q.count(kind),
             "quarantined": q.reasons(kind),
         }
-    out["arm_source"] = logs.arm_source
+    out["arm_source"] = digests.arm_source
+    out["partitions"] = digests.summary()
     return {**out, **extra}
 
 
@@ -586,34 +493,50 @@ def analyze_logs(
     """
     started = time.perf_counter()
     as_of = cfg.as_of or datetime.now(UTC)
-    if progress:
-        progress("read logs", 0, 1)
-    logs = read_logs(cfg.logs)
-    if progress:
-        progress("read logs", 1, 1)
-    control, candidate = _experiment_hashes(cfg, logs)
+    digests = Digests(list_logs(cfg.logs), cache_dir(cfg.ledger_root), progress)
+
+    def linked(logs: Logs) -> pl.DataFrame:
+        return linked_requests(logs, cfg.long_play_ms)
+
+    parts_a = digests.validate(linked)
+    control, candidate = _experiment_hashes(cfg, pl.concat([v.hashes_df for v in parts_a]))
     read_s = time.perf_counter() - started
-    skew = clock_skew(logs, cfg.max_skew_s)
+    skew = clock_skew(pl.concat([v.skew_df for v in parts_a]), cfg.max_skew_s)
     latest_ok = as_of + timedelta(seconds=cfg.max_skew_s)
-    search, requests = _experiment_hygiene(logs, control, candidate, latest_ok)
+
+    def hygiene(logs: Logs, q: Quarantine) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+        return experiment_hygiene(
+            logs,
+            q,
+            control=control,
+            candidate=candidate,
+            latest_ok=latest_ok,
+            long_play_ms=cfg.long_play_ms,
+        )
+
+    parts = digests.analyse(
+        [control, candidate],
+        latest_ok,
+        hygiene,
+        linked,
+        window_s=cfg.reformulation_window_s,
+        long_play_ms=cfg.long_play_ms,
+    )
+    digest_s = time.perf_counter() - started
+    data = LookData.merge(parts)
     existing = Ledger.load(cfg.ledger_root, control, candidate)
     if existing is not None:
         started_at = existing.experiment.started_at
     else:
-        first = requests.filter(pl.col(ARM) == "treatment")["ts"].min()
-        if first is None:
+        firsts = [p.treatment_first for p in parts if p.treatment_first is not None]
+        if not firsts:
             raise AnalyzeError(
                 f"no request in {cfg.logs} was served by the candidate {candidate}: the "
                 "experiment has not started (is the canary receiving traffic?)"
             )
-        started_at = first  # type: ignore[assignment]
+        started_at = min(firsts)
     start = day_start(utc_day(started_at))
-    before = pl.col("ts") < start
-    before_start = {
-        SEARCH: int(search.select(before.sum()).item()),
-        REQUESTS: int(requests.select(before.sum()).item()),
-    }
-    search, requests = search.filter(~before), requests.filter(~before)
+    before_start = data.before(utc_day(started_at))
     try:
         ledger = Ledger.open_or_start(cfg.ledger_root, control, candidate, cfg.policy, started_at)
     except NotImplementedError as exc:
@@ -634,34 +557,42 @@ def analyze_logs(
                     f"at {ready.isoformat()} (analysis time {as_of.isoformat()})"
                 )
                 break
-            ledger.record_look(take_look(ledger, nxt.index, search, requests, cfg, start, as_of))
+            ledger.record_look(take_look(ledger, nxt.index, data, cfg, start, as_of))
             taken.append(nxt.index)
             if progress:
                 progress("looks", nxt.index, ledger.policy.looks)
+    quarantine = digests.quarantine(parts)
     report = build_report(
-        cfg, ledger, logs, taken, pending, skew, before_start, source=source, as_of=as_of
+        cfg,
+        ledger,
+        _hygiene(digests, quarantine, {"clock_skew": skew, "before_start": before_start}),
+        taken,
+        pending,
+        source=source,
+        as_of=as_of,
     )
     if broken is not None:
         report["broke_stale_lock"] = broken.model_dump(mode="json")
-    report["timings"] = {
-        "read_s": round(read_s, 3),
-        "total_s": round(time.perf_counter() - started, 3),
-    }
+    analysis_s = time.perf_counter() - started
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    report["outputs"]["quarantine"] = logs.quarantine.write(out)
+    report["outputs"]["quarantine"] = quarantine.write(out)
+    report["timings"] = {
+        "read_s": round(read_s, 3),
+        "digest_s": round(digest_s, 3),
+        "analysis_s": round(analysis_s, 3),
+    }
     write_report(report, out, plots=plots)
+    report["timings"]["total_s"] = round(time.perf_counter() - started, 3)
     return report
 
 
 def build_report(
     cfg: AnalyzeConfig,
     ledger: Ledger,
-    logs: Logs,
+    hygiene: dict[str, Any],
     taken: list[int],
     pending: str | None,
-    skew: dict[str, Any],
-    before_start: dict[str, int],
     *,
     source: str,
     as_of: datetime,
@@ -672,17 +603,12 @@ def build_report(
     history = [{k: v for k, v in lk.record.items() if k != "analysis"} for lk in looks]
     late_by_look = {str(h["look"]): sum(h.get("late_events", {}).values()) for h in history}
     last = looks[-1].record if looks else None
-    hygiene = _hygiene(
-        logs,
-        logs.quarantine,
-        {
-            "late_events": {"rows": sum(late_by_look.values()), "looks": late_by_look},
-            "contamination": (last or {}).get("contamination")
-            or {"users_both_arms": 0, "users": 0, "share": None, "rule": "first assignment"},
-            "clock_skew": skew,
-            "before_start": before_start,
-        },
-    )
+    hygiene = {
+        **hygiene,
+        "late_events": {"rows": sum(late_by_look.values()), "looks": late_by_look},
+        "contamination": (last or {}).get("contamination")
+        or {"users_both_arms": 0, "users": 0, "share": None, "rule": "first assignment"},
+    }
     if last is not None:
         decision = {**last["decision"], "look": last["look"]}
     else:
@@ -742,8 +668,9 @@ __all__ = [
     "analyze_logs",
     "clock_skew",
     "guardrails",
+    "experiment_hygiene",
     "infer_hashes",
     "late_rows",
+    "linked_requests",
     "take_look",
-    "user_sums",
 ]

@@ -7,6 +7,7 @@ them from `_policy` and `_apply` here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -129,6 +130,29 @@ def _show(report: dict, out: Path) -> None:
     console.print(f"report written to {out / 'ab_report.json'} and {out / 'report.md'}")
 
 
+def _run_and_report(
+    run: Callable[[Any], dict],
+    errors: tuple[type[Exception], ...],
+    out: Path,
+    kube: Any,
+    isvc: str | None,
+    namespace: str | None,
+    mode: str,
+    *,
+    failed: str = "",
+) -> None:
+    """Run the A/B job with a progress bar, show its decision, apply it when `kube` is set."""
+    try:
+        with progress_bar() as progress:
+            report = run(progress)
+    except errors as exc:
+        fail(f"{exc}{failed}")
+        return
+    _show(report, out)
+    if kube is not None:
+        _apply(report["decision"], kube, isvc or "", namespace or "", mode)
+
+
 @abtest_app.command()
 def analyze(
     logs: Annotated[str, typer.Option(help="log folder or s3:// prefix (crops.abtest.layout)")],
@@ -200,15 +224,16 @@ def analyze(
         max_skew_s=max_skew_s,
         break_stale_lock=break_stale_lock,
     )
-    try:
-        with progress_bar() as progress:
-            report = analyze_logs(cfg, progress)
-    except (LogsError, SchemaError, AnalyzeError, LedgerError) as exc:
-        fail(f"{exc} (no decision written)")
-        return
-    _show(report, out)
-    if apply:
-        _apply(report["decision"], kube, isvc or "", namespace or "", canary_mode)
+    _run_and_report(
+        lambda progress: analyze_logs(cfg, progress),
+        (LogsError, SchemaError, AnalyzeError, LedgerError),
+        out,
+        kube,
+        isvc,
+        namespace,
+        canary_mode,
+        failed=" (no decision written)",
+    )
 
 
 @abtest_app.command()
@@ -317,15 +342,15 @@ def simulated(
         ledger=ledger,
         out=out,
     )
-    try:
-        with progress_bar() as progress:
-            report = run_abtest(cfg, progress=progress)
-    except AbTestError as exc:
-        fail(str(exc))
-        return
-    _show(report, out)
-    if apply:
-        _apply(report["decision"], kube, isvc or "", namespace or "", canary_mode)
+    _run_and_report(
+        lambda progress: run_abtest(cfg, progress=progress),
+        (AbTestError,),
+        out,
+        kube,
+        isvc,
+        namespace,
+        canary_mode,
+    )
 
 
 __all__ = ["abtest_app"]

@@ -71,11 +71,12 @@ def utc_day(ts: datetime) -> date:
 
 @dataclass(frozen=True)
 class LogFile:
-    """One parquet file under the prefix: its kind, path relative to the prefix, and size."""
+    """One parquet file under the prefix: its kind, path relative to the prefix, size, mtime."""
 
     kind: str
     path: str  # relative to the prefix, "/"-separated
     size: int
+    mtime_ns: int = 0  # with the size, what tells a rewritten file (`crops.abtest.digest`)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def list_logs(uri: str | os.PathLike[str]) -> LogPrefix:
             if name.startswith((".", "_")):
                 continue
             rel = fi.path[len(root) + 1 :]
-            files[kind].append(LogFile(kind, rel, int(fi.size or 0)))
+            files[kind].append(LogFile(kind, rel, int(fi.size or 0), int(fi.mtime_ns or 0)))
         files[kind].sort(key=lambda f: f.path)
     if not files[SEARCH] and not files[REQUESTS]:
         raise LogsError(

@@ -123,10 +123,11 @@ def predictor(spec: InferenceServiceSpec, platform: Platform | None = None) -> d
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
-    log = serving.requestLog
+    log, log_url = serving.requestLog, p.request_log_url
     logger: dict[str, Any] = {}
-    if log.url:  # KServe's payload logging: requests and responses as CloudEvents
-        logger = {"logger": {"mode": log.mode, "url": log.url}}
+    if log_url:  # KServe's payload logging: requests and responses as CloudEvents
+        # serving.requestLog.url, else the chart's logsink Service (as the chart's predictors)
+        logger = {"logger": {"mode": log.mode, "url": log_url}}
         if log.metadataHeaders:
             logger["logger"]["metadataHeaders"] = list(log.metadataHeaders)
     return {

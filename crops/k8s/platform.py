@@ -38,7 +38,9 @@ CONFIGMAP_KEY = "platform.json"
 PART_OF = "app.kubernetes.io/part-of"
 COMPONENT = "app.kubernetes.io/component"
 INSTANCE = "app.kubernetes.io/instance"
-Role = Literal["pipeline", "abtest", "rayNode", "raySubmitter", "predictor", "llm"]
+Role = Literal["pipeline", "abtest", "rayNode", "raySubmitter", "predictor", "llm", "logsink"]
+#: The chart's logsink Deployment and Service (`crops.logsinkName`; object names are fixed).
+LOGSINK = "crops-logsink"
 
 
 class _Values(BaseModel):
@@ -122,6 +124,11 @@ class RequestLogValues(_Values):
     metadataHeaders: list[str] = Field(default_factory=list)
 
 
+class LogsinkValues(_Values):
+    # Absent (a release of the chart from before the logsink): none is deployed.
+    enabled: bool = False
+
+
 class ServingValues(_Values):
     mode: Literal["Standard", "Serverless"]
     name: str
@@ -137,6 +144,7 @@ class PortValues(_Values):
     predictor: int = Field(ge=1, le=65535)
     llm: int = Field(ge=1, le=65535)
     rayDashboard: int = Field(ge=1, le=65535)
+    logsink: int = Field(8080, ge=1, le=65535)
 
 
 class ChartValues(_Values):
@@ -151,6 +159,7 @@ class ChartValues(_Values):
     ray: RayValues
     llm: LlmValues
     serving: ServingValues
+    logsink: LogsinkValues = Field(default_factory=LogsinkValues)
 
 
 class Platform(BaseModel):
@@ -279,6 +288,20 @@ class Platform(BaseModel):
         return out
 
     @property
+    def logsink_url(self) -> str | None:
+        """The in-cluster URL of the chart's logsink Service (the chart's `crops.logsinkUrl`),
+        None when the release does not deploy it (`logsink.enabled`)."""
+        if not self.values.logsink.enabled:
+            return None
+        return f"http://{LOGSINK}.{self.namespace}.svc.cluster.local:{self.values.ports.logsink}"
+
+    @property
+    def request_log_url(self) -> str:
+        """Where predictors send KServe's payload logs (the chart's `crops.requestLogUrl`):
+        `serving.requestLog.url`, else the logsink when deployed, else "" (no logging)."""
+        return self.values.serving.requestLog.url or self.logsink_url or ""
+
+    @property
     def artifacts_pvc(self) -> str:
         return self.values.storage.artifacts.name
 
@@ -318,4 +341,4 @@ def _packaged() -> dict[str, Any]:
     return json.loads(text)
 
 
-__all__ = ["CONFIGMAP", "CONFIGMAP_KEY", "ChartValues", "Platform"]
+__all__ = ["CONFIGMAP", "CONFIGMAP_KEY", "LOGSINK", "ChartValues", "Platform"]

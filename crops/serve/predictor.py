@@ -131,7 +131,9 @@ class RetrievalModel(Model):
             results.append((ids, scores))  # arrays: the log writer builds columns from them
         if record is not None:
             record.results = results
-        return {"predictions": predictions}
+        # in the body too: KServe's payload logger forwards bodies, not response headers, and
+        # `crops logsink` reads the serving model's hash from here
+        return {"predictions": predictions, "model_hash": self.model_hash}
 
     def _predict_v2(self, request: InferRequest, record: reqlog.Record | None) -> InferResponse:
         body_id = request.id
@@ -163,4 +165,5 @@ class RetrievalModel(Model):
                 InferOutput("scores", shape, "FP32", data=scores),
             ],
             requested_outputs=request.request_outputs,
+            parameters={"model_hash": self.model_hash} if self.model_hash else None,
         )

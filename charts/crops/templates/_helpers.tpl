@@ -94,3 +94,41 @@ tolerations:
 {{ printf "http://%s-predictor.%s.svc.cluster.local" $name $.Release.Namespace }}
 {{- end -}}
 {{- end }}
+
+{{/* The log prefix the A/B analysis reads (abtest.logs; empty: <storage.mountPath>/logs, on
+the artifacts volume). */}}
+{{- define "crops.logs" -}}
+{{ .Values.abtest.logs | default (printf "%s/logs" (trimSuffix "/" .Values.storage.mountPath)) }}
+{{- end }}
+
+{{/* Where the logsink writes: <the log prefix>/request_log (crops.abtest.layout's folder), which
+must be on the artifacts volume, the sink's only writable mount. */}}
+{{- define "crops.requestLogDir" -}}
+{{- $logs := trimSuffix "/" (include "crops.logs" .) -}}
+{{- $mount := trimSuffix "/" .Values.storage.mountPath -}}
+{{- if not (hasPrefix (printf "%s/" $mount) (printf "%s/" $logs)) -}}
+{{- fail (printf "logsink.enabled: the logsink writes <abtest.logs>/request_log on the artifacts volume (storage.mountPath %s), but abtest.logs is %q; set logsink.enabled=false and point serving.requestLog.url at a collector that writes there, or put abtest.logs on the volume" .Values.storage.mountPath $logs) -}}
+{{- end -}}
+{{ printf "%s/request_log" $logs }}
+{{- end }}
+
+{{/* The logsink's Deployment and Service. */}}
+{{- define "crops.logsinkName" -}}
+crops-logsink
+{{- end }}
+
+{{/* The logsink Service's in-cluster URL (crops.k8s.platform.Platform.logsink_url). */}}
+{{- define "crops.logsinkUrl" -}}
+{{ printf "http://%s.%s.svc.cluster.local:%d" (include "crops.logsinkName" .) .Release.Namespace (int .Values.ports.logsink) }}
+{{- end }}
+
+{{/* Where the predictors send KServe's payload logs: serving.requestLog.url, else the logsink
+when it is enabled, else nothing (off). crops.k8s.platform.Platform.request_log_url says the
+same for the predictors built at run time. */}}
+{{- define "crops.requestLogUrl" -}}
+{{- if .Values.serving.requestLog.url -}}
+{{ .Values.serving.requestLog.url }}
+{{- else if .Values.logsink.enabled -}}
+{{ include "crops.logsinkUrl" . }}
+{{- end -}}
+{{- end }}
