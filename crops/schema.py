@@ -263,6 +263,30 @@ def _out_of_range(col: pa.ChunkedArray, want: pa.DataType) -> pa.Array | None:
 Flags = dict[str, tuple[pa.Array, str]]
 
 
+_OPTIONAL = {"videos": ("synthetic", "source_query")}  # may be absent: conform fills them
+
+
+def check_schema(found: pa.Schema, name: str, path: str | Path) -> None:
+    """The contract's columns and types against a file's schema, before any row is read.
+
+    A missing column or a type that cannot be cast losslessly is a SchemaError naming the
+    column and `path`; dictionary (categorical) columns are judged by their value type, and an
+    all-null column passes where the contract allows nulls.
+    """
+    for f in SCHEMAS[name]:
+        if f.name not in found.names:
+            if f.nullable and f.name in _OPTIONAL.get(name, ()):
+                continue
+            raise SchemaError(path, f.name, f"missing (the {name} contract requires it)")
+        got = found.field(found.names.index(f.name)).type
+        if pa.types.is_dictionary(got):  # categoricals from pandas or polars
+            got = got.value_type
+        if pa.types.is_null(got) and f.nullable:
+            continue
+        if not _compatible(got, f.type):
+            raise SchemaError(path, f.name, f"has type {got}, the {name} contract wants {f.type}")
+
+
 def conform(table: pa.Table, name: str, path: str | Path) -> tuple[pa.Table, Flags]:
     """Check columns and types against the contract and cast into it.
 
@@ -271,27 +295,22 @@ def conform(table: pa.Table, name: str, path: str | Path) -> tuple[pa.Table, Fla
     cells become null and their rows are quarantined by :func:`check_rows` with the reason.
     Timestamps finer than milliseconds are truncated to milliseconds.
     """
+    check_schema(table.schema, name, path)
     schema = SCHEMAS[name]
     flags: Flags = {}
     columns = []
     for f in schema:
-        if f.name not in table.column_names:
-            if f.nullable and name == "videos" and f.name in ("synthetic", "source_query"):
-                default = pa.nulls(table.num_rows, f.type)
-                if f.name == "synthetic":
-                    default = pa.array([False] * table.num_rows, pa.bool_())
-                columns.append(default)
-                continue
-            raise SchemaError(path, f.name, f"missing (the {name} contract requires it)")
+        if f.name not in table.column_names:  # an optional videos column (check_schema)
+            default = pa.nulls(table.num_rows, f.type)
+            if f.name == "synthetic":
+                default = pa.array([False] * table.num_rows, pa.bool_())
+            columns.append(default)
+            continue
         col = table.column(f.name)
         if pa.types.is_dictionary(col.type):  # categoricals from pandas or polars
             col = col.cast(col.type.value_type)
         if pa.types.is_null(col.type) and f.nullable:  # an all-null optional column
             col = pa.chunked_array([pa.nulls(len(col), f.type)])
-        if not _compatible(col.type, f.type):
-            raise SchemaError(
-                path, f.name, f"has type {col.type}, the {name} contract wants {f.type}"
-            )
         mask, reason = None, ""
         if f.name in TEXT_COLUMNS[name] or f.name == "tags":
             mask, reason = _invalid_utf8(col), f"{f.name} is not valid UTF-8"

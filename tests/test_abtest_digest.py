@@ -224,3 +224,23 @@ def test_one_users_day_split_over_partitions_that_overlap_reads_all_as_one(
         "a user's requests of one day in two partitions overlap in time"
     )
     assert report["looks_run"] == 5
+
+
+def test_a_session_that_goes_back_in_time_across_partitions_reads_all_as_one(
+    logs: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "logs"
+    shutil.copytree(logs, copy)
+    day1, day3 = (f"day={(START + timedelta(days=d)).isoformat()}" for d in (0, 2))
+    rows = pl.read_parquet(copy / "search_log" / day1 / "part-0.parquet")
+    session = rows["session_id"][0]
+    late = rows.filter(pl.col("session_id") == session).with_columns(
+        pl.col("request_id") + 10**12, pl.col("ts") - timedelta(minutes=30)
+    )
+    late.write_parquet(copy / "search_log" / day3 / "late-session.parquet")
+    report = run(copy, tmp_path, 4)
+    assert report["hygiene"]["partitions"]["read_as_one"] == (
+        "a session's rows go back in time across partitions"
+    )
+    quarantined = report["hygiene"]["search_log"]["quarantined"]
+    assert quarantined["ts earlier than a previous row of its session"] >= 1

@@ -201,6 +201,8 @@ def interaction(units: list[Validated]) -> str | None:
     sessions = pl.concat(
         [u.sessions_df.with_columns(pl.lit(i).alias("_unit")) for i, u in enumerate(units)]
     )
+    if not _repeats(sessions["session_id"]):  # no session in two partitions (the usual case)
+        return None
     dup = sessions.filter(pl.col("session_id").is_duplicated()).sort("session_id", "_unit")
     if dup.height:
         before = pl.col("max_ts").cum_max().shift(1).over("session_id")

@@ -431,8 +431,9 @@ def plot_history(report: dict[str, Any], out: Path) -> list[Path]:
 
     written: list[Path] = []
 
-    def save(fig: Any, key: str) -> None:
-        fig.tight_layout()
+    def save(fig: Any, key: str, *, laid_out: bool = False) -> None:
+        if not laid_out:
+            fig.tight_layout()
         fig.savefig(out / OUTPUTS[key], dpi=100)
         plt.close(fig)
         written.append(out / OUTPUTS[key])
@@ -465,7 +466,7 @@ def plot_history(report: dict[str, Any], out: Path) -> list[Path]:
     fig.suptitle("Relative lift over the looks (intervals; dashed: lift crossing the boundary)")
     save(fig, "lift_plot")
 
-    save(sequential_figure(report), "boundary_plot")
+    save(sequential_figure(report), "boundary_plot", laid_out=True)
     return written
 
 
