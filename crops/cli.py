@@ -277,10 +277,17 @@ def train(
         str, typer.Option(help="none | bm25 (DPR-style) | model (ANCE-style, refreshed per epoch)")
     ] = "none",
     n_hard: Annotated[int, typer.Option(help="hard negatives per query group")] = 0,
+    steps_per_epoch: Annotated[
+        int | None, typer.Option(help="batches per epoch (default: samples / group / batch)")
+    ] = None,
     max_steps_per_epoch: Annotated[int | None, typer.Option(help="cap steps (smoke runs)")] = None,
+    positive_min_label: Annotated[
+        int, typer.Option(help="InfoNCE losses: labels at or above it are positives (1-5)")
+    ] = 4,
     gpu: Annotated[bool, typer.Option(help="GPU workers (NCCL)")] = False,
     storage_path: Annotated[
-        str | None, typer.Option(help="checkpoints: a folder or s3://... (default OUT/checkpoints)")
+        str | None,
+        typer.Option(help="checkpoints: a folder or s3://... (default OUT-checkpoints)"),
     ] = None,
     synth_videos: Annotated[
         Path | None, typer.Option(help="synthetic videos (default: beside the samples, if there)")
@@ -316,7 +323,9 @@ def train(
         lr=lr,
         hard_negatives=hard_negatives,
         n_hard=n_hard,
+        steps_per_epoch=steps_per_epoch,
         max_steps_per_epoch=max_steps_per_epoch,
+        positive_min_label=positive_min_label,
         use_gpu=gpu,
         storage_path=storage_path,
         seed=seed,

@@ -148,31 +148,49 @@ def test_a_killed_worker_resumes_from_the_checkpoint(
 
 
 @pytest.mark.e2e
-def test_cli_train_writes_a_loadable_model(run, mined_fast, tmp_path: Path, ray_local) -> None:
+def test_cli_train_writes_a_loadable_model(
+    run, mined_fast, tmp_path: Path, ray_local, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a user runs it: relative paths (the Ray workers run in other folders), the step count
+    and the positive threshold on the command line, the checkpoints beside the model folder."""
     out_dir, world = mined_fast
+    for name, src in (("samples.parquet", out_dir), ("videos.parquet", world)):
+        (tmp_path / "data").mkdir(exist_ok=True)
+        (tmp_path / "data" / name).symlink_to(src / name)
+    (tmp_path / "data" / "synth_videos.parquet").symlink_to(out_dir / "synth_videos.parquet")
+    monkeypatch.chdir(tmp_path)
     code, stdout, stderr = run(
         "train",
         "--samples",
-        out_dir / "samples.parquet",
+        "data/samples.parquet",
         "--videos",
-        world / "videos.parquet",
+        "data/videos.parquet",
         "--out",
-        tmp_path / "MD",
+        "models/MD",
         "--loss",
-        "h-infonce",
+        "infonce",
+        "--positive-min-label",
+        "3",
         "--workers",
         "2",
-        "--max-steps-per-epoch",
+        "--steps-per-epoch",
         "3",
         "--epochs",
         "1",
     )
     assert code == 0, stderr
     assert "model written" in stdout
-    model = DualEncoder.load(tmp_path / "MD")
+    md = tmp_path / "models" / "MD"
+    model = DualEncoder.load(md)
     assert model.embed(["a query"], side="query").shape == (1, model.dim)
-    cfg = json.loads((tmp_path / "MD/training.json").read_text())["config"]
+    training = json.loads((md / "training.json").read_text())
+    cfg = training["config"]
     assert cfg["videos"][1].endswith("synth_videos.parquet")  # found beside the samples
+    assert cfg["samples"] == str(tmp_path / "data" / "samples.parquet")  # resolved on the driver
+    assert cfg["positive_min_label"] == 3 and cfg["steps_per_epoch"] == 3
+    assert training["metrics"]["global_step"] == 3
+    assert not (md / "checkpoints").exists()  # the served folder holds the model only
+    assert any((tmp_path / "models" / "MD-checkpoints").iterdir())
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,9 @@ class TrainConfig(BaseModel):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     workers: int = Field(2, ge=1)
     use_gpu: bool = False
-    storage_path: str | None = Field(None, description="checkpoints; default OUT/checkpoints")
+    storage_path: str | None = Field(
+        None, description="checkpoints; default OUT-checkpoints, beside the model folder"
+    )
     name: str = "crops-train"
     max_failures: int = Field(2, ge=0)
     seed: int = 0
@@ -400,6 +402,29 @@ class _MetricsTail(threading.Thread):
             log.warning("progress: cannot read %s: %s", self.path, exc)
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute on the driver; a URI (s3://...) as it is."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config with its local paths absolute, as the driver sees them."""
+    update = {
+        "samples": _absolute(cfg.samples),
+        "videos": [_absolute(v) for v in cfg.videos],
+        "out": _absolute(cfg.out),
+    }
+    if cfg.storage_path:
+        update["storage_path"] = _absolute(cfg.storage_path)
+    return cfg.model_copy(update=update)
+
+
+def default_storage(out: Path) -> str:
+    """Checkpoints go beside the model folder (OUT-checkpoints), not in it: the served folder
+    holds the model only."""
+    return str(out.with_name(f"{out.name}-checkpoints"))
+
+
 def train(cfg: TrainConfig, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Run training on Ray (local or a cluster) and write the final model to `cfg.out`."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -407,9 +432,10 @@ def train(cfg: TrainConfig, progress: Callable[[str, int, int], None] | None = N
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    cfg = resolve_paths(cfg)  # Ray workers run elsewhere: relative paths would not be found
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    storage = cfg.storage_path or str((out / "checkpoints").resolve())
+    storage = cfg.storage_path or default_storage(out)
     if not ray.is_initialized():
         # A Ray job's driver (a RayJob, or `ray job submit`) already runs in the job's runtime
         # env, which sets the variable; Ray refuses to merge the same key twice.
