@@ -244,3 +244,20 @@ def test_a_session_that_goes_back_in_time_across_partitions_reads_all_as_one(
     )
     quarantined = report["hygiene"]["search_log"]["quarantined"]
     assert quarantined["ts earlier than a previous row of its session"] >= 1
+
+
+def test_a_new_candidate_replaces_the_old_experiments_digests(tmp_path: Path) -> None:
+    """Digests are kept for one experiment per partition: the folder does not grow with every
+    candidate."""
+    logs = tmp_path / "logs"
+    old = ("sha256:" + "c" * 64, "sha256:" + "1" * 64)
+    new = ("sha256:" + "c" * 64, "sha256:" + "2" * 64)
+    write_logs(SynthSpec(users=300, seed=5, hashes=old), logs)
+    first = run(logs, tmp_path, 4)
+    assert first["experiment"]["candidate_hash"] == old[1]
+    shutil.rmtree(logs)
+    write_logs(SynthSpec(users=300, seed=5, hashes=new), logs)
+    second = run(logs, tmp_path, 4)
+    assert second["experiment"]["candidate_hash"] == new[1]
+    units = [d for d in (tmp_path / "ledger" / ".digests").glob("*/*") if d.is_dir()]
+    assert units and all(len(list(u.glob("analysed-*"))) == 1 for u in units)

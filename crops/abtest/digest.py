@@ -324,6 +324,15 @@ def _save(path: Path, obj: Any, key: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _drop_others(unit_dir: Path, keep: str) -> None:
+    """Remove a partition's digests for other experiments or settings: one set per partition,
+    so the folder does not grow with every candidate (two experiments analysed in turn just
+    digest again)."""
+    for old in unit_dir.glob("analysed-*"):
+        if old.name != keep and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def _load(path: Path, cls: type, key: str) -> Any | None:
     try:
         meta = json.loads((path / "meta.json").read_text())
@@ -452,6 +461,7 @@ class Digests:
                 )
                 if where and got.future_rows == 0:
                     _save(where / f"analysed-{key[:16]}", got, key)
+                    _drop_others(where, f"analysed-{key[:16]}")
             else:
                 self.cached["analysed"] += 1
             out.append(got)
