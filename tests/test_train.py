@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -291,3 +293,41 @@ def test_cli_train_reports_a_bad_samples_file_before_starting_ray(
     )
     assert code == 2
     assert "column 'label'" in stderr and "missing" in stderr
+
+
+@pytest.mark.e2e
+def test_cli_train_output_is_the_progress_and_a_summary(mined_fast, tmp_path: Path) -> None:
+    """`crops train` in its own process, as a user runs it: Ray's per-worker chatter (the
+    controller's "Failed to query ... actor state" lines were half of a run's output) stays in
+    Ray's logs; the terminal gets the progress and the summary."""
+    out_dir, world = mined_fast
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crops.cli",
+            "train",
+            "--samples",
+            str(out_dir / "samples.parquet"),
+            "--videos",
+            str(world / "videos.parquet"),
+            "--out",
+            str(tmp_path / "MD"),
+            "--workers",
+            "2",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    both = done.stdout + done.stderr
+    assert "model written to" in done.stdout
+    assert "Failed to query" not in both
+    assert "RayTrainWorker" not in both
+    assert len(both.splitlines()) < 20, both

@@ -440,9 +440,12 @@ def train(cfg: TrainConfig, progress: Callable[[str, int, int], None] | None = N
         # A Ray job's driver (a RayJob, or `ray job submit`) already runs in the job's runtime
         # env, which sets the variable; Ray refuses to merge the same key twice.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        # With a progress bar (the CLI) the workers' own lines stay in Ray's session logs: about
+        # half of them were the controller's "Failed to query ... actor state" noise, and the
+        # bar and the summary say what a user needs; a failure still raises with its traceback.
         ray.init(
             include_dashboard=False,
-            log_to_driver=True,
+            log_to_driver=progress is None,
             runtime_env=None if in_job else {"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}},
         )
     # the same configuration on the same input files resumes (or returns) its own run; other
