@@ -443,9 +443,10 @@ def train(cfg: TrainConfig, progress: Callable[[str, int, int], None] | None = N
         # With a progress bar (the CLI) the workers' own lines stay in Ray's session logs: about
         # half of them were the controller's "Failed to query ... actor state" noise, and the
         # bar and the summary say what a user needs; a failure still raises with its traceback.
+        # A Ray job's driver keeps them: its log is where a cluster user reads the steps.
         ray.init(
             include_dashboard=False,
-            log_to_driver=progress is None,
+            log_to_driver=progress is None or in_job,
             runtime_env=None if in_job else {"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}},
         )
     # the same configuration on the same input files resumes (or returns) its own run; other
