@@ -152,17 +152,74 @@ def test_reformulation_same_query_repeated_is_not_a_positive() -> None:
 
 
 def test_reformulation_chain_gives_later_videos_to_every_earlier_query() -> None:
-    # A -> B -> C: 60 s then 90 s apart, A to C 150 s (beyond the window, linked via B)
+    # A -> B -> C: 40 s then 50 s apart, C exactly 90 s after A (the window is inclusive)
     log = search_log(
         s(1, 10, 100, 0, "A", 1, "click", SHORT),  # A's own click, not a long play
-        s(1, 10, 101, 60_000, "B", 2, "click", LONG),
-        s(1, 10, 102, 150_000, "C", 3, "click", LONG),
+        s(1, 10, 101, 40_000, "B", 2, "click", LONG),
+        s(1, 10, 102, 90_000, "C", 3, "click", LONG),
     )
     assert reform(log) == [
         ("A", 2, 100, 10, "B"),
         ("A", 3, 100, 10, "C"),
         ("B", 3, 101, 10, "C"),
     ]
+
+
+def test_reformulation_chain_stays_within_the_window_of_its_first_query() -> None:
+    """Issue 14: A -> B -> C 60 s then 90 s apart: C is 150 s after A, beyond the window of
+    the chain's first query, so C starts a chain of its own (consecutive gaps within the
+    window no longer chain without limit)."""
+    log = search_log(
+        s(1, 10, 100, 0, "A", 1, "click", SHORT),
+        s(1, 10, 101, 60_000, "B", 2, "click", LONG),
+        s(1, 10, 102, 150_000, "C", 3, "click", LONG),
+    )
+    ch = chains(log, WINDOW_S).collect()
+    assert ch["step"].to_list() == [0, 1, 0]
+    assert ch["in_chain"].to_list() == [True, True, False]
+    assert reform(log) == [("A", 2, 100, 10, "B")]
+
+
+def test_reformulation_a_long_run_of_close_queries_splits_into_windows() -> None:
+    """Queries 30 s apart for 5 minutes: a chain per 90 s from its first query, found in
+    several rounds (0-90 s, 120-210 s, 240-300 s)."""
+    log = search_log(*(s(1, 10, 100 + i, 30_000 * i, f"q{i}", i, "click", LONG) for i in range(11)))
+    ch = chains(log, WINDOW_S).collect()
+    assert ch["step"].to_list() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]
+    assert ch["chain"].n_unique() == 3
+    got = reform(log)
+    assert ("q0", 3, 100, 10, "q3") in got and ("q3", 4, 103, 10, "q4") not in got
+    assert len(got) == 6 + 6 + 3  # 4 + 4 + 3 requests: C(4,2) + C(4,2) + C(3,2) pairs
+
+
+def _chains_reference(rows: list[tuple[int, int, int]], window_ms: int) -> list[int]:
+    """Steps of (user, ts_ms, request) rows sorted by (user, ts, request): the loop the
+    vectorised rounds replace."""
+    steps, start_ts, step, user = [], 0, 0, None
+    for u, t, _ in rows:
+        if u != user or t - start_ts > window_ms:
+            user, start_ts, step = u, t, 0
+        else:
+            step += 1
+        steps.append(step)
+    return steps
+
+
+def test_reformulation_chains_match_the_sequential_rule_on_random_logs() -> None:
+    rng = random.Random(3)
+    rows, request = [], 0
+    for user in range(30):
+        t = 0
+        for _ in range(rng.randint(1, 25)):
+            t += rng.choice([0, 1_000, 30_000, 45_000, 89_999, 90_000, 90_001, 400_000])
+            request += 1
+            rows.append(s(user, user, request, t, f"q{request % 7}", request))
+    ch = chains(search_log(*rows), WINDOW_S).collect()
+    key = sorted((u, t, r) for u, _, r, t, *_ in rows)
+    assert ch["request_id"].to_list() == [r for _, _, r in key]
+    assert ch["step"].to_list() == _chains_reference(key, 90_000)
+    sizes = ch.group_by("chain").agg(pl.len(), pl.col("ts").max() - pl.col("ts").min())
+    assert (sizes["ts"].dt.total_milliseconds() <= 90_000).all()
 
 
 def test_reformulation_gap_beyond_the_window_starts_a_new_chain() -> None:

@@ -1,10 +1,12 @@
 """Query-level positives: what a user consumed after reformulating.
 
 A user types A, finds nothing good, types B within the window and consumes v: v becomes a
-positive for A. Consecutive requests of one user (by time, across session ids) no further
-apart than the window form a chain; a video consumed at any step is given to every earlier
-query of the chain that differs from the consuming query (A -> B -> C gives C's videos to
-A and B).
+positive for A. A chain is a user's requests (by time, across session ids) within the window
+of the chain's FIRST request (the paper's "a later query within 90 s"): the first request
+more than the window after it starts the next chain, so no chain spans more than the window
+however closely its queries follow each other. A video consumed at any step is given to every
+earlier query of the chain that differs from the consuming query (A -> B -> C within 90 s of A
+gives C's videos to A and B).
 """
 
 from __future__ import annotations
@@ -17,24 +19,55 @@ from crops.schema import log_requests, long_play
 def chains(search: pl.LazyFrame, window_s: float) -> pl.LazyFrame:
     """Requests with their chain id, step in the chain and whether the chain has several.
 
-    Sorted by (user, ts, request), so chain starts are where the link to the previous row
-    breaks; ids and steps come from running sums, not per-group windows (this is the hot
-    path of mining a large log).
+    Sorted by (user, ts, request). A request starts a chain when it is the user's first, or
+    more than the window after the start of the chain before it. That start depends on the
+    previous starts, so it is found in rounds over sorted columns (running sums and forward
+    fills, no per-group windows; this is the hot path of mining a large log): the chains of
+    consecutive gaps within the window are the first guess, and each round splits off, from
+    every chain that still spans more than the window, the suffix beyond it. Each round works
+    only on the rows still beyond the window, and there are as many rounds as the longest run
+    of closely spaced queries holds windows (one or two in search logs).
     """
     window_ms = int(round(window_s * 1000))
-    req = log_requests(search).sort(["user_id", "ts", "request_id"])
-    gap = (pl.col("ts") - pl.col("ts").shift(1)).dt.total_milliseconds()
+    req = (
+        log_requests(search)
+        .sort(["user_id", "ts", "request_id"])
+        .with_columns(pl.col("ts").dt.epoch("ms").alias("_ms"))
+        .collect()
+    )
+    gap = pl.col("_ms") - pl.col("_ms").shift(1)
     same_user = pl.col("user_id") == pl.col("user_id").shift(1)
-    linked = (same_user & (gap <= window_ms)).fill_null(False)
+    start = (~(same_user & (gap <= window_ms))).fill_null(True).alias("_start")
+    rows = req.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"), "_ms", start)
+    starts = rows["_start"].clone()
+    # rows beyond the window of their chain's start; their first row per chain starts a chain
+    beyond = _beyond(rows, window_ms)
+    while beyond.height:
+        first = beyond["_i"] != beyond["_i"].shift(1).fill_null(-2) + 1
+        starts = starts.scatter(beyond["_i"].filter(first), True)
+        beyond = _beyond(beyond.with_columns(first.alias("_start")), window_ms)
     idx = pl.int_range(pl.len(), dtype=pl.Int64)
+    linked = ~pl.col("_start")
     return (
-        req.with_columns(linked.alias("_linked"))
+        req.drop("_ms")
+        .with_columns(starts.alias("_start"))
         .with_columns(
-            (~pl.col("_linked")).cast(pl.Int64).cum_sum().alias("chain"),
-            (idx - pl.when(~pl.col("_linked")).then(idx).forward_fill()).alias("step"),
-            (pl.col("_linked") | pl.col("_linked").shift(-1).fill_null(False)).alias("in_chain"),
+            pl.col("_start").cast(pl.Int64).cum_sum().alias("chain"),
+            (idx - pl.when(pl.col("_start")).then(idx).forward_fill()).alias("step"),
+            (linked | linked.shift(-1).fill_null(False)).alias("in_chain"),
         )
-        .drop("_linked")
+        .drop("_start")
+        .lazy()
+    )
+
+
+def _beyond(rows: pl.DataFrame, window_ms: int) -> pl.DataFrame:
+    """The rows (_i, _ms, _start; consecutive runs sorted by _i) more than the window after
+    the start of their chain: the run's first row with _start, or the row after a gap in _i."""
+    run_start = pl.col("_start") | (pl.col("_i") != pl.col("_i").shift(1) + 1).fill_null(True)
+    start_ms = pl.when(run_start).then(pl.col("_ms")).forward_fill()
+    return rows.filter(pl.col("_ms") - start_ms > window_ms).select(
+        "_i", "_ms", pl.lit(False).alias("_start")
     )
 
 
