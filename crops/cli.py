@@ -20,6 +20,7 @@ from crops.console import fail as _fail
 from crops.console import options as _options
 from crops.console import progress_bar as _progress_bar
 from crops.console import summary_table as _summary_table
+from crops.model.convergence import stop_options as stop_rule
 
 app = typer.Typer(
     name="crops",
@@ -124,10 +125,30 @@ def mine(
     filter_model: Annotated[
         str, typer.Option(help="relevance filter: minilm | a sentence-transformers path | none")
     ] = "minilm",
-    relevance_threshold: Annotated[float, typer.Option(help="keep candidates above this")] = 0.6,
-    window_s: Annotated[float, typer.Option(help="reformulation window (s)")] = 90,
-    feed_window_s: Annotated[float, typer.Option(help="feed window around a search (s)")] = 1800,
-    feed_max_per_query: Annotated[int, typer.Option(help="recfeed positives per user+query")] = 100,
+    relevance_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="keep reformulation and feed candidates scoring above this, on the filter's"
+            " (1 + cos) / 2 scale (default: MineConfig's)"
+        ),
+    ] = None,
+    level_filter: Annotated[
+        float | None,
+        typer.Option(
+            help="an extension, off by default: drop level samples (labels 1-3) scoring at or"
+            " below this, same scale; the summary counts them"
+        ),
+    ] = None,
+    window_s: Annotated[
+        float | None,
+        typer.Option(help="reformulation: a chain's queries within this of its first (s)"),
+    ] = None,
+    feed_window_s: Annotated[
+        float | None, typer.Option(help="feed window around a search, either side (s)")
+    ] = None,
+    feed_max_per_user: Annotated[
+        int | None, typer.Option(help="recfeed candidates per user, the closest first")
+    ] = None,
     synth_min_positives: Annotated[
         int, typer.Option(help="synthesise for queries with fewer positives than this")
     ] = 200,
@@ -154,12 +175,19 @@ def mine(
             f"--world {world} is not a simulated world (no world.json): the knowledge backend"
             " needs one; give --llm-endpoint or --llm-backend none"
         )
+    # options left out keep MineConfig's defaults (their one home)
+    given = {
+        "reformulation_window_s": window_s,
+        "feed_window_s": feed_window_s,
+        "feed_max_per_user": feed_max_per_user,
+        "relevance_threshold": relevance_threshold,
+        "level_filter": level_filter,
+    }
+    if level_filter is not None and filter_model == "none":
+        _fail("--level-filter needs the relevance filter's scores: not with --filter-model none")
     cfg = _options(
         MineConfig,
-        reformulation_window_s=window_s,
-        feed_window_s=feed_window_s,
-        feed_max_per_query=feed_max_per_query,
-        relevance_threshold=relevance_threshold,
+        **{k: v for k, v in given.items() if v is not None},
         filter_model=filter_model,
         synth_min_positives=synth_min_positives,
         synth_max_queries=synth_max_queries,
@@ -191,6 +219,7 @@ def mine(
     console.print(
         _summary_table(
             {f"{src} pass rate": flt[src]["pass_rate"] for src in ("reformulation", "recfeed")}
+            | _level_filter_summary(report["level_filter"])
             | {"quarantined " + k: v for k, v in report["quarantined"].items()},
             "filter and quarantine",
         )
@@ -219,6 +248,17 @@ def mine(
                 "quality against the world's truth",
             )
         )
+
+
+def _level_filter_summary(levels: dict) -> dict:
+    """The level filter's lines of the mining summary: what it dropped, per source."""
+    if levels["threshold"] is None:
+        return {"level filter": "off"}
+    return {
+        f"level filter > {levels['threshold']}: dropped": levels["dropped"],
+        **{f"  dropped {k}": v for k, v in levels["dropped_by_source"].items()},
+        "  level samples kept": levels["kept"],
+    }
 
 
 def _synthesis_backend(cfg, world: Path, cache: Path):
@@ -269,7 +309,17 @@ def train(
     encoder: Annotated[str, typer.Option(help="hash | hf:<name-or-path> (hf:minilm)")] = "hash",
     separate_towers: Annotated[bool, typer.Option(help="query and video towers apart")] = False,
     workers: Annotated[int, typer.Option(help="Ray Train workers (DDP)")] = 2,
-    epochs: Annotated[int, typer.Option(help="passes over the samples")] = 2,
+    max_steps: Annotated[
+        int | None, typer.Option(help="cap on optimizer steps (default: the stop rule's)")
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(help="stop after this many evaluations without gain; 0: train --max-steps"),
+    ] = None,
+    eval_every: Annotated[int | None, typer.Option(help="steps between validations")] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="share of the queries held out for validation")
+    ] = None,
     queries_per_batch: Annotated[int, typer.Option(help="query groups per global batch")] = 32,
     group_size: Annotated[int, typer.Option(help="samples per query group")] = 8,
     lr: Annotated[float | None, typer.Option(help="default 2e-5 (hf), 1e-3 (hash)")] = None,
@@ -278,9 +328,11 @@ def train(
     ] = "none",
     n_hard: Annotated[int, typer.Option(help="hard negatives per query group")] = 0,
     steps_per_epoch: Annotated[
-        int | None, typer.Option(help="batches per epoch (default: samples / group / batch)")
+        int | None,
+        typer.Option(
+            help="batches per epoch: checkpoints, ANCE refreshes (default: samples/group/batch)"
+        ),
     ] = None,
-    max_steps_per_epoch: Annotated[int | None, typer.Option(help="cap steps (smoke runs)")] = None,
     positive_min_label: Annotated[
         int, typer.Option(help="InfoNCE losses: labels at or above it are positives (1-5)")
     ] = 4,
@@ -317,14 +369,13 @@ def train(
         encoder=encoder,
         shared=not separate_towers,
         workers=workers,
-        epochs=epochs,
         queries_per_batch=queries_per_batch,
         group_size=group_size,
         lr=lr,
         hard_negatives=hard_negatives,
         n_hard=n_hard,
         steps_per_epoch=steps_per_epoch,
-        max_steps_per_epoch=max_steps_per_epoch,
+        stop=stop_rule(max_steps, patience, eval_every, val_fraction),
         positive_min_label=positive_min_label,
         use_gpu=gpu,
         storage_path=storage_path,
@@ -343,8 +394,9 @@ def train(
     m = summary["metrics"]
     loss_value = m.get("loss", float("nan"))
     console.print(
-        f"[bold]model written to {out}[/]: {cfg.epochs} epochs, loss {loss_value:.4f},"
-        f" {m.get('samples_per_s', 0):,.0f} samples/s, {summary['wall_s']:.0f} s"
+        f"[bold]model written to {out}[/]: {summary['steps']} steps, loss {loss_value:.4f},"
+        f" {m.get('samples_per_s', 0):,.0f} samples/s, {summary['wall_s']:.0f} s;"
+        f" {summary['validation']['why_stopped']}"
     )
     if summary["samples_without_video"]:
         console.print(
@@ -438,8 +490,14 @@ def experiment(
         list[str] | None, typer.Option(help="only these rows (repeat); default all")
     ] = None,
     encoder: Annotated[str, typer.Option(help="hash | hf:<name-or-path>")] = "hash",
-    steps: Annotated[int, typer.Option(help="optimizer steps per dense method")] = 1500,
-    epochs: Annotated[int, typer.Option(help="epochs the steps are split into")] = 3,
+    max_steps: Annotated[
+        int | None, typer.Option(help="cap on each method's steps (default: the stop rule's)")
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(help="evaluations without gain before a method stops; 0: --max-steps each"),
+    ] = None,
+    eval_every: Annotated[int | None, typer.Option(help="steps between validations")] = None,
     queries_per_batch: Annotated[int, typer.Option(help="query groups per batch")] = 32,
     group_size: Annotated[int, typer.Option(help="samples per query group")] = 8,
     workers: Annotated[int, typer.Option(help="Ray Train workers per run")] = 2,
@@ -473,8 +531,7 @@ def experiment(
         out=str(out),
         mined=str(mined) if mined else None,
         encoder=encoder,
-        steps=steps,
-        epochs=epochs,
+        stop=stop_rule(max_steps, patience, eval_every),
         queries_per_batch=queries_per_batch,
         group_size=group_size,
         workers=workers,
@@ -763,8 +820,9 @@ def pipeline_run(
     local: Annotated[bool, typer.Option("--local", help="run here under kfp.local")] = False,
     scale: Annotated[str, typer.Option(help="world size: default | tiny")] = "default",
     seed: Annotated[int, typer.Option(help="world seed")] = 1,
-    steps: Annotated[
-        int | None, typer.Option(help="optimizer steps per model (default: the scale's)")
+    max_steps: Annotated[
+        int | None,
+        typer.Option(help="cap on each model's steps (default: converge, the stop rule's cap)"),
     ] = None,
     out: Annotated[Path, typer.Option(help="pipeline root: task outputs and logs")] = Path(
         "runs/pipeline"
@@ -784,7 +842,9 @@ def pipeline_run(
     if not local:
         _fail("give --local (to run on a cluster: crops pipeline submit --host URL)")
     try:
-        arguments = local_arguments(scale, seed, steps, parse_params(param or [], build("local")))
+        arguments = local_arguments(
+            scale, seed, max_steps, parse_params(param or [], build("local"))
+        )
     except PipelineError as exc:
         _fail(str(exc))
         return

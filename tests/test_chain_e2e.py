@@ -44,9 +44,7 @@ def test_simulate_mine_train_index_serve_evaluate(tmp_path):
         world / "videos.parquet",
         "--out",
         model,
-        "--epochs",
-        "1",
-        "--max-steps-per-epoch",
+        "--max-steps",
         "40",
     )
     crops(

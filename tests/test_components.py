@@ -250,10 +250,11 @@ def test_train_and_index_locally_on_ray(mined_fast, tmp_path: Path) -> None:
         model=model,
         metrics=metrics,
         method="crops",
-        steps=6,
-        epochs=2,
+        max_steps=6,
     )
     assert metrics.metadata["steps"] == 6 and metrics.metadata["samples"] > 1000
+    assert metrics.metadata["best_step"] == 6  # the cap's evaluation is the only one
+    assert model.metadata["why_stopped"].startswith("reached the cap of 6 steps")
     assert not (Path(model.path) / "checkpoints").exists()  # checkpoints are not the model
     ix, ixm = out(Artifact, tmp_path, "index"), out(Metrics, tmp_path, "im")
     index.python_func(model=model, world=given(Dataset, world_dir), index=ix, metrics=ixm)

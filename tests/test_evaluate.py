@@ -16,6 +16,7 @@ from crops.evaluate.collection import CollectionError, trec_collection, world_co
 from crops.evaluate.experiment import PAPER, goals, render_markdown
 from crops.evaluate.offline import BM25Searcher, DenseSearcher, evaluate, headline
 from crops.index.store import model_hash, write_index
+from crops.model.convergence import StopRule
 from crops.model.encoders import build_dual_encoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -262,7 +263,12 @@ def test_results_markdown_puts_the_paper_beside_ours():
         {
             "world": "w",
             "mined": "m",
-            "config": {"encoder": "hash", "steps": 10, "queries_per_batch": 4, "group_size": 4},
+            "config": {
+                "encoder": "hash",
+                "stop": StopRule().model_dump(),
+                "queries_per_batch": 4,
+                "group_size": 4,
+            },
             "results": results,
             "goals": goals(results),
         }
@@ -285,10 +291,8 @@ def test_experiment_writes_table_and_chart(run, tmp_path, mined_fast):
         mined,
         "--out",
         out,
-        "--steps",
+        "--max-steps",
         "6",
-        "--epochs",
-        "1",
         "--queries-per-batch",
         "8",
         "--group-size",

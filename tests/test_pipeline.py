@@ -285,8 +285,11 @@ def test_cli_compile_writes_the_yaml(run, tmp_path: Path) -> None:
         (["run", "--scale", "tiny"], "give --local"),
         (["run", "--local", "--scale", "huge"], "scale 'huge': use one of tiny, default"),
         (["run", "--local", "--scale", "large"], "scale 'large': use one of tiny, default"),
-        (["run", "--local", "--steps", "0"], "steps must be at least 1, got 0"),
-        (["run", "--local", "--param", "steps=x"], "--param steps='x': expected number_integer"),
+        (["run", "--local", "--max-steps", "0"], "max_steps must be at least 1, got 0"),
+        (
+            ["run", "--local", "--param", "max_steps=x"],
+            "--param max_steps='x': expected number_integer",
+        ),
         (["run", "--local", "--param", "bogus=1"], "--param bogus: not a pipeline parameter"),
         (["run", "--local", "--param", "target=cluster"], "target must be local"),
         (["run", "--local", "--param", "scale=large"], "scale 'large': use one of tiny, default"),
@@ -344,7 +347,7 @@ def test_a_failing_task_stops_the_run_naming_the_task_and_its_log(run, tmp_path:
 @pytest.mark.e2e
 def test_the_whole_pipeline_runs_under_kfp_local_on_the_tiny_world(run, tmp_path: Path) -> None:
     code, stdout, stderr = run(
-        "pipeline", "run", "--local", "--scale", "tiny", "--steps", "20", "--out", tmp_path
+        "pipeline", "run", "--local", "--scale", "tiny", "--max-steps", "20", "--out", tmp_path
     )
     assert code == 0, stderr
     for step in ("simulate world", "mine (reformulation", "A/B test and canary decision"):

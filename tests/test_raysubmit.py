@@ -168,8 +168,7 @@ def test_train_on_the_tiny_world_as_a_submitted_rayjob(
         "--loss", "h-infonce",
         "--encoder", "hash",
         "--workers", 2,  # one per node
-        "--epochs", 1,
-        "--max-steps-per-epoch", 5,
+        "--max-steps", 5,
         "--storage-path", tmp_path / "checkpoints",
         "--seed", 0,
     ]  # fmt: skip

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from crops.model.convergence import StopRule
 from crops.model.encoders import DualEncoder, HashTower
 from crops.model.losses import HInfoNCELoss
 from crops.model.train import (
@@ -103,8 +104,8 @@ def test_two_workers_train_a_loadable_model(mined_fast, tmp_path: Path, ray_loca
         videos=[str(world / "videos.parquet"), str(out_dir / "synth_videos.parquet")],
         out=str(tmp_path / "model"),
         workers=2,
-        epochs=2,
-        max_steps_per_epoch=4,
+        steps_per_epoch=4,
+        stop=StopRule(max_steps=8, eval_every=4),
     )
     summary = train(cfg)
     model = DualEncoder.load(tmp_path / "model")
@@ -113,10 +114,56 @@ def test_two_workers_train_a_loadable_model(mined_fast, tmp_path: Path, ray_loca
     rows = [json.loads(x) for x in (tmp_path / "model/metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "step" in r]
     assert len(steps) == 8 and all(np.isfinite(r["loss"]) for r in steps)
-    assert rows[0] == {"event": "start", "world": 2, "resumed_from": None, "total_steps": 8}
+    start = rows[0]
+    assert (start["event"], start["world"], start["resumed_from"]) == ("start", 2, None)
+    assert start["total_steps"] == 8 and start["val_queries"] > 0
     assert summary["metrics"]["epoch"] == 1
     saved = json.loads((tmp_path / "model/training.json").read_text())
     assert saved["config"]["loss"] == "h-infonce"
+    validation = saved["validation"]
+    assert [p["step"] for p in validation["curve"]] == [4, 8]  # every 4 steps, and the cap
+    assert validation["stopped"] == "max_steps"
+    assert validation["why_stopped"].startswith("reached the cap of 8 steps")
+    assert set(validation["held_out"]).isdisjoint(_training_queries(saved))
+
+
+def _training_queries(saved: dict) -> set[str]:
+    """Queries the batches could draw: the samples' queries minus the held-out ones."""
+    import polars as pl
+
+    queries = set(pl.read_parquet(saved["config"]["samples"])["query"].unique().to_list())
+    return queries - set(saved["validation"]["held_out"])
+
+
+@pytest.mark.slow
+def test_training_stops_on_patience_and_writes_the_best_model(
+    mined_fast, tmp_path: Path, ray_local
+) -> None:
+    """Patience 1 with an unreachable min_delta: the second evaluation stops training, and the
+    model written is the first evaluation's (its validation recall is the curve's best)."""
+    from crops.model.convergence import RecallProbe, split_by_query
+    from crops.model.data import load_training_data
+    from crops.model.train import train
+
+    out_dir, world = mined_fast
+    cfg = TrainConfig(
+        samples=str(out_dir / "samples.parquet"),
+        videos=[str(world / "videos.parquet"), str(out_dir / "synth_videos.parquet")],
+        out=str(tmp_path / "model"),
+        workers=1,
+        stop=StopRule(max_steps=500, eval_every=3, patience=1, min_delta=1.0),
+    )
+    summary = train(cfg)
+    validation = summary["validation"]
+    assert validation["stopped"] == "converged" and summary["steps"] == 6
+    assert [p["step"] for p in validation["curve"]] == [3, 6]
+    assert validation["best_step"] == 3
+    assert validation["why_stopped"].startswith("converged: no recall@100 gain above 1.0")
+    data = load_training_data(cfg.samples, cfg.videos)
+    _, held = split_by_query(data, cfg.stop.val_fraction, cfg.seed, cfg.positive_min_label)
+    probe = RecallProbe(data, held, k=cfg.stop.val_k, min_label=cfg.positive_min_label)
+    written = probe.recall(DualEncoder.load(tmp_path / "model"))
+    assert written == pytest.approx(validation["curve"][0]["recall"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -133,8 +180,8 @@ def test_a_killed_worker_resumes_from_the_checkpoint(
         videos=[str(world / "videos.parquet"), str(out_dir / "synth_videos.parquet")],
         out=str(tmp_path / "model"),
         workers=2,
-        epochs=3,
-        max_steps_per_epoch=4,
+        steps_per_epoch=4,
+        stop=StopRule(max_steps=12, eval_every=4),
         name="fault",
     )
     summary = train(cfg)
@@ -177,8 +224,8 @@ def test_cli_train_writes_a_loadable_model(
         "2",
         "--steps-per-epoch",
         "3",
-        "--epochs",
-        "1",
+        "--max-steps",
+        "3",
     )
     assert code == 0, stderr
     assert "model written" in stdout
@@ -315,9 +362,7 @@ def test_cli_train_output_is_the_progress_and_a_summary(mined_fast, tmp_path: Pa
             str(tmp_path / "MD"),
             "--workers",
             "2",
-            "--epochs",
-            "1",
-            "--steps-per-epoch",
+            "--max-steps",
             "20",
         ],
         capture_output=True,

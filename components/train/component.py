@@ -13,8 +13,8 @@ def train(
     model: Output[Model],
     metrics: Output[Metrics],
     method: str = "crops",
-    steps: int = 1500,
-    epochs: int = 1,
+    max_steps: int = 0,
+    converge: bool = True,
     queries_per_batch: int = 32,
     group_size: int = 8,
     n_hard: int = 2,
@@ -34,7 +34,9 @@ def train(
     `method` names a row of `crops.evaluate.experiment.METHODS` and fixes the sample sources,
     the loss and the hard negatives: `crops` (every source, H-InfoNCE on the HLA labels) or
     `nce` (click positives only, InfoNCE: the click-only control), or any other dense row.
-    Every method gets the same number of optimizer steps, as in `crops experiment`.
+    Every method trains to convergence under the same stop rule, as in `crops experiment`
+    (`crops.model.convergence.StopRule`: validation recall on held-out training queries,
+    patience, a cap); training.json in the model folder has the curve and why it stopped.
 
     backend `local` trains here with Ray local (TorchTrainer, Train V2, CPU workers, or GPUs
     when the task has them). backend `rayjob` copies the samples to the artifacts volume,
@@ -50,8 +52,8 @@ def train(
         metrics: samples, steps, the last loss, samples/s, seconds.
         method: crops | nce | dpr | ance | fs-lr | plus-reformulation | plus-recommendation |
             binary-infonce.
-        steps: optimizer steps (split over `epochs`).
-        epochs: epochs the steps are split into (a checkpoint after each).
+        max_steps: cap on optimizer steps; 0: the stop rule's default.
+        converge: stop on the validation patience rule (true) or train exactly `max_steps`.
         queries_per_batch: query groups per global batch.
         group_size: samples per query group.
         n_hard: hard negatives per group for the methods that use them (DPR, ANCE).
@@ -68,7 +70,6 @@ def train(
     """
     import hashlib
     import json
-    import math
     import os
     import shutil
     import tempfile
@@ -82,9 +83,14 @@ def train(
         raise ValueError(f"{m.name} is not a trained method")
     if backend not in ("local", "rayjob"):
         raise ValueError(f"backend {backend!r}: use local or rayjob")
-    if steps < 1 or epochs < 1:
-        raise ValueError(f"steps ({steps}) and epochs ({epochs}) must be at least 1")
-    per_epoch = math.ceil(steps / epochs)
+    from crops.model.convergence import StopRule, stop_options
+
+    if max_steps < 0:
+        raise ValueError(f"max_steps must be at least 1 (or 0 for the default), got {max_steps}")
+    if not converge and max_steps == 0:
+        raise ValueError("converge=false trains exactly max_steps steps: give max_steps")
+    stop = stop_options(max_steps or None, None if converge else 0)
+    StopRule(**stop)  # refuse a bad rule here, before any work
     work = Path(tempfile.mkdtemp(prefix="crops-train-"))
     samples, n = subset_samples(Path(mined.path), m, work / "data")
     videos = [Path(world.path) / "videos.parquet"]
@@ -105,8 +111,7 @@ def train(
             out=str(out),
             loss=m.loss,
             encoder=encoder,
-            epochs=epochs,
-            steps_per_epoch=per_epoch,
+            stop=stop,
             queries_per_batch=queries_per_batch,
             group_size=group_size,
             hard_negatives=m.hard_negatives,
@@ -132,11 +137,6 @@ def train(
         shutil.copy2(videos[0], root / "videos.parquet")
         if len(videos) > 1:  # `crops train` takes synth_videos.parquet beside the samples
             shutil.copy2(videos[1], root / "data" / "synth_videos.parquet")
-        # `crops train` caps epochs (--max-steps-per-epoch) but cannot lengthen them: a method
-        # with few samples gets more epochs instead, so every method trains about `steps` steps
-        natural = max(1, round(n / group_size) // queries_per_batch)
-        if natural < per_epoch:
-            epochs, per_epoch = math.ceil(steps / natural), natural
         args = [
             "--samples", root / "data" / "samples.parquet",
             "--videos", root / "videos.parquet",
@@ -144,8 +144,6 @@ def train(
             "--loss", m.loss,
             "--encoder", encoder,
             "--workers", workers,
-            "--epochs", epochs,
-            "--max-steps-per-epoch", per_epoch,
             "--queries-per-batch", queries_per_batch,
             "--group-size", group_size,
             "--hard-negatives", m.hard_negatives,
@@ -155,6 +153,10 @@ def train(
         ]  # fmt: skip
         if lr:
             args += ["--lr", lr]
+        if "max_steps" in stop:
+            args += ["--max-steps", stop["max_steps"]]
+        if "patience" in stop:
+            args += ["--patience", 0]
         if worker_gpus > 0:
             args.append("--gpu")
         spec = RayJobSpec(
@@ -174,7 +176,11 @@ def train(
     shutil.rmtree(work, ignore_errors=True)
 
     metrics.log_metric("samples", n)
-    metrics.log_metric("steps", int(result.get("global_step", epochs * per_epoch)))
+    validation = json.loads((out / "training.json").read_text())["validation"]
+    metrics.log_metric("steps", int(result["global_step"]))
+    if validation.get("best_step") is not None:
+        metrics.log_metric("best_step", int(validation["best_step"]))
+        metrics.log_metric("validation_recall", float(validation["best"]))
     for key in ("loss", "samples_per_s", "wall_s"):
         if isinstance(result.get(key), int | float):
             metrics.log_metric(key, float(result[key]))
@@ -187,5 +193,6 @@ def train(
             "encoder": encoder,
             "samples": n,
             "backend": result["backend"],
+            "why_stopped": validation["why_stopped"],
         }
     )

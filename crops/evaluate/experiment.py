@@ -1,7 +1,9 @@
 """`crops experiment`: the paper's offline table, trained and scored on a simulated world.
 
-Every dense method trains the same encoder for the same number of optimizer steps (so a method
-with more samples is not also granted more updates), on a subset of one mined sample file:
+Every dense method trains the same encoder to convergence under the same stop rule
+(`crops.model.convergence.StopRule`: validation recall on held-out training queries, patience,
+a cap), so no method is judged before it has converged and none is granted updates it does not
+use (the steps each took are in the table). Each trains on a subset of one mined sample file:
 
 - NCE: click positives, in-batch (random) negatives, InfoNCE;
 - DPR: NCE plus BM25 hard negatives;
@@ -26,6 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from crops.evaluate.offline import headline
+from crops.model.convergence import StopRule
 
 Progress = Callable[[str, int, int], None]
 
@@ -130,11 +133,13 @@ class ExperimentConfig(BaseModel):
     mined: str | None = Field(None, description="a `crops mine` folder; default: mine into OUT")
     methods: list[str] = Field(default_factory=lambda: [m.name for m in METHODS])
     encoder: str = "hash"
-    steps: int = Field(1500, ge=1, description="optimizer steps per dense method")
+    stop: StopRule = Field(default_factory=StopRule, description="when each method stops")
     queries_per_batch: int = Field(32, ge=1)
     group_size: int = Field(8, ge=2)
     n_hard: int = Field(2, ge=1, description="hard negatives per group (DPR, ANCE)")
-    epochs: int = Field(3, ge=1, description="epochs the steps are split into (ANCE refreshes)")
+    steps_per_epoch: int = Field(
+        500, ge=1, description="steps between checkpoints and ANCE's index refreshes"
+    )
     workers: int = Field(2, ge=1)
     lr: float | None = None
     seed: int = 0
@@ -165,12 +170,6 @@ def subset_samples(mined: Path, method: Method, out: Path) -> tuple[Path, int]:
     return target, n
 
 
-def _schedule(cfg: ExperimentConfig) -> tuple[int, int]:
-    """(epochs, steps per epoch): `cfg.steps` steps for every method, whatever its sample count
-    (groups are drawn with replacement), in `cfg.epochs` epochs (ANCE refreshes per epoch)."""
-    return cfg.epochs, max(1, math.ceil(cfg.steps / cfg.epochs))
-
-
 def train_method(
     cfg: ExperimentConfig, method: Method, mined: Path, progress: Progress | None
 ) -> tuple[Path, dict]:
@@ -182,15 +181,14 @@ def train_method(
     synth = mined / "synth_videos.parquet"
     if "llm" in method.sources and synth.exists():
         videos.append(str(synth))
-    epochs, per_epoch = _schedule(cfg)
     tc = TrainConfig(
         samples=str(samples),
         videos=videos,
         out=str(root / "model"),
         loss=method.loss,
         encoder=cfg.encoder,
-        epochs=epochs,
-        steps_per_epoch=per_epoch,
+        steps_per_epoch=cfg.steps_per_epoch,
+        stop=cfg.stop,
         queries_per_batch=cfg.queries_per_batch,
         group_size=cfg.group_size,
         hard_negatives=method.hard_negatives,
@@ -208,8 +206,9 @@ def train_method(
     summary = train(tc, step_progress)
     info = {
         "samples": n,
-        "epochs": epochs,
-        "steps": epochs * per_epoch,
+        "steps": summary["steps"],
+        "best_step": summary["validation"]["best_step"],
+        "why_stopped": summary["validation"]["why_stopped"],
         "train_s": round(summary["wall_s"], 1),
         "samples_without_video": summary["samples_without_video"],
     }
@@ -362,26 +361,32 @@ def _pct(x: float | None) -> str:
 def render_markdown(report: dict) -> str:
     results = report["results"]
     cfg = report["config"]
+    stop = cfg["stop"]
     lines = [
         "# CroPS offline experiment",
         "",
         f"World `{Path(report['world']).name}`; samples from `{Path(report['mined']).name}`;"
-        f" encoder `{cfg['encoder']}`, {cfg['steps']} optimizer steps per dense method,"
-        f" {cfg['queries_per_batch']} queries x {cfg['group_size']} samples per batch.",
+        f" encoder `{cfg['encoder']}`, {cfg['queries_per_batch']} queries x"
+        f" {cfg['group_size']} samples per batch. Each dense method trains until validation"
+        f" recall@{stop['val_k']} on {100 * stop['val_fraction']:.0f} % held-out training queries"
+        f" gains nothing for {stop['patience']} evaluations {stop['eval_every']} steps apart"
+        f" (cap {stop['max_steps']} steps); the model kept is the best one, at `best step`.",
         "Ours are on the simulated world, the paper's on Kuaishou's logs (in %): compare"
         " margins and orderings, not absolute values.",
         "",
         "| method | CT R@100 | QR R@100 | NDCG@4 | paper CT | paper QR | paper NDCG@4 |"
-        " samples | what it is |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        " samples | best step / steps | what it is |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in results.items():
         m = r["metrics"]
         paper = PAPER.get(name, (None, None, None))
         ours = " | ".join(_pct(m[k]) for k, _ in COLUMNS)
         theirs = " | ".join("" if p is None else f"{p:.1f}" for p in paper)
+        steps = f"{r['best_step']} / {r['steps']}" if r.get("steps") else ""
         lines.append(
-            f"| {name} | {ours} | {theirs} | {r.get('samples', '')} | {r['description']} |"
+            f"| {name} | {ours} | {theirs} | {r.get('samples', '')} | {steps}"
+            f" | {r['description']} |"
         )
     g = report["goals"]
     if g:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from crops.model.data import TrainingData
+if TYPE_CHECKING:  # the CLI imports the stop rule; the data layer loads only when training
+    from crops.model.data import TrainingData
 
 StopReason = Literal["converged", "max_steps"]
 
@@ -144,6 +145,21 @@ class RecallProbe:
             for pos, row in zip(self.positives, top, strict=True)
         ]
         return float(np.mean(hits))
+
+
+def stop_options(
+    max_steps: int | None,
+    patience: int | None,
+    eval_every: int | None = None,
+    val_fraction: float | None = None,
+) -> dict:
+    """A `StopRule` from command-line style options: only those given, the rest keep the
+    rule's defaults; patience 0 turns early stopping off (train `max_steps` steps)."""
+    given = {"max_steps": max_steps, "eval_every": eval_every, "val_fraction": val_fraction}
+    rule = {k: v for k, v in given.items() if v is not None}
+    if patience is not None:
+        rule["patience"] = patience or None
+    return rule
 
 
 class EarlyStopping(BaseModel):

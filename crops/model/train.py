@@ -1,5 +1,9 @@
 """Distributed training of the dual encoder on Ray Train (V2): `crops train`.
 
+Training runs to convergence by default (`crops.model.convergence`): a held-out share of the
+training queries is evaluated every few hundred steps, training stops on a patience rule with
+a cap, the best model is the one written, and training.json records the curve and the reason.
+
 Every worker builds the same global batch (a pure function of seed and epoch), encodes its
 own slice of queries and their docs, and all-gathers the embeddings so the loss sees the whole
 global batch as in-batch negatives. The gathered copy of a worker's own slice is the local
@@ -25,6 +29,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from crops.model.convergence import StopRule
+
 log = logging.getLogger(__name__)
 
 #: Test hook: "epoch:step:rank:flagfile" makes that worker die once (when the flag is absent).
@@ -45,7 +51,6 @@ class TrainConfig(BaseModel):
     dim: int = Field(128, ge=8)
     pooling: Literal["mean", "cls"] = "mean"
     max_length: int = Field(128, ge=8)
-    epochs: int = Field(2, ge=1)
     queries_per_batch: int = Field(32, ge=1)
     group_size: int = Field(8, ge=2)
     lr: float | None = Field(None, gt=0, description="default 2e-5 for hf encoders, 1e-3 for hash")
@@ -55,9 +60,12 @@ class TrainConfig(BaseModel):
     hard_negatives: Literal["none", "bm25", "model"] = "none"
     n_hard: int = Field(0, ge=0)
     steps_per_epoch: int | None = Field(
-        None, ge=1, description="batches per epoch (default: samples / group_size / batch)"
+        None,
+        ge=1,
+        description="batches per epoch, the unit of checkpoints and ANCE refreshes"
+        " (default: samples / group_size / batch)",
     )
-    max_steps_per_epoch: int | None = Field(None, ge=1)
+    stop: StopRule = Field(default_factory=StopRule, description="when training stops")
     workers: int = Field(2, ge=1)
     use_gpu: bool = False
     storage_path: str | None = Field(
@@ -222,13 +230,31 @@ def _maybe_die(epoch: int, step: int, rank: int) -> None:
         os._exit(1)
 
 
+def _evaluate(stopper, probe, inner, step: int, loss: float, rank: int, world: int):
+    """Rank 0 measures validation recall and decides; every worker gets the same stopper
+    state back. Returns (stopper, whether this evaluation is the new best)."""
+    import torch.distributed as dist
+
+    from crops.model.convergence import EarlyStopping
+
+    decision = [None, False]
+    if rank == 0:
+        improved = stopper.update(step, probe.recall(inner), loss)
+        decision = [stopper.model_dump(), improved]
+    if world > 1:
+        dist.broadcast_object_list(decision, src=0)
+    return EarlyStopping(**decision[0]), bool(decision[1])
+
+
 def train_loop(config: dict) -> None:
-    """The per-worker loop (runs inside Ray Train workers)."""
+    """The per-worker loop (runs inside Ray Train workers): epochs of `steps_per_epoch` steps
+    until the stop rule says so; a checkpoint after each epoch and at the stop."""
     import numpy as np
     import ray.train
     import ray.train.torch
     import torch
 
+    from crops.model.convergence import EarlyStopping, RecallProbe, split_by_query
     from crops.model.data import BM25Negatives, GroupBatcher, ModelNegatives, load_training_data
     from crops.model.encoders import DualEncoder
 
@@ -236,7 +262,18 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
-    data = load_training_data(cfg.samples, cfg.videos)
+    every = load_training_data(cfg.samples, cfg.videos)
+    data, held = split_by_query(every, cfg.stop.val_fraction, cfg.seed, cfg.positive_min_label)
+    probe = None
+    if held and rank == 0:
+        probe = RecallProbe(
+            every,
+            held,
+            k=cfg.stop.val_k,
+            min_label=cfg.positive_min_label,
+            max_docs=cfg.stop.val_max_docs,
+            seed=cfg.seed,
+        )
     hard = BM25Negatives(data) if cfg.hard_negatives == "bm25" else None
     batcher = GroupBatcher(
         data,
@@ -255,14 +292,19 @@ def train_loop(config: dict) -> None:
     checkpoint = newest(
         ray.train.get_checkpoint(), latest_checkpoint(cfg.storage_path, cfg.name, cfg.fingerprint)
     )
-    state = None
+    state, best_state = None, None
+    stopper = EarlyStopping(rule=cfg.stop)
     if checkpoint:
         with checkpoint.as_directory() as d:
             model = DualEncoder.load(Path(d) / "model")
             state = torch.load(Path(d) / "trainer.pt", weights_only=False)
+            if (Path(d) / "best.pt").exists():
+                best_state = torch.load(Path(d) / "best.pt", weights_only=True)
         loss_fn.load_state_dict(state["loss"])
         start_epoch = state["epoch"] + 1
         resumed = {"epoch": state["epoch"], "step": state["global_step"]}
+        if state.get("stopper"):
+            stopper = EarlyStopping(**state["stopper"])
     device = ray.train.torch.get_device()
     loss_fn.to(device)
     ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
@@ -274,16 +316,16 @@ def train_loop(config: dict) -> None:
     global_step = resumed["step"] if resumed else 0
     metrics_path = Path(cfg.out) / "metrics.jsonl"
     per_epoch = batcher.batches_per_epoch
-    if cfg.max_steps_per_epoch:
-        per_epoch = min(per_epoch, cfg.max_steps_per_epoch)
+    max_steps = cfg.stop.max_steps
     if rank == 0:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         start = {"event": "start", "world": world, "resumed_from": resumed}
-        start["total_steps"] = per_epoch * cfg.epochs
+        start.update(total_steps=max_steps, val_queries=len(held), stop=cfg.stop.model_dump())
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(start) + "\n")
 
-    for epoch in range(start_epoch, cfg.epochs):
+    epoch = start_epoch
+    while stopper.stopped is None:
         if cfg.hard_negatives == "model":  # ANCE: negatives from the current model's own index
             inner.eval()
             pools = [ModelNegatives(inner, data).pool if rank == 0 else None]
@@ -292,10 +334,8 @@ def train_loop(config: dict) -> None:
             batcher.hard = ModelNegatives.from_pools(pools[0])
         ddp.train()
         t0, seen, losses = time.perf_counter(), 0, []
-        batches = batcher.epoch(epoch)
-        total = per_epoch
-        for step, batch in enumerate(batches):
-            if step >= total:
+        for step, batch in enumerate(batcher.epoch(epoch)):
+            if step >= per_epoch:
                 break
             _maybe_die(epoch, step, rank)
             shards = [batch.shard(r, world) for r in range(world)]
@@ -314,6 +354,7 @@ def train_loop(config: dict) -> None:
             global_step += 1
             seen += int(sum(len(s.docs) for s in shards))
             losses.append(float(loss.detach()) / world)
+            row = None
             if rank == 0:
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 row = {
@@ -324,23 +365,41 @@ def train_loop(config: dict) -> None:
                     "temperature": float(getattr(loss_fn, "temperature", cfg.temperature)),
                     "samples_per_s": rate,
                 }
+            if held and (global_step % cfg.stop.eval_every == 0 or global_step >= max_steps):
+                stopper, best = _evaluate(
+                    stopper, probe, inner, global_step, losses[-1], rank, world
+                )
+                if best and rank == 0:  # the best model so far: what training will write
+                    best_state = {k: v.detach().clone() for k, v in inner.state_dict().items()}
+                ddp.train()
+                if row is not None:
+                    row.update(recall=stopper.curve[-1]["recall"], best_step=stopper.best_step)
+            else:
+                stopper.cap(global_step)
+            if row is not None:
                 with metrics_path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
-                if step % 10 == 0 or step == total - 1:
+                if step % 10 == 0 or step == per_epoch - 1 or stopper.stopped:
                     print(
-                        f"[crops train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{total}"
-                        f" loss {losses[-1]:.4f} {rate:,.0f} samples/s",
+                        f"[crops train] epoch {epoch + 1} step {global_step}/{max_steps}"
+                        f" loss {losses[-1]:.4f} {rate:,.0f} samples/s"
+                        + (f" val recall {row['recall']:.4f}" if "recall" in row else ""),
                         flush=True,
                     )
+            if stopper.stopped:
+                break
         metrics = {
             "epoch": epoch,
             "global_step": global_step,
             "loss": float(np.mean(losses)) if losses else float("nan"),
             "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+            "stopped": stopper.stopped or "",
         }
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
+                if stopper.stopped and best_state is not None:
+                    inner.load_state_dict(best_state)  # the model written is the best one seen
                 inner.save(Path(tmp) / "model")
                 torch.save(
                     {
@@ -348,16 +407,25 @@ def train_loop(config: dict) -> None:
                         "global_step": global_step,
                         "optimizer": opt.state_dict(),
                         "loss": loss_fn.state_dict(),
+                        "stopper": stopper.model_dump(),
                     },
                     Path(tmp) / "trainer.pt",
                 )
+                if best_state is not None and not stopper.stopped:
+                    torch.save(best_state, Path(tmp) / "best.pt")
                 (Path(tmp) / STATE_FILE).write_text(
                     json.dumps(
-                        {"epoch": epoch, "global_step": global_step, "fingerprint": cfg.fingerprint}
+                        {
+                            "epoch": epoch,
+                            "global_step": global_step,
+                            "fingerprint": cfg.fingerprint,
+                            "stopper": stopper.model_dump(),
+                        }
                     )
                 )
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
+        epoch += 1
 
 
 def _worker_env() -> dict[str, str]:
@@ -460,11 +528,21 @@ def train(cfg: TrainConfig, progress: Callable[[str, int, int], None] | None = N
     if name == TrainConfig.model_fields["name"].default:
         name = f"{name}-{fingerprint[:10]}"
     cfg = cfg.model_copy(update={"storage_path": storage, "name": name, "fingerprint": fingerprint})
+    from crops.model.convergence import EarlyStopping, split_by_query
     from crops.model.data import load_training_data
 
     data = load_training_data(cfg.samples, cfg.videos)  # fail here, clearly, not in workers
-    if len(data.queries) < cfg.workers:
-        raise ValueError(f"{len(data.queries)} queries cannot feed {cfg.workers} workers")
+    kept, held = split_by_query(data, cfg.stop.val_fraction, cfg.seed, cfg.positive_min_label)
+    if cfg.stop.patience is not None and not held:
+        raise ValueError(
+            f"{cfg.samples}: no query has a sample labelled >= {cfg.positive_min_label} to hold"
+            " out for validation; train a fixed number of steps instead (patience off)"
+        )
+    if len(kept.queries) < cfg.workers:
+        raise ValueError(
+            f"{len(kept.queries)} training queries ({len(held)} held out for validation)"
+            f" cannot feed {cfg.workers} workers"
+        )
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=cfg.model_dump(),
@@ -495,17 +573,26 @@ def train(cfg: TrainConfig, progress: Callable[[str, int, int], None] | None = N
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint (error: {result.error})")
     with result.checkpoint.as_directory() as d:
+        state = json.loads((Path(d) / STATE_FILE).read_text())
         for item in Path(d, "model").iterdir():
             target = out / item.name
             if item.is_dir():
                 shutil.copytree(item, target, dirs_exist_ok=True)
             else:
                 shutil.copy2(item, target)
+    stopper = EarlyStopping(**state["stopper"])
     if tail and tail.total:
         progress("train", tail.total, tail.total)
     summary = {
         "samples_without_video": data.quarantined,
         "metrics": result.metrics,
+        "steps": state["global_step"],
+        "validation": {
+            "queries": len(held),
+            "held_out": [data.queries[q] for q in held],
+            "why_stopped": stopper.why(),
+            **stopper.model_dump(),
+        },
         "checkpoint": result.checkpoint.path,
         "wall_s": time.perf_counter() - t0,
         "config": cfg.model_dump(),
