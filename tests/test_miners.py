@@ -322,7 +322,9 @@ def test_recfeed_keeps_the_closest_plays_up_to_the_cap() -> None:
     ]
 
 
-def test_recfeed_cap_is_per_user_and_query() -> None:
+def test_recfeed_cap_is_per_user_across_their_queries() -> None:
+    """Issue 14: the paper's cap is per user ("up to 100 per user"): a user's closest pairs
+    over all their searches, not the closest per query."""
     search = search_log(
         s(1, 10, 100, 1_000_000, "cats", 1),
         s(1, 10, 101, 2_000_000, "dogs", 1),
@@ -333,19 +335,44 @@ def test_recfeed_cap_is_per_user_and_query() -> None:
         (1, 1_020_000, 2, LONG, DUR),  # cats +20 s
         (1, 1_990_000, 3, LONG, DUR),  # dogs -10 s
         (1, 1_995_000, 4, LONG, DUR),  # dogs -5 s
-        (1, 1_500_000, 5, LONG, DUR),  # between: 500 s from either, third for both
+        (1, 1_500_000, 5, LONG, DUR),  # between: 500 s from either
         (2, 1_001_000, 6, LONG, DUR),
         (2, 1_002_000, 7, LONG, DUR),
         (2, 1_003_000, 8, LONG, DUR),
     )
+    # user 1's two closest pairs over both queries: dogs at 5 s, then cats at 10 s (which ties
+    # dogs' 10 s and wins on the query name); per query, each would have kept two; user 2 has
+    # a cap of its own
     assert feed(search, rec, cap=2) == [
         ("cats", 1, 100, 10, 10.0),
-        ("cats", 2, 100, 10, 20.0),
         ("cats", 6, 200, 20, 1.0),
         ("cats", 7, 200, 20, 2.0),
-        ("dogs", 3, 101, 10, 10.0),
         ("dogs", 4, 101, 10, 5.0),
     ]
+    # a cap of 3 lets user 1's third closest in: (dogs, 3) at 10 s
+    assert ("dogs", 3, 101, 10, 10.0) in feed(search, rec, cap=3)
+    assert len(feed(search, rec, cap=3)) == 6
+    # a high cap keeps everything within the window: 5 videos near 2 queries each for user 1
+    assert len(feed(search, rec, cap=100)) == 2 * 5 + 3
+
+
+def test_recfeed_cap_counts_a_users_pairs_not_a_querys() -> None:
+    """Two users search the same query; one user's many searches use up only their own cap."""
+    search = search_log(
+        *(s(1, 10, 100 + i, T + i * MIN, f"q{i}", 1) for i in range(5)),
+        s(2, 20, 200, T, "q0", 1),
+    )
+    rec = rec_log(
+        *((1, T + i * MIN + 1_000, 50 + i, LONG, DUR) for i in range(5)),
+        (2, T + 1_000, 90, LONG, DUR),
+    )
+    out = pl.DataFrame(
+        feed(search, rec, window_s=1.0, cap=3),
+        schema=["query", "video_id", "request_id", "session_id", "gap_s"],
+        orient="row",
+    )
+    by_user = out.with_columns((pl.col("request_id") // 100).alias("user"))
+    assert by_user.group_by("user").len().sort("user")["len"].to_list() == [3, 1]
 
 
 def test_recfeed_one_row_per_pair_from_the_closest_search() -> None:

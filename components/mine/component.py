@@ -1,6 +1,8 @@
 """mine: the data engine (`crops mine`): cascade labels, reformulations, the recommendation
 feed and LLM synthesis, graded by HLA into the samples table."""
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
@@ -16,7 +18,8 @@ def mine(
     llm_model: str = "",
     llm_backend: str = "auto",
     filter_model: str = "minilm",
-    relevance_threshold: float = 0.6,
+    relevance_threshold: Optional[float] = None,  # noqa: UP045 - kfp reads typing.Optional only
+    level_filter: Optional[float] = None,  # noqa: UP045
     synth_min_positives: int = 200,
     synth_max_queries: int = 1000,
     synth_per_query: int = 4,
@@ -42,7 +45,10 @@ def mine(
             knowledge, not an LLM) | none | vllm-offline (vLLM's in-process engine on a GPU
             node).
         filter_model: the relevance filter: minilm | a sentence-transformers path | none.
-        relevance_threshold: keep reformulation and recfeed candidates scoring above this.
+        relevance_threshold: keep reformulation and recfeed candidates scoring above this, on
+            the filter's (1 + cos) / 2 scale; unset: MineConfig's default.
+        level_filter: an extension the paper does not make, off when unset: drop level samples
+            (labels 1-3) scoring at or below this (same scale); needs a filter model.
         synth_min_positives: synthesise for queries with fewer positives than this.
         synth_max_queries: at most this many queries get synthetic videos.
         synth_per_query: synthetic videos per query.
@@ -79,9 +85,11 @@ def mine(
         name = "knowledge" if (world_dir / "world.json").is_file() else "none"
     else:
         name = llm_backend
+    # unset thresholds keep MineConfig's defaults (their one home)
+    thresholds = {"relevance_threshold": relevance_threshold, "level_filter": level_filter}
     cfg = MineConfig(
+        **{k: v for k, v in thresholds.items() if v is not None},
         filter_model=filter_model,
-        relevance_threshold=relevance_threshold,
         synth_min_positives=synth_min_positives,
         synth_max_queries=synth_max_queries,
         synth_per_query=synth_per_query,
@@ -129,6 +137,7 @@ def mine(
         metrics.log_metric(f"source_{source}", n)
     for source in ("reformulation", "recfeed"):
         metrics.log_metric(f"{source}_pass_rate", report["filter"][source]["pass_rate"])
+    metrics.log_metric("level_filter_dropped", report["level_filter"]["dropped"])
     for table, n in report["quarantined"].items():
         metrics.log_metric(f"quarantined_{table}", n)
     syn = report["synthesis"]

@@ -15,15 +15,29 @@ class MineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reformulation_window_s: float = Field(
-        90, gt=0, description="max gap between consecutive queries of a user in one chain"
+        90, gt=0, description="a reformulation chain holds a user's queries this close to its first"
     )
     feed_window_s: float = Field(
         1800, gt=0, description="feed consumption this close to a search (either side) counts"
     )
-    feed_max_per_query: int = Field(100, ge=1, description="recfeed positives per user and query")
+    feed_max_per_user: int = Field(
+        100, ge=1, description="recfeed candidates per user (the paper's cap), the closest first"
+    )
     long_play_ms: int = Field(LONG_PLAY_MS, gt=0)
     relevance_threshold: float = Field(
-        0.6, ge=0, le=1, description="keep reformulation/recfeed positives scoring above this"
+        0.6,
+        ge=0,
+        le=1,
+        description="keep reformulation/recfeed positives scoring above this; the score is "
+        "(1 + cos) / 2 of the filter's embeddings (see the module docstring)",
+    )
+    level_filter: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="an extension the paper does not make, off by default: drop the search "
+        "log's level samples (labels 1-3: exposed, ranked, prefiltered) scoring at or below "
+        "this on the relevance filter's scale; needs a filter model",
     )
     filter_model: str = Field(
         "minilm",

@@ -75,6 +75,52 @@ def apply_filter(
     }
 
 
+LEVELS = ("exposed", "ranked", "prefiltered")
+
+
+def score_levels(
+    samples: pl.DataFrame,
+    texts: pl.DataFrame,
+    scorer,
+    threshold: float | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[pl.DataFrame, dict]:
+    """Score the search log's level samples (labels 1-3) with the relevance filter, recording
+    the score in their `relevance` column, and with a threshold (`--level-filter`, an
+    extension the paper does not make) drop those scoring at or below it, counted per source.
+
+    Without a scorer the levels keep a null relevance, and a threshold is an error: nothing is
+    dropped on a score that was never computed.
+    """
+    is_level = pl.col("source").is_in(LEVELS)
+    levels = samples.filter(is_level)
+    stats: dict = {"threshold": threshold, "scored": 0, "dropped": 0, "dropped_by_source": {}}
+    if scorer is None:
+        if threshold is not None:
+            raise ValueError(
+                f"level_filter {threshold} needs the relevance filter's scores: set a filter"
+                " model (filter_model 'none' scores nothing)"
+            )
+        stats["note"] = "no filter model: level samples not scored"
+        return samples, stats
+    scored, _ = apply_filter(
+        levels.drop("relevance"), texts, scorer, threshold=-1.0, progress=progress
+    )
+    stats["scored"] = scored.height
+    if scored.height:
+        stats["score_p50"] = float(scored["relevance"].median())  # type: ignore[arg-type]
+    if threshold is not None:
+        dropped = scored.filter(pl.col("relevance") <= threshold)
+        scored = scored.filter(pl.col("relevance") > threshold)
+        stats["dropped"] = dropped.height
+        stats["dropped_by_source"] = dict(
+            dropped.group_by("source").len().sort("source").iter_rows()
+        )
+    stats["kept"] = scored.height
+    out = pl.concat([samples.filter(~is_level), scored.select(samples.columns)])
+    return out.sort(["query", "video_id"]), stats
+
+
 def synthesis_queries(
     base: pl.DataFrame, search: pl.DataFrame, cfg: MineConfig
 ) -> tuple[list[str], dict]:
@@ -219,7 +265,7 @@ def mine(
         timings[name] = round(now - t, 3)
         t = now
         if progress:
-            progress("mine", len(timings), 6)
+            progress("mine", len(timings), 7)
 
     frames, inputs = load_inputs(world_dir, out)
     search, rec = frames["search_log"].lazy(), frames["rec_log"].lazy()
@@ -228,7 +274,7 @@ def mine(
     cascade = cascade_samples(search)
     reform = reformulation_candidates(search, cfg.reformulation_window_s, cfg.long_play_ms)
     feed = recfeed_candidates(
-        search, rec, cfg.feed_window_s, cfg.feed_max_per_query, cfg.long_play_ms
+        search, rec, cfg.feed_window_s, cfg.feed_max_per_user, cfg.long_play_ms
     )
     cascade, reform, feed = pl.collect_all([cascade, reform, feed])
     step("mine_logs")
@@ -252,7 +298,10 @@ def mine(
         labelled(reform_kept.lazy(), "reformulation", "relevance"),
         labelled(feed_kept.lazy(), "recfeed", "relevance"),
     ]
-    base = assemble(base_parts)
+    base, level_stats = score_levels(
+        assemble(base_parts), texts, scorer, cfg.level_filter, filter_progress
+    )
+    step("level_filter")
     queries, policy = synthesis_queries(base, frames["search_log"], cfg)
 
     def synth_progress(done: int, total: int) -> None:
@@ -289,6 +338,7 @@ def mine(
             "recfeed": feed_stats,
             "texts_encoded": 0 if scorer is None else scorer.encoded,
         },
+        "level_filter": level_stats,
         "synthesis": {
             **result.stats,
             "policy": policy,

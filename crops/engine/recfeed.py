@@ -1,8 +1,10 @@
 """System-level positives: what the same user consumed deeply in the feed around a search.
 
 For each search (user, query, time), the user's long plays in the recommendation feed within
-`window_s` before or after it are candidates for the query, the closest `max_per_query` per
-user and query. The relevance filter decides which stay.
+`window_s` before or after it are candidates for the query. The paper caps them per user ("up
+to 100 per user"): of all the (query, video) pairs a user's searches gather, the
+`max_per_user` closest in time to their search are kept, so a user who searches often does not
+contribute more than one who searches once. The relevance filter then decides which stay.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ def recfeed_candidates(
     search: pl.LazyFrame,
     rec: pl.LazyFrame,
     window_s: float,
-    max_per_query: int,
+    max_per_user: int,
     long_play_ms: int,
 ) -> pl.LazyFrame:
     """(query, video_id, request_id, session_id, gap_s) before the relevance filter."""
@@ -34,9 +36,11 @@ def recfeed_candidates(
         .sort(["user_id", "query", "video_id", "gap_ms", "request_id"])
         .unique(subset=["user_id", "query", "video_id"], keep="first", maintain_order=True)
     )
-    capped = near.filter(
-        pl.col("gap_ms").rank("ordinal").over(["user_id", "query"]) <= max_per_query
-    )
+    # the user's closest pairs first (ties: query, video), counted by a running index per user
+    idx = pl.int_range(pl.len(), dtype=pl.Int64)
+    first_of_user = pl.col("user_id") != pl.col("user_id").shift(1)
+    rank = idx - pl.when(first_of_user.fill_null(True)).then(idx).forward_fill()
+    capped = near.sort(["user_id", "gap_ms", "query", "video_id"]).filter(rank < max_per_user)
     return (
         capped.sort(["query", "video_id", "gap_ms", "request_id"])
         .unique(subset=["query", "video_id"], keep="first", maintain_order=True)
