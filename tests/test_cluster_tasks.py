@@ -59,7 +59,7 @@ def test_train_and_index_run_as_rayjobs_of_the_installed_platform(
             model=model,
             metrics=out(Metrics, tmp_path, "m"),
             method="nce",
-            steps=4,
+            max_steps=4,
             workers=1,
             backend="rayjob",
             namespace=namespace,

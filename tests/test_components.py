@@ -235,8 +235,10 @@ def test_train_and_index_refuse_bad_settings(mined_fast, tmp_path: Path) -> None
         train.python_func(**common, method="bm25")
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         train.python_func(**common, method="nope")
-    with pytest.raises(ValueError, match="steps"):
-        train.python_func(**common, steps=0)
+    with pytest.raises(ValueError, match="max_steps must be at least 1"):
+        train.python_func(**common, max_steps=-1)
+    with pytest.raises(ValueError, match="converge=false trains exactly max_steps"):
+        train.python_func(**common, converge=False)
 
 
 @pytest.mark.slow

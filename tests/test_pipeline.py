@@ -237,19 +237,24 @@ def test_bad_build_options_are_refused(options: dict, message: str) -> None:
 def test_params_are_typed_as_the_pipeline_declares_them() -> None:
     pipeline = build("cluster")
     kinds = {name: kind for name, (kind, _) in parameters(pipeline).items()}
-    assert kinds["steps"] == "NUMBER_INTEGER" and kinds["ab_share"] == "NUMBER_DOUBLE"
+    assert kinds["max_steps"] == "NUMBER_INTEGER" and kinds["ab_share"] == "NUMBER_DOUBLE"
     args = parse_params(
-        ["steps=300", "ab-share=0.25", "apply_decision=false", "isvc_name=search"], pipeline
+        ["max_steps=300", "ab-share=0.25", "apply_decision=false", "isvc_name=search"], pipeline
     )
-    assert args == {"steps": 300, "ab_share": 0.25, "apply_decision": False, "isvc_name": "search"}
+    assert args == {
+        "max_steps": 300,
+        "ab_share": 0.25,
+        "apply_decision": False,
+        "isvc_name": "search",
+    }
     for bad, message in [
-        ("steps", "use NAME=VALUE"),
+        ("max_steps", "use NAME=VALUE"),
         ("nope=1", "not a pipeline parameter"),
-        ("steps=many", "expected number_integer"),
+        ("max_steps=many", "expected number_integer"),
         ("apply_decision=maybe", "expected boolean"),
         ("scale=huge", "scale 'huge'"),
         ("target=prod", "target 'prod'"),
-        ("steps=0", "steps must be at least 1"),
+        ("max_steps=0", "max_steps must be at least 1"),
     ]:
         with pytest.raises(PipelineError, match=message):
             parse_params([bad], pipeline)
@@ -257,9 +262,9 @@ def test_params_are_typed_as_the_pipeline_declares_them() -> None:
 
 def test_local_arguments_follow_the_scale_profile() -> None:
     args = local_arguments("default", 3, None, {"ab_days": 2})
-    assert args["steps"] == LOCAL_PROFILES["default"]["steps"] and args["seed"] == 3
+    assert "max_steps" not in args and args["seed"] == 3  # the default scale converges
     assert args["ab_days"] == 2 and args["target"] == "local"
-    assert local_arguments("tiny", 1, 7)["steps"] == 7
+    assert local_arguments("tiny", 1, 7)["max_steps"] == 7
     with pytest.raises(PipelineError, match="scale 'large': use one of tiny, default"):
         local_arguments("large")
     with pytest.raises(PipelineError, match="target must be local"):
@@ -312,7 +317,7 @@ def _closed_port() -> int:
 def test_submit_to_an_unreachable_host_fails_clearly_and_fast(run) -> None:
     host = f"http://127.0.0.1:{_closed_port()}"
     t0 = time.monotonic()
-    code, _, stderr = run("pipeline", "submit", "--host", host, "--param", "steps=10")
+    code, _, stderr = run("pipeline", "submit", "--host", host, "--param", "max_steps=10")
     assert code == 1
     assert f"the KFP host {host} is unreachable" in stderr and "ConnectError" in stderr
     assert time.monotonic() - t0 < 10

@@ -418,11 +418,11 @@ def test_submit_carries_the_namespace_end_to_end_after_a_passing_preflight(
     _, token = caller(apiserver, namespace, rules, may_review=True)
     code, stdout, stderr = run(
         "pipeline", "submit", "--host", kfp_host(multi_user).url, "--namespace", namespace,
-        "--kubeconfig", kubeconfig(apiserver, token, tmp_path / "kc"), "--param", "steps=10",
+        "--kubeconfig", kubeconfig(apiserver, token, tmp_path / "kc"), "--param", "max_steps=10",
     )  # fmt: skip
     assert code == 0, stderr
     (created,) = runs
-    assert created["arguments"] == {"steps": 10, "namespace": namespace}
+    assert created["arguments"] == {"max_steps": 10, "namespace": namespace}
     assert created["service_account"] == "crops-pipeline"
     # Standalone KFP refuses a namespace ("single-user mode"); multi-user files the run there.
     assert created["namespace"] == (namespace if multi_user else None)
