@@ -10,7 +10,10 @@ use (the steps each took are in the table). Each trains on a subset of one mined
 - ANCE: NCE plus hard negatives from the model's own index, refreshed every epoch;
 - FS-LR: every search-log level (click, exposed, ranked, prefiltered) graded by HLA, H-InfoNCE;
 - +reformulation, +recommendation, +LLM (CroPS): the ladder, one source at a time;
-- binary InfoNCE: CroPS's samples with labels binarised (>= 4 positive), plain InfoNCE.
+- binary InfoNCE: CroPS's samples with labels binarised (>= 4 positive), plain InfoNCE;
+- CroPS + level filter (an extension the paper does not make): CroPS's samples without the
+  level samples (labels 1-3) that the relevance filter scores at or below `level_filter`, on
+  the scores `crops mine` records for them (a subset of the same mined file, no re-mining).
 
 BM25 is bm25s over the same videos. The paper's numbers are printed beside ours; ours are on
 the simulated world, so compare margins and orderings, not absolute values.
@@ -57,6 +60,9 @@ class Method(BaseModel):
     sources: tuple[str, ...] = ()
     loss: Literal["h-infonce", "infonce", "softmax"] = "h-infonce"
     hard_negatives: Literal["none", "bm25", "model"] = "none"
+    level_filter: bool = Field(
+        False, description="drop level samples (labels 1-3) at or below the config's threshold"
+    )
     description: str = ""
 
     @property
@@ -120,7 +126,23 @@ METHODS: tuple[Method, ...] = (
         loss="infonce",
         description="CroPS samples, labels binarised (>= 4 positive), InfoNCE",
     ),
+    Method(
+        name="CroPS + level filter",
+        slug="crops-level-filter",
+        sources=(*SEARCH_LOG, "reformulation", "recfeed", "llm"),
+        level_filter=True,
+        description="CroPS without the level samples (labels 1-3) the relevance filter scores"
+        " at or below the threshold (extension, not the paper's)",
+    ),
 )
+
+#: The search log's level samples (labels 1-3), which the level filter gates.
+LEVELS = ("exposed", "ranked", "prefiltered")
+
+
+#: The level-filter row's threshold: the relevance filter's own default threshold, at which
+#: the level samples lose most of their grade-0 videos (bench/bench_miner_precision.py).
+LEVEL_FILTER_DEFAULT = 0.6
 
 
 class ExperimentConfig(BaseModel):
@@ -143,6 +165,13 @@ class ExperimentConfig(BaseModel):
     workers: int = Field(2, ge=1)
     lr: float | None = None
     seed: int = 0
+    level_filter: float = Field(
+        LEVEL_FILTER_DEFAULT,
+        ge=0,
+        le=1,
+        description="the level-filter row drops level samples scoring at or below this, on the "
+        "relevance filter's (1 + cos) / 2 scale (crops/engine/config.py measures it)",
+    )
     force: bool = Field(False, description="retrain methods whose results exist")
 
 
@@ -154,8 +183,16 @@ def method_by_name(name: str) -> Method:
     raise ValueError(f"unknown method {name!r}; known: {known}")
 
 
-def subset_samples(mined: Path, method: Method, out: Path) -> tuple[Path, int]:
-    """The method's samples (its sources only) as their own parquet file."""
+def subset_samples(
+    mined: Path, method: Method, out: Path, level_filter: float | None = None
+) -> tuple[Path, int]:
+    """The method's samples (its sources only) as their own parquet file.
+
+    A level-filter method also drops the level samples (labels 1-3) whose recorded relevance
+    is at or below `level_filter` (default: `LEVEL_FILTER_DEFAULT`); their count, per source,
+    is written to OUT/subset.json. Level samples without a score (a file mined with
+    `--filter-model none`) are an error for such a method, never kept or dropped blind.
+    """
     import polars as pl
 
     out.mkdir(parents=True, exist_ok=True)
@@ -163,10 +200,31 @@ def subset_samples(mined: Path, method: Method, out: Path) -> tuple[Path, int]:
     rows = pl.scan_parquet(mined / "samples.parquet").filter(
         pl.col("source").is_in(list(method.sources))
     )
+    summary: dict = {"method": method.name, "sources": list(method.sources)}
+    if method.level_filter:
+        threshold = LEVEL_FILTER_DEFAULT if level_filter is None else level_filter
+        level = pl.col("source").is_in(LEVELS)
+        unscored = rows.filter(level & pl.col("relevance").is_null()).select(pl.len()).collect()
+        if unscored.item():
+            raise ValueError(
+                f"{method.name}: {unscored.item()} level samples in {mined / 'samples.parquet'}"
+                " have no relevance score; mine them with a filter model (crops mine without"
+                " --filter-model none)"
+            )
+        drop = level & (pl.col("relevance") <= threshold)
+        dropped = dict(rows.filter(drop).group_by("source").len().sort("source").collect().rows())
+        rows = rows.filter(~drop)
+        summary["level_filter"] = {
+            "threshold": threshold,
+            "dropped": sum(dropped.values()),
+            "dropped_by_source": dropped,
+        }
     rows.sink_parquet(target, compression="zstd")
     n = pl.scan_parquet(target).select(pl.len()).collect().item()
     if n == 0:
         raise ValueError(f"{method.name}: no samples from sources {method.sources} in {mined}")
+    summary["rows"] = n
+    (out / "subset.json").write_text(json.dumps(summary, indent=2) + "\n")
     return target, n
 
 
@@ -176,7 +234,7 @@ def train_method(
     from crops.model.train import TrainConfig, train
 
     root = Path(cfg.out) / "runs" / method.slug
-    samples, n = subset_samples(mined, method, root / "data")
+    samples, n = subset_samples(mined, method, root / "data", cfg.level_filter)
     videos = [str(Path(cfg.world) / "videos.parquet")]
     synth = mined / "synth_videos.parquet"
     if "llm" in method.sources and synth.exists():
@@ -212,6 +270,9 @@ def train_method(
         "train_s": round(summary["wall_s"], 1),
         "samples_without_video": summary["samples_without_video"],
     }
+    if method.level_filter:
+        subset = json.loads((root / "data" / "subset.json").read_text())
+        info["level_filter"] = subset["level_filter"]
     return root / "model", info
 
 
@@ -280,7 +341,11 @@ def _run_key(cfg: ExperimentConfig, method: Method, mined: Path) -> str:
     (path, size, mtime); a cached row with another key is retrained."""
     import hashlib
 
-    settings = cfg.model_dump(exclude={"out", "mined", "methods", "force", "workers"})
+    # the level filter's threshold matters to the level-filter row only
+    exclude = {"out", "mined", "methods", "force", "workers"}
+    if not method.level_filter:
+        exclude.add("level_filter")
+    settings = cfg.model_dump(exclude=exclude)
     parts = [method.model_dump_json(), json.dumps(settings, sort_keys=True)]
     for path in (Path(cfg.world) / "videos.parquet", mined / "samples.parquet"):
         st = path.stat()
@@ -297,11 +362,18 @@ def _mine(cfg: ExperimentConfig, progress: Progress | None) -> Path:
     target = Path(cfg.out) / "mined"
     if (target / "samples.parquet").is_file() and not cfg.force:
         return target
+    mine_cfg = MineConfig(seed=cfg.seed)
+    scorer = None
+    if mine_cfg.filter_model != "none":  # as `crops mine`: filtered positives, scored levels
+        from crops.engine.relevance import RelevanceFilter
+
+        scorer = RelevanceFilter(mine_cfg.filter_model, batch_size=mine_cfg.filter_batch_size)
     mine(
         cfg.world,
         target,
-        MineConfig(seed=cfg.seed),
+        mine_cfg,
         KnowledgeBackend(World.load(cfg.world)),
+        scorer=scorer,
         progress=progress,
     )
     return target
