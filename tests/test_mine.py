@@ -57,8 +57,52 @@ def test_every_hla_label_and_source_is_produced(mined) -> None:
     assert sum(report["samples"]["by_source"].values()) == samples.height
     assert samples.select(["query", "video_id"]).is_duplicated().sum() == 0
     filtered = samples.filter(pl.col("source").is_in(["reformulation", "recfeed"]))
-    assert (filtered["relevance"] > 0.6).all()
+    assert (filtered["relevance"] > MineConfig().relevance_threshold).all()
     assert samples.filter(pl.col("source") == "click")["relevance"].is_null().all()
+
+
+LEVELS = ["exposed", "ranked", "prefiltered"]
+
+
+def test_level_samples_carry_the_filter_score_and_nothing_is_dropped_by_default(mined) -> None:
+    out, report = mined
+    samples = pl.read_parquet(out / "samples.parquet")
+    levels = samples.filter(pl.col("source").is_in(LEVELS))
+    assert levels.height > 0 and levels["relevance"].is_not_null().all()
+    assert levels["relevance"].is_between(0, 1).all()
+    lf = report["level_filter"]
+    assert lf["threshold"] is None and MineConfig().level_filter is None
+    assert lf["scored"] == lf["kept"] == levels.height and lf["dropped"] == 0
+
+
+def test_level_filter_drops_level_samples_at_or_below_it_and_counts_them(
+    mined, tiny_dir: Path, tiny_world, minilm, tmp_path
+) -> None:
+    out, _ = mined
+    base = pl.read_parquet(out / "samples.parquet")
+    levels = base.filter(pl.col("source").is_in(LEVELS))
+    threshold = round(float(levels["relevance"].median()), 3)
+    cfg = MineConfig(level_filter=threshold)
+    report = mine(tiny_dir, tmp_path, cfg, KnowledgeBackend(tiny_world), scorer=minilm)
+    samples = pl.read_parquet(tmp_path / "samples.parquet")
+    gated = samples.filter(pl.col("source").is_in(LEVELS))
+    assert (gated["relevance"] > threshold).all()
+    expected = levels.filter(pl.col("relevance") <= threshold)
+    lf = report["level_filter"]
+    assert lf["threshold"] == threshold
+    assert lf["dropped"] == expected.height > 0
+    assert lf["dropped_by_source"] == dict(expected.group_by("source").len().sort("source").rows())
+    assert lf["kept"] == gated.height == levels.height - expected.height
+    # everything else is the same: the filter gates labels 1-3 only
+    others = pl.col("source").is_in(LEVELS).not_()
+    assert samples.filter(others).equals(base.filter(others))
+    assert report["samples"]["rows"] == base.height - expected.height
+
+
+def test_level_filter_needs_the_filter_model(tiny_dir: Path, tiny_world, tmp_path) -> None:
+    cfg = MineConfig(filter_model="none", level_filter=0.6)
+    with pytest.raises(ValueError, match="level_filter 0.6 needs the relevance filter"):
+        mine(tiny_dir, tmp_path, cfg, KnowledgeBackend(tiny_world), scorer=None)
 
 
 def test_samples_refer_to_real_or_synthetic_videos(mined, tiny_dir: Path) -> None:
@@ -144,6 +188,37 @@ def test_cli_mine_with_the_knowledge_backend(run, tiny_dir: Path, tmp_path) -> N
     assert "samples written" in stdout and "not an LLM" in stdout
     report = json.loads((tmp_path / "M/report.json").read_text())
     assert set(report["samples"]["by_label"]) == {"1", "2", "3", "4", "5"}
+    # options left out keep MineConfig's defaults, their one home
+    defaults = MineConfig().model_dump()
+    for key in (
+        "relevance_threshold",
+        "level_filter",
+        "reformulation_window_s",
+        "feed_window_s",
+        "feed_max_per_user",
+    ):
+        assert report["config"][key] == defaults[key], key
+    assert "level filter" in stdout and "off" in stdout
+
+
+def test_cli_mine_summary_counts_what_the_level_filter_dropped() -> None:
+    from crops.cli import _level_filter_summary
+
+    assert _level_filter_summary({"threshold": None}) == {"level filter": "off"}
+    lines = _level_filter_summary(
+        {
+            "threshold": 0.6,
+            "dropped": 5,
+            "dropped_by_source": {"exposed": 1, "ranked": 4},
+            "kept": 20,
+        }
+    )
+    assert lines == {
+        "level filter > 0.6: dropped": 5,
+        "  dropped exposed": 1,
+        "  dropped ranked": 4,
+        "  level samples kept": 20,
+    }
 
 
 @pytest.mark.parametrize(
@@ -156,6 +231,10 @@ def test_cli_mine_with_the_knowledge_backend(run, tiny_dir: Path, tmp_path) -> N
         ),
         (["--llm-endpoint", "ftp://x", "--llm-model", "m"], "ftp://x"),
         (["--relevance-threshold", "1.5"], "relevance_threshold"),
+        (["--level-filter", "1.5"], "level_filter"),
+        (["--level-filter", "0.6", "--filter-model", "none"], "--level-filter needs"),
+        (["--feed-max-per-user", "0"], "feed_max_per_user"),
+        (["--window-s", "0"], "reformulation_window_s"),
         (["--filter-model", "/no/such/model"], "/no/such/model"),
         (["--llm-backend", "vllm-offline"], "needs --llm-model"),
         (["--llm-backend", "vllm-offline", "--llm-model", "m"], "crops[vllm]"),
