@@ -1,0 +1,732 @@
+"""Diagnostics of a `crops experiment` run against the simulator's truth: measurement only.
+
+No training input reads the truth; these figures explain a table after the fact:
+
+- level noise: per sample source (HLA label), the share of samples whose video is grade 0, 1,
+  2 or 3 for the query;
+- the relevance filter on the level samples (labels 1-3): the AUC of its score for grade >= 1,
+  and at a threshold the share of level samples it would drop and of grade-0 ones it catches;
+- top-k composition: the share of each method's top 100 on CT queries that is grade 0 .. 3,
+  and grade-3 recall@100 (of the query's grade-3 videos, the share retrieved);
+- training curves: the validation curve and stop each model folder's training.json records;
+- the truth-cleaned ablation: a method retrained by `crops experiment`'s own code on its
+  samples without the grade-0 level samples.
+
+A grade is the simulator's true relevance of a video to a query string, the best over the
+query's senses (`World.query_grades`, the truth the graded test set is built from): 3 same
+facet and good quality, 2 same topic, 1 same domain, 0 otherwise. The world is rebuilt from its
+world.json (fingerprint-checked against what `crops simulate` wrote). A video the catalogue
+does not hold (an LLM-synthesised one) or a query string the world never produces has no
+grade (-1): such samples are counted as ungraded, never as grade 0.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from crops.schema import HLA_LABELS
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from crops.evaluate.collection import Collection
+    from crops.evaluate.offline import Searcher
+    from crops.world.world import World
+
+Progress = Callable[[str, int, int], None]
+
+#: The search cascade's lower levels (labels 1-3), the samples H-InfoNCE makes anchors of.
+LEVEL_SOURCES = ("prefiltered", "ranked", "exposed")
+#: Sources in the order of their labels, lowest first (ties: as HLA's priority lists them).
+SOURCE_ORDER = ("prefiltered", "ranked", "exposed", "click", "recfeed", "llm", "reformulation")
+GRADES = (0, 1, 2, 3)
+#: Where training.json may keep its validation curve, first match wins.
+CURVE_KEYS = (("validation", "curve"), ("curve",), ("validation",))
+
+
+class Scorer(Protocol):
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray: ...
+
+
+# --------------------------------------------------------------------------- truth
+
+
+class Truth:
+    """True grades of (query string, video id) from a simulated world."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        ids = np.asarray(world.videos.video_id, dtype=np.int64)
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted = ids[self._order]
+        self.n_videos = len(ids)
+
+    @classmethod
+    def load(cls, world_dir: str | Path) -> Truth:
+        from crops.world.world import World
+
+        return cls(World.load(world_dir))
+
+    def rows(self, video_ids: np.ndarray) -> np.ndarray:
+        """Catalogue rows of video ids; -1 for ids the catalogue does not hold."""
+        ids = np.asarray(video_ids, dtype=np.int64)
+        pos = np.searchsorted(self._sorted, ids)
+        pos = np.minimum(pos, len(self._sorted) - 1)
+        found = self._sorted[pos] == ids
+        return np.where(found, self._order[pos], -1)
+
+    def _grades_rows(self, query: str, rows: np.ndarray) -> np.ndarray | None:
+        from crops.world.catalog import grades
+
+        f = self.world.form_id(query)
+        if f is None:
+            return None
+        senses = self.world.forms.senses[f]
+        g = grades(
+            self.world.intents, self.world.videos, senses[:, None], np.maximum(rows, 0)[None, :]
+        )
+        return g.max(axis=0)
+
+    def grades(self, query: str, video_ids: np.ndarray) -> np.ndarray:
+        """Grades 0..3 of videos for a query; -1 for an unknown query or video."""
+        rows = self.rows(video_ids)
+        g = self._grades_rows(query, rows)
+        if g is None:
+            return np.full(len(rows), -1, dtype=np.int8)
+        return np.where(rows >= 0, g, -1).astype(np.int8)
+
+    def catalogue_grades(self, query: str) -> np.ndarray | None:
+        """Grades of every catalogue video (row order) for a query; None if it is unknown."""
+        g = self._grades_rows(query, np.arange(self.n_videos))
+        return None if g is None else g.astype(np.int8)
+
+    def grade_samples(self, samples: pl.DataFrame) -> np.ndarray:
+        """Grades of a samples frame's (query, video_id) rows, aligned with its rows."""
+        out = np.full(samples.height, -1, dtype=np.int8)
+        if samples.height == 0:
+            return out
+        queries = samples["query"].to_numpy().astype(object)
+        videos = samples["video_id"].to_numpy()
+        uniq, inverse = np.unique(queries, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
+        for q, idx in zip(uniq, np.split(order, bounds), strict=True):
+            out[idx] = self.grades(str(q), videos[idx])
+        return out
+
+
+def _sources_in_order(present: Sequence[str]) -> list[str]:
+    known = [s for s in SOURCE_ORDER if s in present]
+    return known + sorted(s for s in set(present) if s not in SOURCE_ORDER)
+
+
+def _grade_shares(g: np.ndarray) -> dict:
+    graded = g[g >= 0]
+    n = len(graded)
+    counts = {k: int((graded == k).sum()) for k in GRADES}
+    shares = {str(k): (counts[k] / n if n else None) for k in GRADES}
+    return {
+        "samples": len(g),
+        "graded": n,
+        "ungraded": int(len(g) - n),
+        "counts": {str(k): v for k, v in counts.items()},
+        "share": shares,
+        "share_grade_ge2": (counts[2] + counts[3]) / n if n else None,
+        "share_grade3": counts[3] / n if n else None,
+    }
+
+
+def level_noise(samples: pl.DataFrame, grades: np.ndarray) -> dict:
+    """Per source (HLA label): how many samples, and the shares of their graded videos at each
+    grade; plus the level samples (labels 1-3) together."""
+    sources = samples["source"].to_numpy().astype(object)
+    rows = {}
+    for s in _sources_in_order(list(set(sources))):
+        mask = sources == s
+        rows[s] = {"label": HLA_LABELS.get(s), **_grade_shares(grades[mask])}
+    levels = np.isin(sources, LEVEL_SOURCES)
+    return {"sources": rows, "levels_1_3": _grade_shares(grades[levels])}
+
+
+# --------------------------------------------------------------------------- relevance filter
+
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve of `scores` for `positive` (ties count half): the Mann-Whitney U
+    over (positives x negatives). None when a class is empty."""
+    from scipy.stats import rankdata
+
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n1 = int(positive.sum())
+    n0 = len(positive) - n1
+    if n1 == 0 or n0 == 0:
+        return None
+    ranks = rankdata(scores)  # average ranks for ties
+    u = ranks[positive].sum() - n1 * (n1 + 1) / 2
+    return float(u / (n1 * n0))
+
+
+def sample_levels(samples: pl.DataFrame, grades: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Row indices of up to n graded level samples (labels 1-3), drawn without replacement with
+    a fixed seed, in row order."""
+    sources = samples["source"].to_numpy().astype(object)
+    pool = np.flatnonzero(np.isin(sources, LEVEL_SOURCES) & (grades >= 0))
+    if len(pool) > n:
+        pool = np.sort(np.random.default_rng(seed).choice(pool, size=n, replace=False))
+    return pool
+
+
+def filter_check(
+    samples: pl.DataFrame,
+    grades: np.ndarray,
+    texts: dict[int, str],
+    scorer: Scorer,
+    *,
+    n: int = 4000,
+    seed: int = 0,
+    threshold: float = 0.6,
+) -> dict:
+    """The relevance filter on level samples: AUC of its score for grade >= 1, and what it
+    would do at `threshold` (mining keeps scores above it, so a score <= threshold drops)."""
+    idx = sample_levels(samples, grades, n, seed)
+    queries = samples["query"].to_numpy().astype(object)[idx]
+    videos = samples["video_id"].to_numpy()[idx]
+    sources = samples["source"].to_numpy().astype(object)[idx]
+    keep = np.array([int(v) in texts for v in videos], dtype=bool)
+    idx, queries, videos, sources = idx[keep], queries[keep], videos[keep], sources[keep]
+    g = grades[idx]
+    scores = np.asarray(
+        scorer.score([str(q) for q in queries], [texts[int(v)] for v in videos]), np.float64
+    )
+    dropped = scores <= threshold
+
+    def summary(mask: np.ndarray) -> dict:
+        gm, sm, dm = g[mask], scores[mask], dropped[mask]
+        irrelevant = gm == 0
+        return {
+            "samples": int(mask.sum()),
+            "grade0": int(irrelevant.sum()),
+            "auc_grade_ge1": auc(sm, gm >= 1),
+            "dropped": float(dm.mean()) if len(dm) else None,
+            "grade0_caught": float(dm[irrelevant].mean()) if irrelevant.any() else None,
+            "relevant_kept": float((~dm[~irrelevant]).mean()) if (~irrelevant).any() else None,
+            "score_mean_grade0": float(sm[irrelevant].mean()) if irrelevant.any() else None,
+            "score_mean_grade_ge1": float(sm[~irrelevant].mean()) if (~irrelevant).any() else None,
+        }
+
+    by_source = {s: summary(sources == s) for s in LEVEL_SOURCES if (sources == s).any()}
+    return {
+        "threshold": threshold,
+        "sample_size": n,
+        "seed": seed,
+        "without_text": int((~keep).sum()),
+        **summary(np.ones(len(idx), dtype=bool)),
+        "by_source": by_source,
+    }
+
+
+# --------------------------------------------------------------------------- top-k composition
+
+
+def composition(
+    truth: Truth,
+    collection: Collection,
+    searcher: Searcher,
+    qids: Sequence[str],
+    *,
+    k: int = 100,
+    batch_size: int = 256,
+) -> dict:
+    """Grades of a searcher's top k for queries: pooled shares of each grade, and grade-3
+    recall@k averaged over the queries that have grade-3 videos."""
+    counts = {g: 0 for g in (-1, *GRADES)}
+    recalls: list[float] = []
+    unknown = 0
+    qids = [q for q in qids if q in collection.queries]
+    for start in range(0, len(qids), batch_size):
+        batch = qids[start : start + batch_size]
+        texts = [collection.queries[q] for q in batch]
+        hits = searcher.search(texts, k)
+        for text, row in zip(texts, hits, strict=True):
+            every = truth.catalogue_grades(text)
+            if every is None:
+                unknown += 1
+                continue
+            ids = np.array([int(d) for d, _ in row], dtype=np.int64)
+            rows = truth.rows(ids)
+            g = np.where(rows >= 0, every[np.maximum(rows, 0)], -1)
+            for grade in counts:
+                counts[grade] += int((g == grade).sum())
+            total3 = int((every == 3).sum())
+            if total3:
+                recalls.append(float((g == 3).sum()) / total3)
+    graded = sum(v for key, v in counts.items() if key >= 0)
+    return {
+        "queries": len(qids) - unknown,
+        "queries_unknown_to_world": unknown,
+        "k": k,
+        "retrieved": graded + counts[-1],
+        "ungraded": counts[-1],
+        "share": {str(g): (counts[g] / graded if graded else None) for g in GRADES},
+        "grade3_recall": float(np.mean(recalls)) if recalls else None,
+        "queries_with_grade3": len(recalls),
+    }
+
+
+def qrels_queries(collection: Collection, name: str) -> list[str]:
+    """The query ids a qrels set judges, in the collection's query order."""
+    for q in collection.qrels:
+        if q.name == name:
+            return [qid for qid in collection.queries if qid in q.judgements]
+    raise KeyError(f"no qrels set {name!r}; have {[q.name for q in collection.qrels]}")
+
+
+# --------------------------------------------------------------------------- experiment folder
+
+
+def experiment_methods(experiment: str | Path) -> dict[str, dict]:
+    """Method name -> its result (results.json, else each runs/<slug>/result.json), with
+    `model_dir` added for dense methods whose model folder exists."""
+    from crops.evaluate.experiment import method_by_name
+
+    root = Path(experiment)
+    report = root / "results.json"
+    if report.is_file():
+        results = json.loads(report.read_text())["results"]
+    else:
+        results = {}
+        for p in sorted(root.glob("runs/*/result.json")):
+            r = json.loads(p.read_text())
+            results[r["method"]] = r
+    if not results:
+        raise FileNotFoundError(f"{root}: no results.json nor runs/*/result.json")
+    out: dict[str, dict] = {}
+    for name, r in results.items():
+        method = method_by_name(name)
+        model = root / "runs" / method.slug / "model"
+        out[name] = {
+            **r,
+            "slug": method.slug,
+            "dense": method.dense,
+            "model_dir": str(model) if method.dense and model.is_dir() else None,
+        }
+    return out
+
+
+def searcher_for_method(collection: Collection, info: dict) -> Searcher | None:
+    from crops.evaluate.offline import BM25Searcher, DenseSearcher
+
+    if not info["dense"]:
+        return BM25Searcher(collection.doc_ids, collection.doc_texts)
+    if info["model_dir"] is None:
+        return None
+    from crops.model.encoders import DualEncoder
+
+    return DenseSearcher.exact(
+        DualEncoder.load(info["model_dir"]), collection.doc_ids, collection.doc_texts, info["slug"]
+    )
+
+
+def read_curve(training: dict) -> tuple[str | None, list[dict]]:
+    """(the key it was read from, the curve) of a training.json; (None, []) without one."""
+    for path in CURVE_KEYS:
+        node = training
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, list) and all(isinstance(p, dict) and "step" in p for p in node):
+            return ".".join(path), node
+    return None, []
+
+
+def training_curves(methods: dict[str, dict]) -> dict[str, dict]:
+    """Per dense method: steps trained, the best step, why it stopped and the validation curve,
+    from its model folder's training.json (whatever of these it records)."""
+    out: dict[str, dict] = {}
+    for name, info in methods.items():
+        if info["model_dir"] is None:
+            continue
+        path = Path(info["model_dir"]) / "training.json"
+        if not path.is_file():
+            out[name] = {"training_json": None, "curve_key": None, "curve": []}
+            continue
+        t = json.loads(path.read_text())
+        key, curve = read_curve(t)
+        validation = t.get("validation") if isinstance(t.get("validation"), dict) else {}
+        metrics = t.get("metrics") if isinstance(t.get("metrics"), dict) else {}
+        steps = t.get("steps", info.get("steps"))
+        if steps is None:
+            steps = metrics.get("global_step")
+        out[name] = {
+            "training_json": str(path),
+            "steps": steps,
+            "best_step": validation.get("best_step", info.get("best_step")),
+            "why_stopped": validation.get("why_stopped", info.get("why_stopped")),
+            "curve_key": key,
+            "curve": [{k: p.get(k) for k in ("step", "recall", "loss") if k in p} for p in curve],
+        }
+    return out
+
+
+def plot_curves(curves: dict[str, dict], path: Path) -> bool:
+    """Every method's validation recall against steps in one chart; False if none has a curve."""
+    drawn = {n: c["curve"] for n, c in curves.items() if any("recall" in p for p in c["curve"])}
+    if not drawn:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for name, curve in drawn.items():
+        pts = [(p["step"], p["recall"]) for p in curve if p.get("recall") is not None]
+        ax.plot([s for s, _ in pts], [100 * r for _, r in pts], marker="o", ms=3, label=name)
+        best = curves[name].get("best_step")
+        for s, r in pts:
+            if s == best:
+                ax.scatter([s], [100 * r], s=60, facecolors="none", edgecolors="black", zorder=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation recall (%)")
+    ax.set_title("Training curves: held-out training queries (circle: the model kept)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------- cleaned ablation
+
+
+def clean_samples(samples: pl.DataFrame, grades: np.ndarray) -> tuple[pl.DataFrame, int]:
+    """The samples without the level samples (labels 1-3) whose video is grade 0: (kept, how
+    many were removed). Ungraded samples stay."""
+    import polars as pl
+
+    sources = samples["source"].to_numpy().astype(object)
+    drop = np.isin(sources, LEVEL_SOURCES) & (grades == 0)
+    return samples.filter(pl.Series(~drop)), int(drop.sum())
+
+
+def experiment_config(experiment: str | Path, **overrides) -> tuple[object, list[str]]:
+    """The ExperimentConfig a finished experiment ran with (its results.json), with overrides;
+    also the recorded keys this version's config no longer has (dropped, named)."""
+    from crops.evaluate.experiment import ExperimentConfig
+
+    report = json.loads((Path(experiment) / "results.json").read_text())
+    recorded = dict(report["config"])
+    known = set(ExperimentConfig.model_fields)
+    dropped = sorted(k for k in recorded if k not in known)
+    cfg = {k: v for k, v in recorded.items() if k in known}
+    cfg.update(overrides)
+    return ExperimentConfig.model_validate(cfg), dropped
+
+
+def cleaned_ablation(
+    experiment: str | Path,
+    mined: str | Path,
+    samples: pl.DataFrame,
+    grades: np.ndarray,
+    methods: Sequence[str],
+    out: str | Path,
+    progress: Progress | None = None,
+) -> dict:
+    """Retrain `methods` with `crops experiment`'s own code and settings on the mined samples
+    without grade-0 level samples; their rows beside the experiment's."""
+    from crops.evaluate.experiment import method_by_name, run_experiment
+
+    out = Path(out)
+    cleaned_mined = out / "mined"
+    cleaned_mined.mkdir(parents=True, exist_ok=True)
+    kept, removed = clean_samples(samples, grades)
+    target = cleaned_mined / "samples.parquet"
+    if not target.is_file() or _frame_differs(target, kept):
+        kept.write_parquet(target, compression="zstd")
+    synth = Path(mined) / "synth_videos.parquet"
+    if synth.is_file() and not (cleaned_mined / synth.name).is_file():
+        shutil.copy2(synth, cleaned_mined / synth.name)
+    names = [method_by_name(m).name for m in methods]
+    cfg, dropped = experiment_config(
+        experiment, out=str(out), mined=str(cleaned_mined), methods=names, force=False
+    )
+    report = run_experiment(cfg, progress)
+    original = experiment_methods(experiment)
+    levels = np.isin(samples["source"].to_numpy().astype(object), LEVEL_SOURCES)
+    rows = {}
+    for name in names:
+        method = method_by_name(name)
+        in_method = np.isin(samples["source"].to_numpy().astype(object), method.sources)
+        rows[name] = {
+            "original": original.get(name, {}).get("metrics"),
+            "cleaned": report["results"][name]["metrics"],
+            "samples": report["results"][name].get("samples"),
+            "removed": int((in_method & levels & (grades == 0)).sum()),
+            "level_samples": int((in_method & levels).sum()),
+            "steps": report["results"][name].get("steps"),
+        }
+    return {
+        "out": str(out),
+        "removed_total": removed,
+        "config_keys_dropped": dropped,
+        "methods": rows,
+    }
+
+
+def _frame_differs(path: Path, frame: pl.DataFrame) -> bool:
+    import polars as pl
+
+    try:
+        return not pl.read_parquet(path).equals(frame)
+    except Exception:  # noqa: BLE001 - an unreadable file is rewritten
+        return True
+
+
+# --------------------------------------------------------------------------- the whole report
+
+
+def run_diagnostics(
+    world: str | Path,
+    mined: str | Path,
+    experiment: str | Path,
+    out: str | Path,
+    *,
+    filter_sample: int = 4000,
+    filter_model: str | None = None,
+    threshold: float | None = None,
+    seed: int = 0,
+    k: int = 100,
+    qrels: str = "ct",
+    cleaned: Sequence[str] = (),
+    scorer: Scorer | None = None,
+    command: str = "",
+    log: Callable[[str], None] = print,
+    progress: Progress | None = None,
+) -> dict:
+    """Every diagnostic; DIR/diagnostics.json, DIR/diagnostics.md (and the curves' PNG).
+
+    `filter_sample` 0 skips the relevance filter; `filter_model` and `threshold` default to the
+    ones the mined folder's report.json records (else MineConfig's); `scorer` replaces the
+    filter model (tests)."""
+    import polars as pl
+
+    from crops.evaluate.collection import world_collection
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    mined = Path(mined)
+    log(f"world {world}: rebuilding the simulator's truth")
+    truth = Truth.load(world)
+    collection = world_collection(world)
+    samples = pl.read_parquet(mined / "samples.parquet")
+    log(f"grading {samples.height:,} samples")
+    grades = truth.grade_samples(samples)
+    report: dict = {
+        "command": command,
+        "world": str(world),
+        "mined": str(mined),
+        "experiment": str(experiment),
+        "grades": "World.query_grades: best over the query's senses; -1 (ungraded): video not"
+        " in the catalogue or query unknown to the world",
+        "level_noise": level_noise(samples, grades),
+    }
+
+    if filter_sample > 0:
+        mine_report = _mine_filter(mined)
+        from crops.engine.config import MineConfig
+
+        thr = (
+            threshold
+            if threshold is not None
+            else mine_report.get("threshold", MineConfig().relevance_threshold)
+        )
+        model = filter_model or mine_report.get("model") or MineConfig().filter_model
+        if scorer is None:
+            from crops.engine.relevance import RelevanceFilter
+
+            log(f"relevance filter {model}: scoring up to {filter_sample:,} level samples")
+            scorer = RelevanceFilter(model)
+        texts = dict(zip((int(d) for d in collection.doc_ids), collection.doc_texts, strict=True))
+        check = filter_check(
+            samples, grades, texts, scorer, n=filter_sample, seed=seed, threshold=float(thr)
+        )
+        name = getattr(scorer, "model_name", None) or type(scorer).__name__
+        report["relevance_filter"] = {"model": name, **check}
+
+    methods = experiment_methods(experiment)
+    qids = qrels_queries(collection, qrels)
+    comp: dict[str, dict] = {}
+    for i, (name, info) in enumerate(methods.items()):
+        searcher = searcher_for_method(collection, info)
+        if searcher is None:
+            comp[name] = {"missing": f"no model folder under {experiment}/runs/{info['slug']}"}
+            continue
+        log(f"top-{k} composition: {name}")
+        comp[name] = composition(truth, collection, searcher, qids, k=k)
+        if progress:
+            progress("composition", i + 1, len(methods))
+    report["composition"] = {"qrels": qrels, "methods": comp}
+
+    curves = training_curves(methods)
+    png = out / "training_curves.png"
+    report["training"] = {
+        "methods": curves,
+        "plot": png.name if plot_curves(curves, png) else None,
+    }
+
+    if cleaned:
+        log(f"truth-cleaned ablation: retraining {', '.join(cleaned)}")
+        report["cleaned"] = cleaned_ablation(
+            experiment, mined, samples, grades, cleaned, out / "cleaned", progress
+        )
+        if report["cleaned"]["config_keys_dropped"]:
+            log(
+                "the experiment recorded settings this version lacks, retrained without them: "
+                + ", ".join(report["cleaned"]["config_keys_dropped"])
+            )
+
+    (out / "diagnostics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "diagnostics.md").write_text(render_markdown(report))
+    return report
+
+
+def _mine_filter(mined: Path) -> dict:
+    path = mined / "report.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text()).get("filter", {}) or {}
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "" if x is None else f"{100 * x:.{digits}f}"
+
+
+def render_markdown(report: dict) -> str:
+    """A fragment for docs/experiment/results.md: the command first, then one table each."""
+    lines = [
+        "<!-- generated by bench/experiment_diagnostics.py: do not edit by hand -->",
+        "",
+        "Made by:",
+        "",
+        "```bash",
+        report.get("command") or "python bench/experiment_diagnostics.py ...",
+        "```",
+        "",
+        "Grades are the simulator's truth (measurement only, never a training input): 3 same"
+        " facet (good quality), 2 same topic, 1 same domain, 0 irrelevant; for an ambiguous"
+        " query, the best over its senses. Ungraded: a video the catalogue does not hold"
+        " (LLM-synthesised).",
+        "",
+        "### HLA level noise",
+        "",
+        "| source | label | samples | ungraded | grade 0 % | grade 1 % | grade 2 % | grade 3 % |"
+        " grade >= 2 % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    noise = report["level_noise"]
+    for s, r in {**noise["sources"], "labels 1-3": noise["levels_1_3"]}.items():
+        sh = r["share"]
+        label = r.get("label", "1-3")
+        lines.append(
+            f"| {s} | {label} | {r['samples']} | {r['ungraded']} | "
+            + " | ".join(_pct(sh[str(g)]) for g in GRADES)
+            + f" | {_pct(r['share_grade_ge2'])} |"
+        )
+    rf = report.get("relevance_filter")
+    if rf:
+        lines += [
+            "",
+            "### The relevance filter on level samples (labels 1-3)",
+            "",
+            f"{rf['samples']} level samples drawn with seed {rf['seed']}, scored by the filter"
+            f" `{rf['model']}`; AUC of its score for grade >= 1; at threshold {rf['threshold']}"
+            " (mining keeps scores above it), the share of samples it drops and of grade-0"
+            " ones it catches.",
+            "",
+            "| level samples | samples | grade 0 | AUC | dropped % | grade 0 caught % |"
+            " grade >= 1 kept % |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, r in {"all": rf, **rf["by_source"]}.items():
+            a = "" if r["auc_grade_ge1"] is None else f"{r['auc_grade_ge1']:.3f}"
+            lines.append(
+                f"| {name} | {r['samples']} | {r['grade0']} | {a} | {_pct(r['dropped'])} |"
+                f" {_pct(r['grade0_caught'])} | {_pct(r['relevant_kept'])} |"
+            )
+    comp = report["composition"]
+    lines += [
+        "",
+        f"### Top-100 composition on {comp['qrels'].upper()} queries",
+        "",
+        "Pooled over the queries: the share of the retrieved videos at each grade; grade-3"
+        " recall: of each query's grade-3 videos, the share retrieved, averaged over queries.",
+        "",
+        "| method | queries | grade 0 % | grade 1 % | grade 2 % | grade 3 % | grade-3 recall |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in comp["methods"].items():
+        if "missing" in r:
+            lines.append(f"| {name} | {r['missing']} | | | | | |")
+            continue
+        rec = "" if r["grade3_recall"] is None else f"{r['grade3_recall']:.3f}"
+        lines.append(
+            f"| {name} | {r['queries']} | "
+            + " | ".join(_pct(r["share"][str(g)]) for g in GRADES)
+            + f" | {rec} |"
+        )
+    tr = report["training"]
+    if tr["methods"]:
+        lines += [
+            "",
+            "### Training: where each model stopped",
+            "",
+            "| method | steps | best step | why stopped | curve: step recall % (from) |",
+            "|---|---:|---:|---|---|",
+        ]
+        for name, t in tr["methods"].items():
+            pts = ", ".join(
+                f"{p['step']} {_pct(p.get('recall'))}" for p in t["curve"] if "step" in p
+            )
+            src = f" (`{t['curve_key']}`)" if t["curve_key"] else "no curve recorded"
+            lines.append(
+                f"| {name} | {t.get('steps') or ''} | {t.get('best_step') or ''} |"
+                f" {t.get('why_stopped') or ''} | {pts}{src} |"
+            )
+        if tr["plot"]:
+            lines += ["", f"![training curves]({tr['plot']})"]
+    cl = report.get("cleaned")
+    if cl:
+        lines += [
+            "",
+            "### Truth-cleaned ablation",
+            "",
+            "Each method retrained by `crops experiment`'s code and settings on its samples"
+            " without the level samples (labels 1-3) whose video is grade 0.",
+            "",
+            "| method | removed / level samples | CT R@100 | QR R@100 | NDCG@4 | steps |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        cols = ("ct/R@100", "qr/R@100", "graded/nDCG@4")
+        for name, r in cl["methods"].items():
+            if r["original"]:
+                o = " | ".join(_pct(r["original"].get(c)) for c in cols)
+                lines.append(f"| {name} | | {o} | |")
+            c = " | ".join(_pct(r["cleaned"].get(c)) for c in cols)
+            lines.append(
+                f"| {name}, grade-0 level samples removed | {r['removed']} /"
+                f" {r['level_samples']} | {c} | {r.get('steps') or ''} |"
+            )
+        if cl["config_keys_dropped"]:
+            lines += [
+                "",
+                "Settings the experiment recorded that this version no longer has (retrained"
+                f" without them): {', '.join(cl['config_keys_dropped'])}.",
+            ]
+    lines.append("")
+    return "\n".join(lines)
