@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from crops.model.encoders import (
     MANIFEST,
+    BucketIds,
     DualEncoder,
     HashTower,
     HFTower,
@@ -122,6 +123,38 @@ def test_hash_ids_stable_across_processes() -> None:
     here = HashTower(dim=8, buckets=2**12, hidden=8, seed=7).bucket_ids(text)
     assert json.loads(out.stdout.strip()) == here
     assert len(here) > 20
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"char_ngrams": (2, 2, 4), "word_ngrams": (), "seed": 3}, {"char_ngrams": ()}],
+)
+def test_bucket_table_equals_per_text_ids(kuairec_rows, settings) -> None:
+    """The corpus table (each distinct n-gram hashed once) gives every text's bucket_ids, in
+    order, and a gathered batch encodes as the texts do."""
+    texts = [*TEXTS, "   ", "a", "ＨＥＬＬＯ  World", *(r["caption"] for r in kuairec_rows[:60])]
+    texts += texts[:5]  # repeats
+    t = HashTower(dim=16, buckets=2**12, hidden=16, **settings)
+    table = t.bucket_table(texts)
+    assert len(table) == len(texts) and table.ids.dtype == np.int32
+    for i, text in enumerate(texts):
+        assert table.ids[table.offsets[i] : table.offsets[i + 1]].tolist() == t.bucket_ids(text)
+    index = np.array([7, 0, 4, 4, len(texts) - 1, 2])
+    flat, offsets = table.take(index)
+    assert flat.tolist() == sum((t.bucket_ids(texts[i]) for i in index), [])
+    assert (
+        offsets.tolist()
+        == np.cumsum([0] + [len(t.bucket_ids(texts[i])) for i in index[:-1]]).tolist()
+    )
+    with torch.no_grad():
+        expected = t([texts[i] for i in index])
+        torch.testing.assert_close(t(table.bucket_ids(index)), expected)
+        # a slice of the table holding the rows the ids touch, with the ids remapped into it
+        rows, position = np.unique(flat, return_inverse=True)
+        sub = t.embedding.weight[torch.from_numpy(rows)]
+        remapped = BucketIds(torch.from_numpy(position), torch.from_numpy(offsets), sub)
+        torch.testing.assert_close(t(remapped), expected)
+        assert t(table.bucket_ids(index[:0])).shape == (0, 16)
 
 
 def test_hash_tower_on_kuairec_captions_and_learns(kuairec_rows) -> None:

@@ -115,3 +115,94 @@ def test_model_hard_negatives_come_from_the_models_own_index(training_data) -> N
         qv = model.embed([training_data.queries[q]], side="query")[0]
         scores = docs @ qv
         assert scores[neg].min() >= np.sort(scores)[-21] - 1e-5
+
+
+def _crowded_data(seed: int = 0):
+    """Queries that share most of their videos: the batcher's groups conflict often."""
+    from crops.model.data import TrainingData
+
+    rng = np.random.default_rng(seed)
+    groups = []
+    for _ in range(30):
+        docs = rng.choice(40, size=int(rng.integers(3, 20)), replace=False)
+        labels = rng.integers(0, 6, size=len(docs))
+        order = np.lexsort((docs, -labels))
+        groups.append((docs[order].astype(np.int64), labels[order].astype(np.int64)))
+    return TrainingData(
+        queries=[f"q{i}" for i in range(30)],
+        groups=groups,
+        texts=[f"video {d}" for d in range(40)],
+        video_ids=np.arange(40),
+    )
+
+
+def _sequential_groups(batcher: GroupBatcher, cands: np.ndarray, keys: np.ndarray):
+    """The documented rule, one query and one sample at a time: the reference."""
+    used: set[int] = set()
+    out: list[tuple[int, list[int]]] = []
+    k = 0
+    for q in cands:
+        s, e = batcher.starts[q], batcher.starts[q + 1]
+        docs, labels = batcher.docs[s:e], batcher.labels[s:e]
+        key = keys[k : k + e - s] / batcher.level_weight[s:e]
+        k += e - s
+        if len(out) == batcher.qpb:
+            continue
+        free = [int(i) for i in np.argsort(key, kind="stable") if int(docs[i]) not in used]
+        if not free or max(labels[i] for i in free) <= 0:
+            continue
+        best = max(labels[i] for i in free)
+        first = next(i for i in free if labels[i] == best)
+        group = [first] + [i for i in free if i != first][: batcher.group_size - 1]
+        used.update(int(docs[i]) for i in group)
+        out.append((int(q), [int(docs[i]) for i in group]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_groups_follow_the_sequential_rule(seed: int) -> None:
+    """The fixed point over all candidates at once gives the one-query-at-a-time groups."""
+    data = _crowded_data(seed)
+    batcher = GroupBatcher(data, queries_per_batch=8, group_size=4, seed=seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        cands = rng.permutation(30)[:20]
+        keys = rng.exponential(size=batcher._n_samples(cands))
+        kept, take, first, docs, labels, pos = batcher._groups(cands, keys)
+        got = []
+        for c in np.flatnonzero(kept):
+            mine = np.flatnonzero(take & (pos == c))
+            mine = mine[np.argsort(~first[mine], kind="stable")]  # best first, then by key
+            got.append((int(cands[c]), docs[mine].tolist()))
+        assert got == _sequential_groups(batcher, cands, keys)
+
+
+def test_crowded_batches_keep_their_invariants() -> None:
+    data = _crowded_data(1)
+    batcher = GroupBatcher(data, queries_per_batch=8, group_size=4, seed=5)
+    for batch in batcher.epoch(0):
+        assert len(set(batch.doc_index.tolist())) == len(batch.doc_index)
+        assert (np.diff(batch.owner) >= 0).all()  # docs grouped by query, in query order
+        for i, q in enumerate(batch.query_index):
+            truth = dict(zip(*(a.tolist() for a in data.groups[q]), strict=True))
+            own = batch.owner == i
+            labels = batch.labels[i, own]
+            assert labels[0] == labels.max() > 0  # the best sample first, a positive
+            want = [truth.get(int(d), 0) for d in batch.doc_index]
+            assert batch.labels[i].tolist() == want  # own and known labels, else 0
+
+
+def test_hard_negatives_never_repeat_a_doc(training_data) -> None:
+    hard = BM25Negatives(training_data, depth=30)
+    batcher = GroupBatcher(
+        training_data, queries_per_batch=12, group_size=4, hard_negatives=hard, n_hard=3
+    )
+    for batch in list(batcher.epoch(0))[:5]:
+        assert len(set(batch.doc_index.tolist())) == len(batch.doc_index)
+        assert (np.diff(batch.owner) >= 0).all()
+        for i, q in enumerate(batch.query_index):
+            own = training_data.groups[q][0].tolist()
+            extra = [d for d in batch.doc_index[batch.owner == i] if d not in own]
+            assert len(extra) <= 3 and all(
+                batch.labels[i, batch.doc_index == d] == 0 for d in extra
+            )

