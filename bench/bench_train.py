@@ -14,16 +14,24 @@ query's best-labelled sample; no doc twice in a batch), the same batches for bot
 max_length 128 on both, 2 torch threads, a warm-up, then blocks of steps alternating which side
 goes first (so load on the machine hits both alike). Goal: ours / theirs >= 0.9.
 
-(c) Ray Train overhead: the same hash-encoder H-InfoNCE run (1 epoch of at most --ray-steps
-steps, 32 queries x group 8 per batch) as a plain single-process loop in this process (the same
-per-step work as crops.model.train.train_loop without Ray or DDP) and through
-crops.model.train.train with 2 workers. Wall time end to end (Ray: including start-up) and
-steady-state samples/s (Ray: samples_per_s of the last step in OUT/metrics.jsonl, the epoch's
-running rate; plain: the same running rate, measured).
+(c) Hash-encoder training throughput (issue 14: goal >= 10,000 samples/s on 2 cores, and Ray
+at steady state within 1.3x of a plain loop). The same H-InfoNCE run (--ray-steps steps of 32
+queries x group 8, one epoch, no validation split), in one process without Ray and through
+crops.model.train.train (what `crops train --encoder hash` runs) with 1 and 2 workers:
+- plain, dense AdamW: the update before issue 14 (texts hashed in the step, one AdamW over
+  every parameter), the reference of the speed-up;
+- plain, torch SparseAdam: torch's own sparse idiom (EmbeddingBag(sparse=True), SparseAdam);
+- plain, touched rows: crops.model.sparse's step (what the workers run), the plain loop the
+  Ray runs are compared with.
+Plain loops run with --plain-threads torch threads (default 1; the Ray workers get one CPU
+each). Steady state is samples/s after --ray-warmup steps (Ray: from the running rate of each
+step row in OUT/metrics.jsonl and the known batch sizes); wall is end to end (Ray: start-up,
+workers, data and hashing, steps, checkpoint). The batcher draws each batch inside the timed
+loop, as in the trainer.
 
     python bench/bench_train.py                 # both parts
     python bench/bench_train.py --part b --steps 30
-    python bench/bench_train.py --part c --ray-steps 60 --samples S.parquet --videos V.parquet ...
+    python bench/bench_train.py --part c --ray-steps 300 --samples S.parquet --videos V.parquet ...
 """
 
 from __future__ import annotations
@@ -184,43 +192,126 @@ def part_b(data: TrainingData, steps: int, batch: int, block: int, warmup: int) 
     )
 
 
-# ------------------------------------------------------------------ (c) Ray overhead
+# ------------------------------------------------------------------ (c) hash encoder
 
 
-def plain_run(cfg: TrainConfig) -> dict:
-    """train_loop's per-step work in this process, no Ray or DDP: data, batcher, model, steps."""
+def plan(cfg: TrainConfig) -> tuple[TrainingData, list]:
+    """The data and the batches a run of `cfg` trains on (a pure function of seed and epoch;
+    no validation split: the bench configs hold no queries out)."""
+    data = load_training_data(cfg.samples, cfg.videos)
+    batcher = GroupBatcher(
+        data, queries_per_batch=cfg.queries_per_batch, group_size=cfg.group_size, seed=cfg.seed
+    )
+    batcher.min_queries = cfg.workers
+    return data, [b for _, b in zip(range(cfg.stop.max_steps), batcher.epoch(0), strict=False)]
+
+
+def steady(samples: list[int], seconds: list[float], warmup: int) -> float:
+    """Samples per second after the first `warmup` steps (end times of each step given)."""
+    done = np.cumsum(samples)
+    return float((done[-1] - done[warmup - 1]) / (seconds[-1] - seconds[warmup - 1]))
+
+
+def plain_run(cfg: TrainConfig, kind: str, warmup: int) -> dict:
+    """A plain single-process loop of the same model and loss on the same batches: the
+    batcher's work is in each step as in the trainer (batches are drawn as it goes).
+
+    kind: ``dense``: the update before issue 14 (texts hashed in the step through the LRU
+    cache, one AdamW over every parameter: the whole table each step); ``torch-sparse``:
+    torch's own sparse idiom (pre-hashed ids, EmbeddingBag(sparse=True), SparseAdam for the
+    table, AdamW for the rest); ``rows``: crops.model.sparse's step (pre-hashed ids, the
+    touched rows' RowAdam), what the Ray workers run, without Ray.
+    """
     from crops.model.encoders import _bucket_ids
+    from crops.model.sparse import make_step
 
-    _bucket_ids.cache_clear()  # the Ray workers start with an empty hash cache too
+    _bucket_ids.cache_clear()  # a worker starts with an empty hash cache too
     torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
     data = load_training_data(cfg.samples, cfg.videos)
     batcher = GroupBatcher(
         data, queries_per_batch=cfg.queries_per_batch, group_size=cfg.group_size, seed=cfg.seed
     )
     model = cfg.build_model()
     loss_fn = make_loss(cfg)
-    params = [*model.parameters(), *loss_fn.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
-    total = min(batcher.batches_per_epoch, cfg.max_steps_per_epoch or batcher.batches_per_epoch)
+    lr, wd = cfg.learning_rate(), cfg.weight_decay
+    if kind == "rows":
+        runner = make_step(model, loss_fn, data, lr=lr, weight_decay=wd)
+        step_fn = runner.step
+    elif kind == "dense":
+        opt = torch.optim.AdamW(
+            [*model.parameters(), *loss_fn.parameters()], lr=lr, weight_decay=wd
+        )
+
+        def step_fn(batch) -> float:
+            q, d = model(batch.queries, batch.docs)
+            loss = loss_fn(q, d, torch.as_tensor(batch.labels))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+
+    elif kind == "torch-sparse":
+        tower = model.query_tower
+        tower.embedding.sparse = True
+        table = tower.embedding.weight
+        docs, queries = tower.bucket_table(data.texts), tower.bucket_table(data.queries)
+        sparse_opt = torch.optim.SparseAdam([table], lr=lr)
+        rest = [p for p in model.parameters() if p is not table] + list(loss_fn.parameters())
+        opt = torch.optim.AdamW(rest, lr=lr, weight_decay=wd)
+
+        def step_fn(batch) -> float:
+            q_ids = queries.bucket_ids(batch.query_index)
+            d_ids = docs.bucket_ids(batch.doc_index)
+            q, d = model(q_ids, d_ids)
+            loss = loss_fn(q, d, torch.as_tensor(batch.labels))
+            opt.zero_grad(set_to_none=True)
+            sparse_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sparse_opt.step()
+            return float(loss.detach())
+    else:
+        raise ValueError(kind)
+    setup = time.perf_counter() - t0
     model.train()
-    t0, seen, steps = time.perf_counter(), 0, 0
+    samples, ends, losses = [], [], []
+    start = time.perf_counter()
     for step, batch in enumerate(batcher.epoch(0)):
-        if step >= total:
+        if step >= cfg.stop.max_steps:
             break
-        q, d = model(batch.queries, batch.docs)
-        loss = loss_fn(q, d, torch.as_tensor(batch.labels))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        seen += len(batch.docs)
-        steps += 1
-    rate = seen / (time.perf_counter() - t0)
+        losses.append(step_fn(batch))
+        samples.append(len(batch.docs))
+        ends.append(time.perf_counter() - start)
     model.save(Path(cfg.out) / "model")  # the Ray run checkpoints and copies its model out too
-    return {"steps": steps, "samples": seen, "samples_per_s": rate}
+    return {
+        "steps": len(samples),
+        "samples": int(sum(samples)),
+        "setup_s": setup,
+        "loop_s": ends[-1],
+        "samples_per_s": steady(samples, ends, warmup),
+        "loss_first": float(np.mean(losses[:10])),
+        "loss_last": float(np.mean(losses[-10:])),
+    }
 
 
-def part_c(samples: Path, videos: list[Path], steps: int, workers: int, tmp: Path) -> None:
+def ray_steady(out: Path, sizes: list[int], warmup: int) -> tuple[float, int]:
+    """Steady-state samples/s of a Ray run from its metrics.jsonl: each step row holds the
+    epoch's running rate, so a step's end time is (samples so far) / rate; the batches'
+    sizes are known (the same pure function of seed and epoch)."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "step" in r and "samples_per_s" in r]
+    done = np.cumsum(sizes[: len(steps)])
+    ends = [int(n) / r["samples_per_s"] for n, r in zip(done, steps, strict=True)]
+    return steady(sizes[: len(steps)], ends, warmup), len(steps)
+
+
+def part_c(
+    samples: Path, videos: list[Path], steps: int, workers: list[int], warmup: int, tmp: Path
+) -> None:
     import ray
+
+    from crops.model.convergence import StopRule
 
     def config(out: str, n: int) -> TrainConfig:
         return TrainConfig(
@@ -229,46 +320,67 @@ def part_c(samples: Path, videos: list[Path], steps: int, workers: int, tmp: Pat
             out=out,
             encoder="hash",
             loss="h-infonce",
-            epochs=1,
-            max_steps_per_epoch=steps,
+            stop=StopRule(max_steps=steps, patience=None, val_fraction=0),
             queries_per_batch=32,
             group_size=8,
             workers=n,
         )
 
-    plain = measure("plain loop", lambda: plain_run(config(str(tmp / "plain"), 1)))
-    ray_out = tmp / "ray"
-    ray_run = measure("Ray Train", lambda: train(config(str(ray_out), workers)))
-    rows = [json.loads(line) for line in (ray_out / "metrics.jsonl").read_text().splitlines()]
-    step_rows = [r for r in rows if "samples_per_s" in r and "step" in r]
-    ray_rate = step_rows[-1]["samples_per_s"]
-    fit_s = ray_run.result["wall_s"]
+    runs: dict[str, tuple] = {}
+    for kind in ("dense", "torch-sparse", "rows"):
+        m = measure(kind, lambda k=kind: plain_run(config(str(tmp / k), 1), k, warmup))
+        runs[kind] = (m, m.result["samples_per_s"])
+    sizes = [len(b.docs) for b in plan(config(str(tmp / "x"), 1))[1]]
+    for n in workers:
+        out = tmp / f"ray-{n}"
+        m = measure(f"ray {n}", lambda o=out, n=n: train(config(str(o), n)))
+        rate, logged = ray_steady(out, sizes, warmup)
+        runs[f"ray-{n}"] = (m, rate)
+        assert logged == steps, f"{logged} steps logged, {steps} expected"
     ray.shutdown()
 
+    total = sum(sizes)
     print(
-        f"\n== (c) hash encoder, H-InfoNCE, 1 epoch of {plain.result['steps']} steps "
-        f"(32 queries x group 8; {plain.result['samples']:,} samples)"
+        f"\n== (c) hash encoder (65,537 x 128 table + MLP), H-InfoNCE, {steps} steps of 32 "
+        f"queries x group 8 ({total:,} samples); steady state = samples/s after {warmup} "
+        f"warm-up steps; plain loops: {torch.get_num_threads()} torch thread(s); Ray: 1 CPU "
+        f"per worker"
     )
-    print(f"{'run':<34}{'wall s':>9}{'samples/s':>12}{'peak RSS MiB':>14}")
+    names = {
+        "dense": "plain, dense AdamW (before issue 14)",
+        "torch-sparse": "plain, torch SparseAdam",
+        "rows": "plain, touched rows (crops)",
+    }
+    for n in workers:
+        names[f"ray-{n}"] = f"crops train, Ray {n} worker{'s' if n > 1 else ''}"
     print(
-        f"{'plain loop, 1 process':<34}{plain.seconds:>9.1f}"
-        f"{plain.result['samples_per_s']:>12,.0f}{plain.peak_rss_mib:>14,.0f}"
+        f"{'run':<38}{'samples/s':>11}{'wall s':>9}{'vs dense':>10}{'plain/Ray':>11}{'RSS MiB':>9}"
     )
-    label = f"Ray Train, {workers} workers (driver)"
-    print(f"{label:<34}{ray_run.seconds:>9.1f}{ray_rate:>12,.0f}{ray_run.peak_rss_mib:>14,.0f}")
+    base, plain = runs["dense"][1], runs["rows"][1]
+    for key, (m, rate) in runs.items():
+        ratio = f"{plain / rate:>10.2f}x" if key.startswith("ray") else f"{'':>11}"
+        print(
+            f"{names[key]:<38}{rate:>11,.0f}{m.seconds:>9.1f}{rate / base:>9.1f}x{ratio}"
+            f"{m.peak_rss_mib:>9,.0f}"
+        )
+    for kind in ("dense", "torch-sparse", "rows"):
+        r = runs[kind][0].result
+        print(
+            f"{names[kind]}: set-up {r['setup_s']:.1f} s (data, model, hashing the corpus), "
+            f"loss {r['loss_first']:.2f} (first 10 steps) -> {r['loss_last']:.2f} (last 10)"
+        )
+    for n in workers:
+        m = runs[f"ray-{n}"][0]
+        print(
+            f"Ray {n}: wall {m.seconds:.1f} s = ray.init, workers, data and hashing, "
+            f"{steps} steps, checkpoint, copy-out (trainer.fit {m.result['wall_s']:.1f} s)"
+        )
+    best_ray = max(runs[f"ray-{n}"][1] for n in workers)
     print(
-        f"Ray wall: {ray_run.seconds - fit_s:.1f} s ray.init + result copy-out, {fit_s:.1f} s "
-        f"trainer.fit (workers, process group, data, steps, checkpoint); "
-        f"{len(step_rows)} steps logged"
-    )
-    print(
-        f"plain: {torch.get_num_threads()} torch threads in this process; Ray: {workers} workers "
-        f"x 1 CPU each, gloo all-gather of the embeddings, DDP gradient all-reduce"
-    )
-    print(
-        f"overhead: wall Ray / plain {ray_run.seconds / plain.seconds:.1f}x; steady-state "
-        f"samples/s plain / Ray {plain.result['samples_per_s'] / ray_rate:.2f}x "
-        f"(> 1: Ray slower per sample)"
+        f"goals: >= 10,000 samples/s: {verdict(best_ray >= 10_000)} ({best_ray:,.0f}, "
+        f"{best_ray / base:.1f}x the dense update); Ray steady state within 1.3x of the plain "
+        f"loop: "
+        + ", ".join(f"{n} worker(s) {verdict(plain / runs[f'ray-{n}'][1] <= 1.3)}" for n in workers)
     )
 
 
@@ -279,9 +391,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="(b) warm-up steps per side")
     p.add_argument("--block", type=int, default=5, help="(b) steps per alternating block")
     p.add_argument("--batch", type=int, default=32, help="(b) pairs per step")
-    p.add_argument("--ray-steps", type=int, default=30, help="(c) max_steps_per_epoch")
-    p.add_argument("--workers", type=int, default=2, help="(c) Ray Train workers")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ray-steps", type=int, default=200, help="(c) steps of every run")
+    p.add_argument("--ray-warmup", type=int, default=20, help="(c) steps before steady state")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="(c) Ray workers")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of (b)")
+    p.add_argument("--plain-threads", type=int, default=1, help="torch threads of (c)'s loops")
     p.add_argument("--samples", type=Path, help="samples.parquet (default: mine a tiny world)")
     p.add_argument("--videos", type=Path, nargs="+", help="videos files for --samples")
     args = p.parse_args()
@@ -305,7 +419,8 @@ def main() -> None:
         if args.part in ("b", "all"):
             part_b(data, args.steps, args.batch, args.block, args.warmup)
         if args.part in ("c", "all"):
-            part_c(samples, videos, args.ray_steps, args.workers, tmp)
+            torch.set_num_threads(args.plain_threads)
+            part_c(samples, videos, args.ray_steps, args.workers, args.ray_warmup, tmp)
 
 
 if __name__ == "__main__":

@@ -36,12 +36,14 @@ def test_touched_rows_remaps_ids() -> None:
     assert (rows[position] == ids).all()
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
-def test_row_adam_is_adamw_when_every_row_is_touched(weight_decay: float) -> None:
+def test_row_adam_is_adamw_when_every_row_is_touched(weight_decay: float, fused: bool) -> None:
     torch.manual_seed(0)
     ours = torch.randn(6, 4)
     theirs = torch.nn.Parameter(ours.clone())
     row_adam = RowAdam(ours, lr=1e-2, weight_decay=weight_decay)
+    row_adam.fused = fused and row_adam.fused  # torch's fused kernel, or the same arithmetic
     adamw = torch.optim.AdamW([theirs], lr=1e-2, weight_decay=weight_decay)
     for _ in range(5):
         grad = torch.randn(6, 4)
