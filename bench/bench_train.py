@@ -326,6 +326,7 @@ def part_c(
             workers=n,
         )
 
+    load_before = os.getloadavg()[0]
     runs: dict[str, tuple] = {}
     for kind in ("dense", "torch-sparse", "rows"):
         m = measure(kind, lambda k=kind: plain_run(config(str(tmp / k), 1), k, warmup))
@@ -375,6 +376,10 @@ def part_c(
             f"Ray {n}: wall {m.seconds:.1f} s = ray.init, workers, data and hashing, "
             f"{steps} steps, checkpoint, copy-out (trainer.fit {m.result['wall_s']:.1f} s)"
         )
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average (1 min) {load_before:.2f} before the runs,"
+        f" {os.getloadavg()[0]:.2f} after (other processes share the cores)"
+    )
     best_ray = max(runs[f"ray-{n}"][1] for n in workers)
     print(
         f"goals: >= 10,000 samples/s: {verdict(best_ray >= 10_000)} ({best_ray:,.0f}, "

@@ -8,7 +8,7 @@ step about ten times the work the batch needs. Measured on the README's mined da
 core, one step of 256 docs): dense AdamW 90 ms; ``EmbeddingBag(sparse=True)`` + torch's
 ``SparseAdam`` 47 ms, because its sparse gradient holds one 128-float row per *lookup*
 (70,000 rows, 36 MB) that backward writes and SparseAdam then coalesces; the touched-rows
-update of this module 17 ms.
+step of this module 17-20 ms (bench/bench_train.py part c has the figures).
 
 :class:`SparseStep`, for models whose towers are all hash towers:
 
@@ -20,9 +20,11 @@ update of this module 17 ms.
    their dense gradient, rows x dim, and nothing the size of the table.
 3. Across workers (no DDP): each worker all-gathers every worker's (rows, gradient) and adds
    them, in rank order, into the union of the rows: the bytes of the touched rows, never the
-   table's; the other encoder parameters' gradients (the MLP) are all-reduced as one flat
-   buffer. DDP was not used because with a dense table it all-reduces the whole table, and
-   with ``sparse=True`` gloo gathers the uncoalesced gradient, one row per lookup. Gradients
+   table's; the other encoder parameters' gradients (the MLP) ride in the same all-gather and
+   are summed the same way (two collectives a step: row counts, then that buffer; plus one
+   all-gather of the embeddings for the loss). DDP was not used: with a dense table it all-reduces
+   the whole table every step, and with ``sparse=True`` its gradient is the one-row-per-lookup
+   tensor above, which costs more than this whole step before anything is sent. Gradients
    are sums over the workers of the global-batch loss's gradient through their own shard:
    the full-batch gradient, the same on every worker. The loss's temperature sees the whole
    global batch on every worker already, so it needs no reduction. Every worker applies the
@@ -31,6 +33,10 @@ update of this module 17 ms.
 4. :class:`RowAdam` updates those rows only (AdamW's arithmetic, lazily: a row's moments decay
    on the steps that touch it, as torch's ``SparseAdam``; the decoupled weight decay applies
    to the touched rows). The other parameters and the temperature use AdamW.
+
+Every worker still builds the whole batch and updates the union of the touched rows, so a
+second worker on a 2-core machine adds much less than a core's worth of speed (the plain
+one-process step is the bound; bench/bench_train.py part c measures both).
 
 :class:`DenseStep` is the same step with DDP and one AdamW over every parameter: the path for
 Hugging Face towers, and for hash towers the dense reference (``update="dense"`` of
