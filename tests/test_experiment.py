@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from crops.engine.config import MineConfig
 from crops.engine.hla import to_arrow
 from crops.evaluate.experiment import (
     LEVEL_FILTER_DEFAULT,
@@ -97,6 +98,8 @@ def test_level_filter_subset_defaults_to_the_experiment_threshold(tmp_path) -> N
     summary = json.loads((tmp_path / "d" / "subset.json").read_text())
     assert summary["level_filter"]["threshold"] == LEVEL_FILTER_DEFAULT
     assert ExperimentConfig(world="w", out="o").level_filter == LEVEL_FILTER_DEFAULT
+    # one operating point for the filter: the level row gates at the positives' threshold
+    assert MineConfig().relevance_threshold == LEVEL_FILTER_DEFAULT
 
 
 def test_other_rows_ignore_the_level_filter(tmp_path) -> None:
