@@ -36,7 +36,7 @@ from crops.world.simulate import simulate  # noqa: E402
 WINDOW_S = 90
 LONG_PLAY_MS = 18_000
 FEED_WINDOW_S = 1_800
-MAX_PER_QUERY = 100
+MAX_PER_USER = 100
 GOAL_ROWS_PER_S = 1_000_000
 GOAL_PEAK_MIB = 8 * 1024
 KEY = ["query", "video_id", "request_id"]
@@ -104,7 +104,7 @@ def whole(search: Path, rec: Path) -> list[pl.DataFrame]:
         [
             cascade_samples(s),
             reformulation_candidates(s, WINDOW_S, LONG_PLAY_MS),
-            recfeed_candidates(s, r, FEED_WINDOW_S, MAX_PER_QUERY, LONG_PLAY_MS),
+            recfeed_candidates(s, r, FEED_WINDOW_S, MAX_PER_USER, LONG_PLAY_MS),
         ]
     )
 

@@ -498,6 +498,10 @@ def experiment(
         typer.Option(help="evaluations without gain before a method stops; 0: --max-steps each"),
     ] = None,
     eval_every: Annotated[int | None, typer.Option(help="steps between validations")] = None,
+    level_filter: Annotated[
+        float | None,
+        typer.Option(help="the 'CroPS + level filter' row's threshold (default: the miners')"),
+    ] = None,
     queries_per_batch: Annotated[int, typer.Option(help="query groups per batch")] = 32,
     group_size: Annotated[int, typer.Option(help="samples per query group")] = 8,
     workers: Annotated[int, typer.Option(help="Ray Train workers per run")] = 2,
@@ -532,6 +536,7 @@ def experiment(
         mined=str(mined) if mined else None,
         encoder=encoder,
         stop=stop_rule(max_steps, patience, eval_every),
+        **({} if level_filter is None else {"level_filter": level_filter}),
         queries_per_batch=queries_per_batch,
         group_size=group_size,
         workers=workers,
