@@ -30,11 +30,13 @@ LOCAL_SCALES = ("tiny", "default")
 TARGETS = ("local", "cluster")
 
 #: Pipeline arguments of a local run per scale. Both models train to convergence (the train
-#: component's stop rule); `max_steps` only caps a tiny smoke run.
+#: component's stop rule); `max_steps` only caps a tiny smoke run. One Ray Train worker: on
+#: 2 cores a second one slows hash training down (bench/bench_train.py part c).
 #: Here both endpoints, the simulated users and the world share the machine's cores, so the
 #: latency guardrail is loose: it measures the laptop, not the model.
 LOCAL_PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
+        "workers": 1,
         "max_steps": 60,
         "filter_model": "none",
         "ab_users": 0,
@@ -44,6 +46,7 @@ LOCAL_PROFILES: dict[str, dict[str, Any]] = {
         "ab_max_p99_ms": 2000.0,
     },
     "default": {
+        "workers": 1,
         "filter_model": "minilm",
         "ab_users": 0,
         "ab_days": 5,
