@@ -317,6 +317,9 @@ def train(
         typer.Option(help="stop after this many evaluations without gain; 0: train --max-steps"),
     ] = None,
     eval_every: Annotated[int | None, typer.Option(help="steps between validations")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="steps between checkpoints, at epoch ends")
+    ] = None,
     val_fraction: Annotated[
         float | None, typer.Option(help="share of the queries held out for validation")
     ] = None,
@@ -376,6 +379,7 @@ def train(
         n_hard=n_hard,
         steps_per_epoch=steps_per_epoch,
         stop=stop_rule(max_steps, patience, eval_every, val_fraction),
+        **({} if checkpoint_every is None else {"checkpoint_every": checkpoint_every}),
         positive_min_label=positive_min_label,
         use_gpu=gpu,
         storage_path=storage_path,

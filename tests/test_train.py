@@ -181,6 +181,7 @@ def test_a_killed_worker_resumes_from_the_checkpoint(
         out=str(tmp_path / "model"),
         workers=2,
         steps_per_epoch=4,
+        checkpoint_every=4,
         stop=StopRule(max_steps=12, eval_every=4),
         name="fault",
     )

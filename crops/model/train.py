@@ -68,6 +68,13 @@ class TrainConfig(BaseModel):
         " (default: samples / group_size / batch)",
     )
     stop: StopRule = Field(default_factory=StopRule, description="when training stops")
+    checkpoint_every: int = Field(
+        1000,
+        ge=1,
+        description="steps between checkpoints, taken at the first epoch end past them (a"
+        " click-only method's epoch is about 40 steps: a checkpoint each would cost more than"
+        " the training); one is always taken at the stop",
+    )
     workers: int = Field(2, ge=1)
     use_gpu: bool = False
     storage_path: str | None = Field(
@@ -338,7 +345,7 @@ def train_loop(config: dict) -> None:
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(start) + "\n")
 
-    epoch = start_epoch
+    epoch, last_checkpoint = start_epoch, global_step
     while stopper.stopped is None:
         if cfg.hard_negatives == "model":  # ANCE: negatives from the current model's own index
             inner.eval()
@@ -396,6 +403,10 @@ def train_loop(config: dict) -> None:
             "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9),
             "stopped": stopper.stopped or "",
         }
+        if not stopper.stopped and global_step - last_checkpoint < cfg.checkpoint_every:
+            epoch += 1
+            continue
+        last_checkpoint = global_step
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
