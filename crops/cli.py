@@ -20,7 +20,7 @@ from crops.console import fail as _fail
 from crops.console import options as _options
 from crops.console import progress_bar as _progress_bar
 from crops.console import summary_table as _summary_table
-from crops.model.convergence import stop_options as stop_rule
+from crops.model.convergence import stop_options
 
 app = typer.Typer(
     name="crops",
@@ -378,7 +378,7 @@ def train(
         hard_negatives=hard_negatives,
         n_hard=n_hard,
         steps_per_epoch=steps_per_epoch,
-        stop=stop_rule(max_steps, patience, eval_every, val_fraction),
+        stop=stop_options(max_steps, patience, eval_every, val_fraction),
         **({} if checkpoint_every is None else {"checkpoint_every": checkpoint_every}),
         positive_min_label=positive_min_label,
         use_gpu=gpu,
@@ -504,7 +504,7 @@ def experiment(
     eval_every: Annotated[int | None, typer.Option(help="steps between validations")] = None,
     level_filter: Annotated[
         float | None,
-        typer.Option(help="the 'CroPS + level filter' row's threshold (default: the miners')"),
+        typer.Option(help="'CroPS + level filter' row's threshold (default: relevance threshold)"),
     ] = None,
     queries_per_batch: Annotated[int, typer.Option(help="query groups per batch")] = 32,
     group_size: Annotated[int, typer.Option(help="samples per query group")] = 8,
@@ -539,7 +539,7 @@ def experiment(
         out=str(out),
         mined=str(mined) if mined else None,
         encoder=encoder,
-        stop=stop_rule(max_steps, patience, eval_every),
+        stop=stop_options(max_steps, patience, eval_every),
         **({} if level_filter is None else {"level_filter": level_filter}),
         queries_per_batch=queries_per_batch,
         group_size=group_size,

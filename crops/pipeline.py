@@ -139,7 +139,7 @@ def check_target(target: str) -> str:
     return target
 
 
-def check_steps(steps: int) -> int:
+def check_max_steps(steps: int) -> int:
     if steps < 1:
         raise PipelineError(f"max_steps must be at least 1, got {steps}")
     return steps
@@ -203,7 +203,7 @@ def parse_params(pairs: list[str], pipeline) -> dict[str, Any]:
     if "target" in args:
         check_target(args["target"])
     if "max_steps" in args:
-        check_steps(args["max_steps"])
+        check_max_steps(args["max_steps"])
     return args
 
 
@@ -414,7 +414,7 @@ def local_arguments(
     check_scale(scale, LOCAL_SCALES)
     args = {"scale": scale, "seed": seed, "target": "local", **LOCAL_PROFILES[scale]}
     if max_steps is not None:
-        args["max_steps"] = check_steps(max_steps)
+        args["max_steps"] = check_max_steps(max_steps)
     args.update(params or {})
     check_scale(args["scale"], LOCAL_SCALES)  # also when given as --param scale=...
     if args.get("target") != "local":

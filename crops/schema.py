@@ -33,6 +33,8 @@ HLA_LABELS: dict[str, int] = {
     "prefiltered": 1,
 }
 SOURCES = tuple(HLA_LABELS)
+#: The search cascade's level samples (labels 1-3, highest first), which the level filter gates.
+LEVEL_SOURCES = tuple(s for s, label in HLA_LABELS.items() if label <= 3)
 
 MAX_QUERY_BYTES = 1024
 

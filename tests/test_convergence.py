@@ -88,12 +88,12 @@ def test_early_stopping_patience_and_cap():
     stop = EarlyStopping(rule=StopRule(patience=2, min_delta=0.01, max_steps=1000))
     assert stop.update(100, 0.30)
     assert stop.update(200, 0.40)
-    assert not stop.update(300, 0.405)  # within min_delta: no gain
-    assert stop.stopped is None
+    assert stop.update(300, 0.405)  # the new best, kept, but within min_delta: no gain
+    assert stop.stopped is None and stop.stale == 1
     assert not stop.update(400, 0.39)
     assert stop.stopped == "converged"
-    assert (stop.best, stop.best_step) == (0.40, 200)
-    assert "best 0.4000 at step 200" in stop.why()
+    assert (stop.best, stop.best_step) == (0.405, 300)
+    assert "best 0.4050 at step 300" in stop.why()
     restored = EarlyStopping(**stop.model_dump())
     assert restored == stop
 

@@ -14,7 +14,6 @@ from crops.engine.config import MineConfig
 from crops.engine.hla import to_arrow
 from crops.evaluate.experiment import (
     LEVEL_FILTER_DEFAULT,
-    LEVELS,
     METHODS,
     ExperimentConfig,
     _run_key,
@@ -23,6 +22,7 @@ from crops.evaluate.experiment import (
     subset_samples,
 )
 from crops.schema import HLA_LABELS
+from crops.schema import LEVEL_SOURCES as LEVELS
 
 LEVEL_ROW = "CroPS + level filter"
 
@@ -99,7 +99,7 @@ def test_level_filter_subset_defaults_to_the_experiment_threshold(tmp_path) -> N
     assert summary["level_filter"]["threshold"] == LEVEL_FILTER_DEFAULT
     assert ExperimentConfig(world="w", out="o").level_filter == LEVEL_FILTER_DEFAULT
     # one operating point for the filter: the level row gates at the positives' threshold
-    assert MineConfig().relevance_threshold == LEVEL_FILTER_DEFAULT
+    assert MineConfig().relevance_threshold == LEVEL_FILTER_DEFAULT  # taken from it
 
 
 def test_other_rows_ignore_the_level_filter(tmp_path) -> None:

@@ -76,7 +76,7 @@ def train(
     import time
     from pathlib import Path
 
-    from crops.evaluate.experiment import method_by_name, subset_samples
+    from crops.evaluate.experiment import ExperimentConfig, method_by_name, subset_samples
 
     m = method_by_name(method)
     if not m.dense:
@@ -91,6 +91,8 @@ def train(
         raise ValueError("converge=false trains exactly max_steps steps: give max_steps")
     stop = stop_options(max_steps or None, None if converge else 0)
     StopRule(**stop)  # refuse a bad rule here, before any work
+    # epochs as `crops experiment` runs them (ANCE's index refreshes), from its one home
+    per_epoch = ExperimentConfig.model_fields["steps_per_epoch"].default
     work = Path(tempfile.mkdtemp(prefix="crops-train-"))
     samples, n = subset_samples(Path(mined.path), m, work / "data")
     videos = [Path(world.path) / "videos.parquet"]
@@ -112,6 +114,7 @@ def train(
             loss=m.loss,
             encoder=encoder,
             stop=stop,
+            steps_per_epoch=per_epoch,
             queries_per_batch=queries_per_batch,
             group_size=group_size,
             hard_negatives=m.hard_negatives,
@@ -146,6 +149,7 @@ def train(
             "--workers", workers,
             "--queries-per-batch", queries_per_batch,
             "--group-size", group_size,
+            "--steps-per-epoch", per_epoch,
             "--hard-negatives", m.hard_negatives,
             "--n-hard", hard,
             "--storage-path", root / "checkpoints",
@@ -177,7 +181,7 @@ def train(
 
     metrics.log_metric("samples", n)
     validation = json.loads((out / "training.json").read_text())["validation"]
-    metrics.log_metric("steps", int(result["global_step"]))
+    metrics.log_metric("steps", int(json.loads((out / "training.json").read_text())["steps"]))
     if validation.get("best_step") is not None:
         metrics.log_metric("best_step", int(validation["best_step"]))
         metrics.log_metric("validation_recall", float(validation["best"]))

@@ -25,7 +25,15 @@ from crops.engine.hla import assemble, cascade_samples, labelled, to_arrow
 from crops.engine.recfeed import recfeed_candidates
 from crops.engine.reformulation import reformulation_candidates
 from crops.engine.synthesis import SynthesisBackend, SynthesisResult
-from crops.schema import HLA_LABELS, TS, VIDEOS, load_table, video_text, write_quarantine
+from crops.schema import (
+    HLA_LABELS,
+    LEVEL_SOURCES,
+    TS,
+    VIDEOS,
+    load_table,
+    video_text,
+    write_quarantine,
+)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -75,9 +83,6 @@ def apply_filter(
     }
 
 
-LEVELS = ("exposed", "ranked", "prefiltered")
-
-
 def score_levels(
     samples: pl.DataFrame,
     texts: pl.DataFrame,
@@ -92,7 +97,7 @@ def score_levels(
     Without a scorer the levels keep a null relevance, and a threshold is an error: nothing is
     dropped on a score that was never computed.
     """
-    is_level = pl.col("source").is_in(LEVELS)
+    is_level = pl.col("source").is_in(LEVEL_SOURCES)
     levels = samples.filter(is_level)
     stats: dict = {"threshold": threshold, "scored": 0, "dropped": 0, "dropped_by_source": {}}
     if scorer is None:

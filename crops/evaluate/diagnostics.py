@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from crops.schema import HLA_LABELS
+from crops.schema import HLA_LABELS, LEVEL_SOURCES
 
 if TYPE_CHECKING:
     import polars as pl
@@ -42,12 +42,11 @@ if TYPE_CHECKING:
 Progress = Callable[[str, int, int], None]
 
 #: The search cascade's lower levels (labels 1-3), the samples H-InfoNCE makes anchors of.
-LEVEL_SOURCES = ("prefiltered", "ranked", "exposed")
 #: Sources in the order of their labels, lowest first (ties: as HLA's priority lists them).
 SOURCE_ORDER = ("prefiltered", "ranked", "exposed", "click", "recfeed", "llm", "reformulation")
 GRADES = (0, 1, 2, 3)
 #: Where training.json may keep its validation curve, first match wins.
-CURVE_KEYS = (("validation", "curve"), ("curve",), ("validation",))
+CURVE_KEYS = (("validation", "curve"),)  #: where crops train writes the curve
 
 
 class Scorer(Protocol):
@@ -191,7 +190,7 @@ def filter_check(
     *,
     n: int = 4000,
     seed: int = 0,
-    threshold: float = 0.6,
+    threshold: float,
 ) -> dict:
     """The relevance filter on level samples: AUC of its score for grade >= 1, and what it
     would do at `threshold` (mining keeps scores above it, so a score <= threshold drops)."""

@@ -30,8 +30,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from crops.engine.config import MineConfig
 from crops.evaluate.offline import headline
 from crops.model.convergence import StopRule
+from crops.schema import LEVEL_SOURCES
 
 Progress = Callable[[str, int, int], None]
 
@@ -136,15 +138,11 @@ METHODS: tuple[Method, ...] = (
     ),
 )
 
-#: The search log's level samples (labels 1-3), which the level filter gates.
-LEVELS = ("exposed", "ranked", "prefiltered")
-
-
 #: The level-filter row's threshold, on the relevance filter's (1 + cos) / 2 scale: the same
-#: operating point as the positives' (MineConfig.relevance_threshold; a test keeps them equal).
+#: operating point as the positives' (taken from MineConfig.relevance_threshold, its one home).
 #: On the default world it keeps 67.1 % of the level samples and drops 88.2 % of their grade-0
 #: ones (12.9 % -> 2.3 %; `python bench/bench_miner_precision.py`, crops/engine/config.py).
-LEVEL_FILTER_DEFAULT = 0.63
+LEVEL_FILTER_DEFAULT: float = MineConfig.model_fields["relevance_threshold"].default
 
 
 class ExperimentConfig(BaseModel):
@@ -162,7 +160,7 @@ class ExperimentConfig(BaseModel):
     group_size: int = Field(8, ge=2)
     n_hard: int = Field(2, ge=1, description="hard negatives per group (DPR, ANCE)")
     steps_per_epoch: int = Field(
-        500, ge=1, description="steps between checkpoints and ANCE's index refreshes"
+        500, ge=1, description="steps per epoch: ANCE refreshes its index at each"
     )
     workers: int = Field(2, ge=1)
     lr: float | None = None
@@ -205,7 +203,7 @@ def subset_samples(
     summary: dict = {"method": method.name, "sources": list(method.sources)}
     if method.level_filter:
         threshold = LEVEL_FILTER_DEFAULT if level_filter is None else level_filter
-        level = pl.col("source").is_in(LEVELS)
+        level = pl.col("source").is_in(LEVEL_SOURCES)
         unscored = rows.filter(level & pl.col("relevance").is_null()).select(pl.len()).collect()
         if unscored.item():
             raise ValueError(
@@ -432,6 +430,17 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.1f}"
 
 
+def _stop_sentence(stop: dict) -> str:
+    if stop["patience"] is None:
+        return f"Each dense method trains exactly {stop['max_steps']} steps."
+    return (
+        f"Each dense method trains until validation recall@{stop['val_k']} on"
+        f" {100 * stop['val_fraction']:.0f} % held-out training queries gains nothing for"
+        f" {stop['patience']} evaluations {stop['eval_every']} steps apart (cap"
+        f" {stop['max_steps']} steps); the model kept is the best one, at `best step`."
+    )
+
+
 def render_markdown(report: dict) -> str:
     results = report["results"]
     cfg = report["config"]
@@ -441,10 +450,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"World `{Path(report['world']).name}`; samples from `{Path(report['mined']).name}`;"
         f" encoder `{cfg['encoder']}`, {cfg['queries_per_batch']} queries x"
-        f" {cfg['group_size']} samples per batch. Each dense method trains until validation"
-        f" recall@{stop['val_k']} on {100 * stop['val_fraction']:.0f} % held-out training queries"
-        f" gains nothing for {stop['patience']} evaluations {stop['eval_every']} steps apart"
-        f" (cap {stop['max_steps']} steps); the model kept is the best one, at `best step`.",
+        f" {cfg['group_size']} samples per batch. " + _stop_sentence(stop),
         "Ours are on the simulated world, the paper's on Kuaishou's logs (in %): compare"
         " margins and orderings, not absolute values.",
         "",

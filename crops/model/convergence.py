@@ -176,13 +176,21 @@ class EarlyStopping(BaseModel):
     stopped: StopReason | None = None
 
     def update(self, step: int, recall: float, loss: float | None = None) -> bool:
-        """Record an evaluation; True when it is the new best (the model to keep)."""
+        """Record an evaluation; True when it is the new best (the model to keep).
+
+        The kept model is the curve's highest point; patience counts the evaluations since the
+        last gain of more than `min_delta` over the best before it, so small wobbles near the
+        top neither reset the patience nor lose the best model.
+        """
         self.curve.append({"step": step, "recall": recall, "loss": loss})
-        improved = self.best is None or recall > self.best + self.rule.min_delta
-        if improved:
-            self.best, self.best_step, self.stale = recall, step, 0
+        best = self.best
+        if best is None or recall > best + self.rule.min_delta:
+            self.stale = 0
         else:
             self.stale += 1
+        improved = best is None or recall > best
+        if improved:
+            self.best, self.best_step = recall, step
         if self.rule.patience is not None and self.stale >= self.rule.patience:
             self.stopped = "converged"
         elif step >= self.rule.max_steps:

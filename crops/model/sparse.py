@@ -335,7 +335,8 @@ class SparseStep:
         tops = [max(col) for col in zip(*sizes, strict=True)]
         parts = [torch.cat([p.grad.reshape(-1) for p in self.dense])]
         for (rows, grad), top in zip(leaves, tops, strict=True):
-            # row ids travel bit-cast into the float buffer (exact for any row below 2**31)
+            # row ids travel bit-cast into the float buffer (exact for any row below 2**31;
+            # the buffer is only ever copied, never reduced)
             parts.append(_pad_rows(rows.to(torch.int32), top).view(torch.float32))
             parts.append(_pad_rows(grad, top).reshape(-1))
         mine = torch.cat(parts)

@@ -10,7 +10,8 @@ global batch as in-batch negatives. The gathered copy of a worker's own slice is
 tensor itself, so gradients flow into the local shard only; the loss is scaled by the world
 size because DDP averages gradients across workers. Hash towers train without DDP: inputs
 hashed once per worker, and only the embedding-table rows a batch touches are exchanged and
-updated (`crops.model.sparse` has the step and why). One checkpoint per epoch goes to the
+updated (`crops.model.sparse` has the step and why). A checkpoint every `checkpoint_every` steps
+(at an epoch end) and one at the stop go to the
 storage path (a folder or an S3-compatible URI); when a worker dies, Ray restarts the group
 (FailureConfig) and training resumes from the latest checkpoint.
 """
@@ -64,7 +65,7 @@ class TrainConfig(BaseModel):
     steps_per_epoch: int | None = Field(
         None,
         ge=1,
-        description="batches per epoch, the unit of checkpoints and ANCE refreshes"
+        description="batches per epoch, the unit of ANCE refreshes and checkpoint times"
         " (default: samples / group_size / batch)",
     )
     stop: StopRule = Field(default_factory=StopRule, description="when training stops")
@@ -258,7 +259,8 @@ def _evaluate(stopper, probe, inner, step: int, loss: float, rank: int, world: i
 
 def train_loop(config: dict) -> None:
     """The per-worker loop (runs inside Ray Train workers): epochs of `steps_per_epoch` steps
-    until the stop rule says so; a checkpoint after each epoch and at the stop."""
+    until the stop rule says so; checkpoints at epoch ends every `checkpoint_every` steps and
+    at the stop."""
     import numpy as np
     import ray.train
     import ray.train.torch
@@ -396,6 +398,11 @@ def train_loop(config: dict) -> None:
                     )
             if stopper.stopped:
                 break
+        if not losses:  # no batch could be drawn: the loop would otherwise never end
+            raise ValueError(
+                f"{cfg.samples}: epoch {epoch} drew no batch with {world} queries that have a"
+                " sample to rank; too few training queries for this batch setup"
+            )
         metrics = {
             "epoch": epoch,
             "global_step": global_step,
