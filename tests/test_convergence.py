@@ -94,6 +94,12 @@ def test_early_stopping_patience_and_cap():
     assert stop.stopped == "converged"
     assert (stop.best, stop.best_step) == (0.405, 300)
     assert "best 0.4050 at step 300" in stop.why()
+
+    # small steps that add up: each under min_delta, but past the mark together
+    creeping = EarlyStopping(rule=StopRule(patience=2, min_delta=0.01, max_steps=1000))
+    for step, recall in ((100, 0.30), (200, 0.306), (300, 0.312), (400, 0.318), (500, 0.324)):
+        creeping.update(step, recall)
+    assert creeping.stopped is None and creeping.best_step == 500
     restored = EarlyStopping(**stop.model_dump())
     assert restored == stop
 

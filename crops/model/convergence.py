@@ -172,22 +172,24 @@ class EarlyStopping(BaseModel):
     curve: list[dict] = Field(default_factory=list)
     best: float | None = None
     best_step: int | None = None
+    mark: float | None = Field(None, description="the score of the last gain above min_delta")
     stale: int = 0
     stopped: StopReason | None = None
 
     def update(self, step: int, recall: float, loss: float | None = None) -> bool:
         """Record an evaluation; True when it is the new best (the model to keep).
 
-        The kept model is the curve's highest point; patience counts the evaluations since the
-        last gain of more than `min_delta` over the best before it, so small wobbles near the
+        The kept model is the curve's highest point. Patience counts the evaluations since the
+        last gain of more than `min_delta` over the previous such gain (the mark), so a curve
+        still climbing in small steps that add up keeps training, and small wobbles near the
         top neither reset the patience nor lose the best model.
         """
         self.curve.append({"step": step, "recall": recall, "loss": loss})
-        best = self.best
-        if best is None or recall > best + self.rule.min_delta:
-            self.stale = 0
+        if self.mark is None or recall > self.mark + self.rule.min_delta:
+            self.mark, self.stale = recall, 0
         else:
             self.stale += 1
+        best = self.best
         improved = best is None or recall > best
         if improved:
             self.best, self.best_step = recall, step
