@@ -308,7 +308,9 @@ def train(
     loss: Annotated[LossName, typer.Option(help="training loss")] = LossName.h_infonce,
     encoder: Annotated[str, typer.Option(help="hash | hf:<name-or-path> (hf:minilm)")] = "hash",
     separate_towers: Annotated[bool, typer.Option(help="query and video towers apart")] = False,
-    workers: Annotated[int, typer.Option(help="Ray Train workers (DDP)")] = 2,
+    workers: Annotated[
+        int | None, typer.Option(help="Ray Train workers (default 1; N on a cluster)")
+    ] = None,
     max_steps: Annotated[
         int | None, typer.Option(help="cap on optimizer steps (default: the stop rule's)")
     ] = None,
@@ -371,7 +373,7 @@ def train(
         loss=loss.value,
         encoder=encoder,
         shared=not separate_towers,
-        workers=workers,
+        **({} if workers is None else {"workers": workers}),
         queries_per_batch=queries_per_batch,
         group_size=group_size,
         lr=lr,
@@ -508,7 +510,7 @@ def experiment(
     ] = None,
     queries_per_batch: Annotated[int, typer.Option(help="query groups per batch")] = 32,
     group_size: Annotated[int, typer.Option(help="samples per query group")] = 8,
-    workers: Annotated[int, typer.Option(help="Ray Train workers per run")] = 2,
+    workers: Annotated[int | None, typer.Option(help="Ray Train workers a run (default 1)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     force: Annotated[bool, typer.Option(help="retrain rows that already have results")] = False,
 ) -> None:
@@ -543,7 +545,7 @@ def experiment(
         **({} if level_filter is None else {"level_filter": level_filter}),
         queries_per_batch=queries_per_batch,
         group_size=group_size,
-        workers=workers,
+        **({} if workers is None else {"workers": workers}),
         seed=seed,
         force=force,
         **values,

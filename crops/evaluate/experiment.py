@@ -162,7 +162,12 @@ class ExperimentConfig(BaseModel):
     steps_per_epoch: int = Field(
         500, ge=1, description="steps per epoch: ANCE refreshes its index at each"
     )
-    workers: int = Field(2, ge=1)
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Ray Train workers: 1 on a laptop (a second hash-encoder worker on 2 cores is"
+        " slower: bench/bench_train.py part c); N on a cluster",
+    )
     lr: float | None = None
     seed: int = 0
     level_filter: float = Field(

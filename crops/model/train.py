@@ -76,7 +76,12 @@ class TrainConfig(BaseModel):
         " click-only method's epoch is about 40 steps: a checkpoint each would cost more than"
         " the training); one is always taken at the stop",
     )
-    workers: int = Field(2, ge=1)
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Ray Train workers: 1 on a laptop (a second hash-encoder worker on 2 cores is"
+        " slower: bench/bench_train.py part c); N on a cluster",
+    )
     use_gpu: bool = False
     storage_path: str | None = Field(
         None, description="checkpoints; default OUT-checkpoints, beside the model folder"
