@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from crops.engine.config import MineConfig
 from crops.evaluate import diagnostics as dg
 from crops.evaluate.experiment import SEARCH_LOG, ExperimentConfig
 from crops.schema import HLA_LABELS
@@ -216,7 +217,8 @@ def test_relevance_filter_check_with_minilm(tmp_path, mined_fast):
         world, mined, exp, tmp_path / "d", filter_sample=300, seed=1, log=lambda _: None
     )
     rf = report["relevance_filter"]
-    assert rf["model"] == "minilm" and rf["samples"] == 300 and rf["threshold"] == 0.6
+    assert rf["model"] == "minilm" and rf["samples"] == 300
+    assert rf["threshold"] == MineConfig().relevance_threshold  # the mining default
     assert 0.55 < rf["auc_grade_ge1"] <= 1
 
 
