@@ -20,12 +20,33 @@ from crops.model.encoders import DualEncoder, HashTower
 from crops.model.losses import HInfoNCELoss
 from crops.model.train import (
     FAULT_ENV,
+    STATE_FILE,
     TrainConfig,
     _gather,
     _pad_rows,
     global_labels,
+    newest,
     sync_loss_grads,
 )
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path: Path) -> None:
+    """Ray Train hands a run restored by name its last checkpoint even when the settings
+    changed (the experiment's rows keep their names); only this configuration's count."""
+    from ray.train import Checkpoint
+
+    def checkpoint(name: str, step: int, fingerprint: str) -> Checkpoint:
+        d = tmp_path / name
+        d.mkdir()
+        (d / STATE_FILE).write_text(json.dumps({"global_step": step, "fingerprint": fingerprint}))
+        return Checkpoint.from_directory(d)
+
+    old, mine, other = checkpoint("a", 6, "old"), checkpoint("b", 4, "new"), checkpoint("c", 9, "x")
+    assert newest(old, None, fingerprint="new") is None
+    assert newest(old, mine, other, fingerprint="new") is mine
+    assert newest(old, mine, other) is other  # no fingerprint: the most steps
+    (tmp_path / "b" / STATE_FILE).write_text("{broken")
+    assert newest(mine, fingerprint="new") is None  # an incomplete checkpoint is not resumed
 
 
 def _batch(training_data):

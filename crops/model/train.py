@@ -166,18 +166,26 @@ def global_labels(batch, world: int, q_pad: int, d_pad: int):
 STATE_FILE = "crops_state.json"
 
 
-def _step_of(checkpoint) -> int:
+def _state_of(checkpoint) -> dict:
     try:
         with checkpoint.as_directory() as d:
-            return json.loads((Path(d) / STATE_FILE).read_text())["global_step"]
-    except (OSError, ValueError, KeyError):
-        return -1
+            return json.loads((Path(d) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
-def newest(*checkpoints):
-    """The checkpoint with the most steps among those given (None when there is none)."""
-    found = [c for c in checkpoints if c is not None]
-    return max(found, key=_step_of) if found else None
+def newest(*checkpoints, fingerprint: str | None = None):
+    """The checkpoint with the most steps among those given that belongs to this configuration
+    and these inputs (None when there is none): a run restored by name under other settings
+    must start afresh, not resume, nor inherit the old stop rule."""
+    found = []
+    for c in checkpoints:
+        state = _state_of(c) if c is not None else {}
+        if "global_step" in state and (
+            fingerprint is None or state.get("fingerprint") == fingerprint
+        ):
+            found.append((state["global_step"], c))
+    return max(found, key=lambda f: f[0])[1] if found else None
 
 
 def latest_checkpoint(storage_path: str | None, name: str, fingerprint: str | None = None):
@@ -308,7 +316,9 @@ def train_loop(config: dict) -> None:
     loss_fn = make_loss(cfg)
     start_epoch, resumed = 0, None
     checkpoint = newest(
-        ray.train.get_checkpoint(), latest_checkpoint(cfg.storage_path, cfg.name, cfg.fingerprint)
+        ray.train.get_checkpoint(),
+        latest_checkpoint(cfg.storage_path, cfg.name, cfg.fingerprint),
+        fingerprint=cfg.fingerprint,
     )
     state, best_state = None, None
     stopper = EarlyStopping(rule=cfg.stop)
@@ -548,9 +558,8 @@ def train(cfg: TrainConfig, progress: Callable[[str, int, int], None] | None = N
         st = Path(path).stat()
         digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
     fingerprint = digest.hexdigest()[:16]
-    name = cfg.name
-    if name == TrainConfig.model_fields["name"].default:
-        name = f"{name}-{fingerprint[:10]}"
+    # Ray Train restores a run by name: other settings get their own run folder
+    name = f"{cfg.name}-{fingerprint[:10]}"
     cfg = cfg.model_copy(update={"storage_path": storage, "name": name, "fingerprint": fingerprint})
     from crops.model.convergence import EarlyStopping, split_by_query
     from crops.model.data import load_training_data
