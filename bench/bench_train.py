@@ -22,7 +22,10 @@ crops.model.train.train (what `crops train --encoder hash` runs) with 1 and 2 wo
   every parameter), the reference of the speed-up;
 - plain, torch SparseAdam: torch's own sparse idiom (EmbeddingBag(sparse=True), SparseAdam);
 - plain, touched rows: crops.model.sparse's step (what the workers run), the plain loop the
-  Ray runs are compared with.
+  Ray runs are compared with;
+- plain, touched rows, N processes (for each --workers N > 1): the same step in N processes
+  under torch.multiprocessing and gloo, without Ray: the same worker count's reference, so
+  "same-n / Ray" is Ray's own overhead, apart from how the step scales on the machine.
 Plain loops run with --plain-threads torch threads (default 1; the Ray workers get one CPU
 each). Steady state is samples/s after --ray-warmup steps (Ray: from the running rate of each
 step row in OUT/metrics.jsonl and the known batch sizes); wall is end to end (Ray: start-up,
@@ -295,6 +298,67 @@ def plain_run(cfg: TrainConfig, kind: str, warmup: int) -> dict:
     }
 
 
+def _plain_worker(rank: int, world: int, port: int, cfg_json: str, warmup: int, out: str) -> None:
+    """One process of the plain distributed loop: gloo, one torch thread (a Ray worker's
+    CPU), crops.model.sparse's step on its shard of the same batches; rank 0 writes the rate."""
+    import torch.distributed as dist
+
+    from crops.model.sparse import make_step
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = TrainConfig.model_validate_json(cfg_json)
+        torch.manual_seed(cfg.seed)
+        data = load_training_data(cfg.samples, cfg.videos)
+        batcher = GroupBatcher(
+            data, queries_per_batch=cfg.queries_per_batch, group_size=cfg.group_size, seed=cfg.seed
+        )
+        batcher.min_queries = world
+        model, loss_fn = cfg.build_model(), make_loss(cfg)
+        runner = make_step(
+            model,
+            loss_fn,
+            data,
+            lr=cfg.learning_rate(),
+            weight_decay=cfg.weight_decay,
+            rank=rank,
+            world=world,
+        )
+        runner.train()
+        samples, ends = [], []
+        dist.barrier()
+        start = time.perf_counter()
+        for step, batch in enumerate(batcher.epoch(0)):
+            if step >= cfg.stop.max_steps:
+                break
+            runner.step(batch)
+            samples.append(len(batch.docs))
+            ends.append(time.perf_counter() - start)
+        if rank == 0:
+            rate = steady(samples, ends, warmup)
+            Path(out).write_text(json.dumps({"samples_per_s": rate, "steps": len(samples)}))
+    finally:
+        dist.destroy_process_group()
+
+
+def plain_distributed(cfg: TrainConfig, warmup: int, tmp: Path) -> dict:
+    """The plain loop with cfg.workers processes (torch.multiprocessing + gloo, no Ray): the
+    same worker count's reference, so the Ray ratio measures Ray and not the scaling."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp / f"plain-{cfg.workers}.json"
+    args = (cfg.workers, port, cfg.model_dump_json(), warmup, str(out))
+    mp.spawn(_plain_worker, args=args, nprocs=cfg.workers)
+    return json.loads(out.read_text())
+
+
 def ray_steady(out: Path, sizes: list[int], warmup: int) -> tuple[float, int]:
     """Steady-state samples/s of a Ray run from its metrics.jsonl: each step row holds the
     epoch's running rate, so a step's end time is (samples so far) / rate; the batches'
@@ -331,6 +395,12 @@ def part_c(
     for kind in ("dense", "torch-sparse", "rows"):
         m = measure(kind, lambda k=kind: plain_run(config(str(tmp / k), 1), k, warmup))
         runs[kind] = (m, m.result["samples_per_s"])
+    for n in workers:
+        if n > 1:
+            m = measure(
+                f"plain {n}", lambda n=n: plain_distributed(config(str(tmp), n), warmup, tmp)
+            )
+            runs[f"plain-{n}"] = (m, m.result["samples_per_s"])
     sizes = [len(b.docs) for b in plan(config(str(tmp / "x"), 1))[1]]
     for n in workers:
         out = tmp / f"ray-{n}"
@@ -354,15 +424,21 @@ def part_c(
     }
     for n in workers:
         names[f"ray-{n}"] = f"crops train, Ray {n} worker{'s' if n > 1 else ''}"
+        if n > 1:
+            names[f"plain-{n}"] = f"plain, touched rows, {n} processes"
     print(
-        f"{'run':<38}{'samples/s':>11}{'wall s':>9}{'vs dense':>10}{'plain/Ray':>11}{'RSS MiB':>9}"
+        f"{'run':<38}{'samples/s':>11}{'wall s':>9}{'vs dense':>10}{'plain/Ray':>11}"
+        f"{'same-n/Ray':>12}{'RSS MiB':>9}"
     )
     base, plain = runs["dense"][1], runs["rows"][1]
     for key, (m, rate) in runs.items():
         ratio = f"{plain / rate:>10.2f}x" if key.startswith("ray") else f"{'':>11}"
+        n = int(key.split("-")[1]) if key.startswith("ray") else 0
+        same = runs.get(f"plain-{n}", runs["rows"] if n == 1 else None)
+        same_n = f"{same[1] / rate:>11.2f}x" if same and key.startswith("ray") else f"{'':>12}"
         print(
             f"{names[key]:<38}{rate:>11,.0f}{m.seconds:>9.1f}{rate / base:>9.1f}x{ratio}"
-            f"{m.peak_rss_mib:>9,.0f}"
+            f"{same_n}{m.peak_rss_mib:>9,.0f}"
         )
     for kind in ("dense", "torch-sparse", "rows"):
         r = runs[kind][0].result
@@ -386,6 +462,11 @@ def part_c(
         f"{best_ray / base:.1f}x the dense update); Ray steady state within 1.3x of the plain "
         f"loop: "
         + ", ".join(f"{n} worker(s) {verdict(plain / runs[f'ray-{n}'][1] <= 1.3)}" for n in workers)
+        + "; against the plain loop with as many processes: "
+        + ", ".join(
+            f"{n} {verdict(runs.get(f'plain-{n}', runs['rows'])[1] / runs[f'ray-{n}'][1] <= 1.3)}"
+            for n in workers
+        )
     )
 
 

@@ -139,10 +139,14 @@ class Batch:
     labels: np.ndarray
     owner: np.ndarray  # for each doc, the position of its query in the batch
 
+    def shard_index(self, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
+        """(query positions, doc positions) in this batch of worker `rank`'s shard: every
+        world-th query, and the docs of those queries, in batch order."""
+        return np.arange(rank, len(self.queries), world), np.flatnonzero(self.owner % world == rank)
+
     def shard(self, rank: int, world: int) -> Batch:
         """This worker's queries (every world-th) and their docs."""
-        keep = np.arange(rank, len(self.queries), world)
-        docs = np.flatnonzero(self.owner % world == rank)
+        keep, docs = self.shard_index(rank, world)
         return Batch(
             query_index=self.query_index[keep],
             queries=[self.queries[i] for i in keep],

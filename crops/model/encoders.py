@@ -315,10 +315,16 @@ class HashTower(Tower):
     def forward_ids(self, ids: Tensor, offsets: Tensor, weight: Tensor | None = None) -> Tensor:
         """Encode pre-hashed texts; ``weight`` (rows of the table that ``ids`` index) replaces
         the embedding table when given."""
+        return self.head(self.pool(ids, offsets, weight))
+
+    def pool(self, ids: Tensor, offsets: Tensor, weight: Tensor | None = None) -> Tensor:
+        """The mean of each text's bucket rows (the first half of :meth:`forward_ids`)."""
         if weight is None:
-            pooled = self.embedding(ids, offsets)
-        else:
-            pooled = F.embedding_bag(ids, weight, offsets, mode="mean")
+            return self.embedding(ids, offsets)
+        return F.embedding_bag(ids, weight, offsets, mode="mean")
+
+    def head(self, pooled: Tensor) -> Tensor:
+        """Pooled rows to unit embeddings (the second half of :meth:`forward_ids`)."""
         return F.normalize(self.mlp(pooled), dim=-1)
 
     def forward(self, texts: Sequence[str] | BucketIds) -> Tensor:
@@ -337,8 +343,7 @@ class HashTower(Tower):
         offsets = np.zeros(len(ids), dtype=np.int64)
         np.cumsum(lengths[:-1], out=offsets[1:])
         flat = torch.from_numpy(np.concatenate(ids)).to(device)
-        pooled = self.embedding(flat, torch.from_numpy(offsets).to(device))
-        return F.normalize(self.mlp(pooled), dim=-1)
+        return self.forward_ids(flat, torch.from_numpy(offsets).to(device))
 
 
 # ------------------------------------------------------------------ Hugging Face tower

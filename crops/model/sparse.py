@@ -169,11 +169,9 @@ def _pads(batch: Batch, world: int) -> tuple[int, int]:
     return q_pad, d_pad
 
 
-def _batch_loss(model: Callable, loss_fn: nn.Module, batch: Batch, inputs, rank, world, device):
-    """The global batch's loss from this worker's shard (other shards' embeddings gathered)."""
+def _shard_loss(q: Tensor, d: Tensor, loss_fn: nn.Module, batch: Batch, rank, world, device):
+    """The global batch's loss from this worker's shard embeddings (others' gathered)."""
     q_pad, d_pad = _pads(batch, world)
-    local = batch.shard(rank, world) if world > 1 else batch
-    q, d = model(*inputs(local))
     if world == 1:
         q_all, d_all = q, d
     else:  # one all-gather for both sides: [worker][q_pad + d_pad rows]
@@ -183,6 +181,13 @@ def _batch_loss(model: Callable, loss_fn: nn.Module, batch: Batch, inputs, rank,
         d_all = both[:, q_pad:].reshape(world * d_pad, -1)
     labels = torch.as_tensor(global_labels(batch, world, q_pad, d_pad), device=device)
     return loss_fn(q_all, d_all, labels)
+
+
+def _batch_loss(model: Callable, loss_fn: nn.Module, batch: Batch, inputs, rank, world, device):
+    """The global batch's loss from this worker's shard, encoded by `model`."""
+    local = batch.shard(rank, world) if world > 1 else batch
+    q, d = model(*inputs(local))
+    return _shard_loss(q, d, loss_fn, batch, rank, world, device)
 
 
 class DenseStep:
@@ -302,71 +307,75 @@ class SparseStep:
 
     def step(self, batch: Batch) -> float:
         """One optimizer step on the global batch; returns its loss."""
-        loss = _batch_loss(
-            self.module, self.loss_fn, batch, self._inputs, self.rank, self.world, self.device
+        if self.world > 1:
+            return self._step_with_workers(batch)
+        q_ids, d_ids = self._inputs(batch)
+        loss = _shard_loss(
+            *self.module(q_ids, d_ids), self.loss_fn, batch, self.rank, self.world, self.device
         )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        grads = self._sum_grads()
         self.opt.step()
-        for table, (rows, grad) in zip(self.rows, grads, strict=True):
-            table.step(rows, grad)
-        self._leaves = []
+        self._step_rows()
         return float(loss.detach())
 
-    def _sum_grads(self) -> list[tuple[Tensor, Tensor]]:
-        """Sum the gradients over the workers: the dense parameters' in place, and per table
-        every worker's (rows, gradient) into the union of the rows, returned. Two collectives
-        a step: the row counts, then one all-gather of [dense grads | rows | row grads]."""
-        for p in self.dense:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        leaves = [
-            (rows, sub.grad if sub.grad is not None else torch.zeros_like(sub))
-            for rows, sub in self._leaves
+    def _step_with_workers(self, batch: Batch) -> float:
+        """The step with several workers: each runs the MLP heads on its shard; the workers
+        all-gather, in one collective, the heads' parameter gradients and the gradients of
+        their shard's pooled rows (texts x dim, a few hundred KB); every worker then runs the
+        embedding-bag backward over the whole batch and the same row update."""
+        world, rank, dev = self.world, self.rank, self.device
+        q_tower, d_tower = self.module.query_tower, self.module.doc_tower
+        q_ids, d_ids = self._inputs(batch)  # the whole batch's rows: every worker updates them
+        pooled = (
+            q_tower.pool(q_ids.ids, q_ids.offsets, q_ids.weight),
+            d_tower.pool(d_ids.ids, d_ids.offsets, d_ids.weight),
+        )
+        keep = batch.shard_index(rank, world)
+        mine = [
+            p.detach()[torch.from_numpy(k).to(dev)].requires_grad_()
+            for p, k in zip(pooled, keep, strict=True)
         ]
-        if self.world == 1:
-            return leaves
-        dev = self.device
-        counts = torch.tensor([len(rows) for rows, _ in leaves], device=dev)
-        every = [torch.zeros_like(counts) for _ in range(self.world)]
-        dist.all_gather(every, counts)
-        sizes = torch.stack(every).tolist()  # [worker][table]
-        tops = [max(col) for col in zip(*sizes, strict=True)]
-        parts = [torch.cat([p.grad.reshape(-1) for p in self.dense])]
-        for (rows, grad), top in zip(leaves, tops, strict=True):
-            # row ids travel bit-cast into the float buffer (exact for any row below 2**31;
-            # the buffer is only ever copied, never reduced)
-            parts.append(_pad_rows(rows.to(torch.int32), top).view(torch.float32))
-            parts.append(_pad_rows(grad, top).reshape(-1))
-        mine = torch.cat(parts)
-        bufs = [torch.empty_like(mine) for _ in range(self.world)]
-        dist.all_gather(bufs, mine)
-        n_dense = parts[0].numel()
+        loss = _shard_loss(
+            q_tower.head(mine[0]), d_tower.head(mine[1]), self.loss_fn, batch, rank, world, dev
+        )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        pads = _pads(batch, world)
+        parts = [
+            p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=dev)
+            for p in self.dense
+        ]
+        for m, pad in zip(mine, pads, strict=True):
+            grad = m.grad if m.grad is not None else torch.zeros_like(m)
+            parts.append(_pad_rows(grad, pad).reshape(-1))
+        flat = torch.cat(parts)
+        bufs = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(bufs, flat)
+        n_dense = sum(p.numel() for p in self.dense)
         total = torch.stack([b[:n_dense] for b in bufs]).sum(0)  # rank order everywhere
         offset = 0
         for p in self.dense:
-            p.grad.copy_(total[offset : offset + p.numel()].view_as(p))
+            p.grad = total[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
-        out = []
-        offset = n_dense
-        for t, ((_, grad), top) in enumerate(zip(leaves, tops, strict=True)):
-            dim = grad.shape[1]
-            pieces = []
-            for w, b in enumerate(bufs):
-                n = sizes[w][t]
-                r = b[offset : offset + top].view(torch.int32)[:n].to(torch.int64)
-                g = b[offset + top : offset + top + top * dim].view(top, dim)[:n]
-                pieces.append((r, g))
-            offset += top + top * dim
-            flat = torch.cat([r for r, _ in pieces]).cpu().numpy()
-            union, _ = touched_rows(flat, int(flat.max()) + 1 if len(flat) else 1)
-            union_t = torch.from_numpy(union).to(dev)
-            summed = grad.new_zeros(len(union), dim)
-            for r, g in pieces:  # in rank order, each with distinct rows: the same sum everywhere
-                summed.index_add_(0, torch.searchsorted(union_t, r), g)
-            out.append((union_t, summed))
-        return out
+        grads = [torch.zeros_like(p) for p in pooled]
+        for src, b in enumerate(bufs):
+            offset = n_dense
+            for side, (k, pad) in enumerate(zip(batch.shard_index(src, world), pads, strict=True)):
+                dim = grads[side].shape[1]
+                rows = b[offset : offset + pad * dim].view(pad, dim)[: len(k)]
+                grads[side][torch.from_numpy(k).to(dev)] = rows
+                offset += pad * dim
+        torch.autograd.backward(list(pooled), grads)  # into the touched rows' leaves
+        self.opt.step()
+        self._step_rows()
+        return float(loss.detach())
+
+    def _step_rows(self) -> None:
+        """RowAdam on each table's touched rows, with their gradient from backward."""
+        for table, (rows, sub) in zip(self.rows, self._leaves, strict=True):
+            table.step(rows, sub.grad if sub.grad is not None else torch.zeros_like(sub))
+        self._leaves = []
 
     def train(self, mode: bool = True) -> None:
         self.module.train(mode)
