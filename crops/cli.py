@@ -99,6 +99,7 @@ def validate(
 
 
 class LlmBackendName(StrEnum):
+    local = "local"
     knowledge = "knowledge"
     none = "none"
     vllm_offline = "vllm-offline"
@@ -115,8 +116,10 @@ def mine(
     llm_backend: Annotated[
         LlmBackendName | None,
         typer.Option(
-            help="without an endpoint: knowledge (world knowledge, not an LLM) | none |"
-            " vllm-offline (vLLM's in-process engine on a GPU node, with --llm-model)"
+            help="without an endpoint: local (a real LLM here: llama.cpp's server with the"
+            " packaged SmolLM2-135M, or --llm-model PATH.gguf) | knowledge (world knowledge,"
+            " not an LLM) | none | vllm-offline (vLLM's in-process engine on a GPU node, with"
+            " --llm-model)"
         ),
     ] = None,
     llm_cache: Annotated[
@@ -154,6 +157,10 @@ def mine(
     ] = 200,
     synth_max_queries: Annotated[int, typer.Option(help="at most this many queries")] = 1000,
     synth_per_query: Annotated[int, typer.Option(help="synthetic videos per query")] = 4,
+    synth_budget_s: Annotated[
+        float | None,
+        typer.Option(help="local LLM: stop synthesis after this many seconds (poorest first)"),
+    ] = None,
 ) -> None:
     """Mine graded samples: cascade labels, reformulation, recommendation feed, LLM synthesis."""
 
@@ -192,6 +199,7 @@ def mine(
         synth_min_positives=synth_min_positives,
         synth_max_queries=synth_max_queries,
         synth_per_query=synth_per_query,
+        synth_budget_s=synth_budget_s,
         llm_backend=backend_name,
         llm_endpoint=llm_endpoint,
         llm_model=llm_model,
@@ -277,6 +285,20 @@ def _synthesis_backend(cfg, world: Path, cache: Path):
                 seed=cfg.seed,
             )
         except ValueError as exc:
+            _fail(str(exc))
+    if cfg.llm_backend == "local":
+        from crops.engine.llm_server import LocalLLMBackend
+
+        try:
+            return LocalLLMBackend(
+                cfg.llm_model,
+                log_dir=cache.parent,
+                cache_path=cache,
+                seed=cfg.seed,
+                max_retries=cfg.llm_max_retries,
+                budget_s=cfg.synth_budget_s,
+            )
+        except (FileNotFoundError, ModuleNotFoundError) as exc:
             _fail(str(exc))
     if cfg.llm_backend == "vllm-offline":
         try:

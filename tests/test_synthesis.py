@@ -424,3 +424,19 @@ def test_no_synthesis_and_make_backend(fake):
     assert isinstance(make_backend(fake.url, "fake-llm"), OpenAIChatBackend)
     with pytest.raises(ValueError, match="model"):
         make_backend(fake.url)
+
+
+def test_a_time_budget_skips_the_tail_and_counts_it():
+    """Queries come poorest first; once the budget is spent the rest are not sent, and the
+    report counts them (skipped, not quarantined: nothing was wrong with them)."""
+    from fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer(delay_s=0.2) as server:
+        b = OpenAIChatBackend(server.url, "fake-llm", concurrency=1, budget_s=0.3, **FAST)
+        result = b.synthesize([f"query {i}" for i in range(6)])
+    stats = result.stats
+    assert 1 <= stats["succeeded"] < 6 and stats["failed"] == 0 and not result.quarantine
+    assert stats["skipped_for_budget"] == 6 - stats["succeeded"]
+    assert stats["requests_sent"] == stats["succeeded"]
+    with pytest.raises(ValueError, match="budget_s must be > 0"):
+        OpenAIChatBackend(server.url, "m", budget_s=0)

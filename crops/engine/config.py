@@ -90,7 +90,13 @@ class MineConfig(BaseModel):
     )
     synth_max_queries: int = Field(1000, ge=0, description="the most-searched such queries first")
     synth_per_query: int = Field(4, ge=1, le=8)
-    llm_backend: Literal["openai", "knowledge", "none", "vllm-offline"] = "knowledge"
+    synth_budget_s: float | None = Field(
+        None,
+        gt=0,
+        description="stop sending synthesis requests after this long (poorest"
+        " queries go first); the rest are counted as skipped. None: no limit",
+    )
+    llm_backend: Literal["openai", "local", "knowledge", "none", "vllm-offline"] = "knowledge"
     llm_endpoint: str | None = None
     llm_model: str | None = None
     llm_concurrency: int = Field(8, ge=1)

@@ -34,7 +34,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -323,6 +323,7 @@ class _Outcome:
     failure: Failure | None = None
     attempts: int = 0
     cached: bool = False
+    skipped: bool = False  # not sent: the time budget was spent (counted, not quarantined)
 
 
 def _unique_queries(queries: Sequence[str]) -> list[str]:
@@ -373,8 +374,12 @@ def _assemble(
     seen: set[tuple[str, str]] = set()
     dropped = 0
     failed = dict.fromkeys(REASONS, 0)
+    skipped = 0
     for q in unique:
         oc = outcomes[q]
+        if oc.skipped:
+            skipped += 1
+            continue
         if oc.failure is not None and not oc.videos:
             failed[oc.failure.reason] += 1
             quarantine.append(
@@ -407,6 +412,7 @@ def _assemble(
         "succeeded": sum(1 for q in unique if outcomes[q].videos),
         "failed": len(quarantine),
         "failed_by_reason": failed,
+        "skipped_for_budget": skipped,
         "videos": len(videos),
         "duplicates_dropped": dropped,
         "latency_ms": {"p50": _percentile(lat, 0.50), "p99": _percentile(lat, 0.99)},
@@ -518,8 +524,26 @@ def _normalise_endpoint(endpoint: str) -> str:
 
 #: How a chat request asks for output that matches VIDEO_JSON_SCHEMA (OpenAIChatBackend's
 #: `guided`): OpenAI's ``response_format`` (json_schema), which the pinned vLLM (0.32, the
-#: `vllm` extra) also reads; vLLM's own ``structured_outputs`` field; or nothing.
-GUIDED_MODES = ("response_format", "structured_outputs", "none")
+#: `vllm` extra) also reads; vLLM's own ``structured_outputs`` field; llama.cpp's
+#: ``response_format`` of type ``json_object`` with a ``schema`` (its server refuses
+#: ``json_schema``); or nothing.
+GUIDED_MODES = ("response_format", "structured_outputs", "json_object", "none")
+
+
+@dataclass(frozen=True)
+class ServerDialect:
+    """What differs between OpenAI-compatible servers, as the client must speak to them."""
+
+    guided: str  # one of GUIDED_MODES
+    choices_per_request: bool  # honours ``n`` > 1 (otherwise one request per video)
+
+
+#: The servers synthesis talks to: vLLM on a cluster, llama.cpp's server on one machine
+#: (llama-cpp-python 0.3: ``n`` is ignored, one choice per reply; ``seed`` is honoured).
+SERVER_DIALECTS = {
+    "vllm": ServerDialect(guided="response_format", choices_per_request=True),
+    "llama.cpp": ServerDialect(guided="json_object", choices_per_request=False),
+}
 
 
 class OpenAIChatBackend:
@@ -540,10 +564,12 @@ class OpenAIChatBackend:
         backoff_s: float = 0.5,
         cache_path: str | Path | None = None,
         prompt_version: str = PROMPT_VERSION,
-        guided: Literal["response_format", "structured_outputs", "none"] = "response_format",
+        guided: str | None = None,
         temperature: float = 0.7,
         max_tokens: int = 512,
         seed: int = 0,
+        server: str = "vllm",
+        budget_s: float | None = None,
     ) -> None:
         self.base_url = _normalise_endpoint(endpoint)
         self.url = f"{self.base_url}/v1/chat/completions"
@@ -553,6 +579,16 @@ class OpenAIChatBackend:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if budget_s is not None and budget_s <= 0:
+            raise ValueError(f"budget_s must be > 0 (or None: no budget), got {budget_s}")
+        self.budget_s = budget_s
+        self._deadline: float | None = None
+        if server not in SERVER_DIALECTS:
+            raise ValueError(f"server must be one of {', '.join(SERVER_DIALECTS)}, got {server!r}")
+        self.server = server
+        dialect = SERVER_DIALECTS[server]
+        self.choices_per_request = dialect.choices_per_request
+        guided = dialect.guided if guided is None else guided
         if guided not in GUIDED_MODES:
             # vLLM dropped guided_json: the pinned version ignores the field (with only a log
             # line) and the output is unconstrained, so the old mode is refused, not sent.
@@ -582,15 +618,18 @@ class OpenAIChatBackend:
             h["Authorization"] = f"Bearer {self._api_key}"
         return h
 
-    def request_body(self, query: str, per_query: int, attempt: int = 0) -> dict[str, Any]:
-        """The chat request; the seed moves with the attempt so a retry is not a replay."""
+    def request_body(
+        self, query: str, per_query: int, attempt: int = 0, choice: int = 0
+    ) -> dict[str, Any]:
+        """The chat request; the seed moves with the attempt so a retry is not a replay, and
+        with the choice where the server takes one choice per request."""
         body: dict[str, Any] = {
             "model": self.model,
             "messages": render_messages(query, self.prompt),
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "n": per_query,
-            "seed": self.seed + attempt,
+            "seed": self.seed + attempt + 1000 * choice,
         }
         if self.guided == "response_format":
             body["response_format"] = {
@@ -603,6 +642,8 @@ class OpenAIChatBackend:
             }
         elif self.guided == "structured_outputs":  # vLLM's field (StructuredOutputsParams)
             body["structured_outputs"] = {"json": VIDEO_JSON_SCHEMA}
+        elif self.guided == "json_object":  # llama.cpp: the schema becomes a grammar
+            body["response_format"] = {"type": "json_object", "schema": VIDEO_JSON_SCHEMA}
         return body
 
     def models(self) -> list[str]:
@@ -657,6 +698,8 @@ class OpenAIChatBackend:
                 self.concurrency,
             )
             tracker.advance(len(unique) - len(todo))
+            if self.budget_s is not None:  # queries come poorest first: the budget cuts the tail
+                self._deadline = time.monotonic() + self.budget_s
             if todo:
                 asyncio.run(
                     self._run_all(todo, per_query, outcomes, cache, tracker, counters, latencies)
@@ -706,16 +749,37 @@ class OpenAIChatBackend:
             await asyncio.gather(*(one(q) for q in todo))
 
     async def _query(self, client, sem, query, per_query, counters, latencies) -> _Outcome:
+        if self.choices_per_request or per_query == 1:
+            return await self._request(client, sem, query, per_query, counters, latencies)
+        # one choice per request (llama.cpp): per_query requests, each with its own seed
+        outcomes = [
+            await self._request(client, sem, query, 1, counters, latencies, choice=i)
+            for i in range(per_query)
+        ]
+        videos = [v for o in outcomes for v in o.videos]
+        attempts = sum(o.attempts for o in outcomes)
+        if videos:
+            return _Outcome(videos=videos, attempts=attempts)
+        if outcomes[0].skipped:
+            return outcomes[0]
+        failed = next(o for o in outcomes if o.failure is not None)
+        return _Outcome(failure=failed.failure, attempts=attempts)
+
+    async def _request(
+        self, client, sem, query, per_query, counters, latencies, choice: int = 0
+    ) -> _Outcome:
         failure: Failure | None = None
         attempt = 0
         for attempt in range(self.max_retries + 1):
             delay_hint: float | None = None
             async with sem:
+                if attempt == 0 and self._deadline and time.monotonic() > self._deadline:
+                    return _Outcome(skipped=True)  # the budget is spent: not sent
                 counters["requests"] += 1
                 t0 = time.perf_counter()
                 try:
                     resp = await client.post(
-                        self.url, json=self.request_body(query, per_query, attempt)
+                        self.url, json=self.request_body(query, per_query, attempt, choice)
                     )
                 except httpx.TimeoutException as e:
                     failure = Failure(
