@@ -176,7 +176,7 @@ def mine(
         _fail("--llm-backend vllm-offline needs --llm-model (a Hugging Face model name or path)")
     if not (world / "videos.parquet").exists():
         _fail(f"--world {world}: no videos.parquet there")
-    backend_name = "openai" if llm_endpoint else (llm_backend or LlmBackendName.knowledge).value
+    backend_name = "openai" if llm_endpoint else (llm_backend or LlmBackendName.local).value
     if backend_name == "knowledge" and not (world / "world.json").exists():
         _fail(
             f"--world {world} is not a simulated world (no world.json): the knowledge backend"

@@ -39,6 +39,7 @@ LOCAL_PROFILES: dict[str, dict[str, Any]] = {
         "workers": 1,
         "max_steps": 60,
         "filter_model": "none",
+        "synth_budget_s": 15.0,
         "ab_users": 0,
         "ab_days": 2,
         "ab_searches_per_user": 2.0,

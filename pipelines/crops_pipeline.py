@@ -33,13 +33,17 @@ from crops.k8s.platform import Platform
 PIPELINE_NAME = "crops"
 TARGETS = ("local", "cluster")
 SOURCES = ("simulate", "ingest")
+#: Locally, synthesis stops sending requests after this long (the poorest queries first):
+#: the small CPU model writes a video in a few seconds, and the main job stays short.
+LOCAL_SYNTH_BUDGET_S = 110.0
+
 #: How the mine task synthesises videos: `endpoint` (an LLM server is required; on a cluster
 #: the run fails naming what is missing rather than fall back), `vllm-offline` (vLLM in the
 #: task), `none` (no synthesis).
 SYNTHESIS = ("endpoint", "vllm-offline", "none")
-#: The mine task's `llm_backend` default per synthesis; `endpoint` locally keeps `auto` (an
-#: endpoint when one is set, else the simulator's knowledge backend) for `crops pipeline run
-#: --local`, which has no LLM server.
+#: The mine task's `llm_backend` default per synthesis; `endpoint` locally keeps `auto`: the
+#: endpoint when one is set, else the local LLM server that the synthesize task starts
+#: (llama.cpp with the packaged SmolLM2-135M, crops.engine.llm_server).
 LLM_BACKEND = {"vllm-offline": "vllm-offline", "none": "none"}
 
 #: The chart's default values: the artifacts volume (RayJob inputs and models, checkpoints,
@@ -169,6 +173,7 @@ def build_pipeline(
         apply_decision: bool = cluster,
         serve_vllm: bool = False,
         vllm_gpus: int = 1,
+        synth_budget_s: float = 0.0 if cluster else LOCAL_SYNTH_BUDGET_S,
     ) -> Outputs:
         if source == "simulate":
             world_task = simulate(scale=scale, seed=seed).set_display_name("simulate world")
@@ -183,19 +188,23 @@ def build_pipeline(
             serve_vllm=serve_vllm,
             namespace=namespace,
             gpus=vllm_gpus,
-        ).set_display_name("synthesize (vLLM server)")
+            llm_backend=llm_backend,
+        ).set_display_name("synthesize (LLM server)")
         mined_task = mine(
             world=world,
             llm_endpoint=llm.outputs["Output"],
             llm_model=llm_model,
             llm_backend=llm_backend,
             filter_model=filter_model,
+            synth_budget_s=synth_budget_s,
             seed=seed,
         ).after(checked)
         mined_task.set_display_name("mine (reformulation, recfeed, LLM, HLA)")
         mined = mined_task.outputs["mined"]
         # vLLM down again once mining ends, failed or not, so it does not keep its GPU.
-        released = release_llm(serve_vllm=serve_vllm, namespace=namespace)
+        released = release_llm(
+            serve_vllm=serve_vllm, namespace=namespace, llm_endpoint=llm.outputs["Output"]
+        )
         released.after(mined_task).ignore_upstream_failure()
         released.set_display_name("release the LLM server")
 

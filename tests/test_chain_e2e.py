@@ -35,7 +35,20 @@ def free_port() -> int:
 def test_simulate_mine_train_index_serve_evaluate(tmp_path):
     world, mined, model, index = (tmp_path / n for n in ("world", "mined", "model", "index"))
     crops("simulate", "--scale", "tiny", "--seed", "3", "--out", world)
-    crops("mine", "--world", world, "--out", mined, "--filter-model", "none")
+    # synthesis by the real local LLM (llama.cpp, SmolLM2-135M), a few queries to stay short
+    crops(
+        "mine",
+        "--world",
+        world,
+        "--out",
+        mined,
+        "--filter-model",
+        "none",
+        "--synth-max-queries",
+        "4",
+        "--synth-per-query",
+        "1",
+    )
     crops(
         "train",
         "--samples",

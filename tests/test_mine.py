@@ -256,7 +256,9 @@ def test_cli_knowledge_backend_needs_a_simulated_world(run, tiny_dir: Path, tmp_
     world.mkdir()
     for name in ("videos.parquet", "search_log.parquet", "rec_log.parquet"):
         shutil.copy(tiny_dir / name, world / name)
-    code, _, stderr = run("mine", "--world", world, "--out", tmp_path / "M")
+    code, _, stderr = run(
+        "mine", "--world", world, "--out", tmp_path / "M", "--llm-backend", "knowledge"
+    )
     assert code == 2 and "knowledge backend" in stderr
     code, _, stderr = run(
         "mine",
@@ -331,3 +333,31 @@ def test_rayjob_entry_point_mines_like_the_cli(tiny_dir: Path, tmp_path: Path) -
     assert main([*args, "--llm-backend", "knowledge"]) == 0
     assert (out / "samples.parquet").is_file() and (out / "synth_videos.parquet").is_file()
     assert main(["--world", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.slow
+def test_cli_mine_synthesises_with_the_real_local_llm_by_default(run, tiny_dir: Path, tmp_path):
+    """No backend named: llama.cpp's server with the packaged model, started and stopped by
+    mine; the report names the model and counts what it made and what it quarantined."""
+    from crops.engine.llm_server import MODEL_NAME, LocalServer
+
+    code, stdout, stderr = run(
+        "mine",
+        "--world",
+        tiny_dir,
+        "--out",
+        tmp_path / "M",
+        "--filter-model",
+        "none",
+        "--synth-max-queries",
+        "3",
+        "--synth-per-query",
+        "1",
+    )
+    assert code == 0, stderr
+    assert "local-llm (an LLM)" in stdout
+    syn = json.loads((tmp_path / "M/report.json").read_text())["synthesis"]
+    assert syn["backend"] == "local-llm" and syn["is_llm"] and syn["model"] == MODEL_NAME
+    assert syn["requests_sent"] >= 3 and syn["succeeded"] + syn["failed"] == 3
+    assert syn["videos"] >= 1
+    assert not LocalServer.load(tmp_path / "M" / "llm_server.json").alive()

@@ -23,6 +23,7 @@ def mine(
     synth_min_positives: int = 200,
     synth_max_queries: int = 1000,
     synth_per_query: int = 4,
+    synth_budget_s: float = 0.0,
     seed: int = 0,
 ) -> str:
     """Mine graded samples from the world's logs.
@@ -41,9 +42,10 @@ def mine(
             vllm-offline.
         llm_backend: endpoint (an LLM server is required: no endpoint is an error, never a
             fallback; the cluster pipeline's default) | auto (the endpoint if one is set, else
-            knowledge on a simulated world, else none) | knowledge (the simulator's world
-            knowledge, not an LLM) | none | vllm-offline (vLLM's in-process engine on a GPU
-            node).
+            none; the local pipeline's synthesize task starts a local LLM server and sets it) |
+            local (start the local LLM server here) | knowledge (a named diagnostic: the
+            simulator's world knowledge, not an LLM, never a default) | none | vllm-offline
+            (vLLM's in-process engine on a GPU node).
         filter_model: the relevance filter: minilm | a sentence-transformers path | none.
         relevance_threshold: keep reformulation and recfeed candidates scoring above this, on
             the filter's (1 + cos) / 2 scale; unset: MineConfig's default.
@@ -52,6 +54,8 @@ def mine(
         synth_min_positives: synthesise for queries with fewer positives than this.
         synth_max_queries: at most this many queries get synthetic videos.
         synth_per_query: synthetic videos per query.
+        synth_budget_s: stop sending synthesis requests after this long (0: no limit); the
+            poorest queries go first, the rest are counted as skipped.
         seed: seed of the LLM requests and the knowledge backend.
 
     Returns:
@@ -67,7 +71,7 @@ def mine(
     world_dir, out = Path(world.path), Path(mined.path)
     endpoint = llm_endpoint or os.environ.get("CROPS_LLM_ENDPOINT", "")
     model = llm_model or os.environ.get("CROPS_LLM_MODEL", "")
-    backends = ("auto", "endpoint", "knowledge", "none", "vllm-offline")
+    backends = ("auto", "endpoint", "local", "knowledge", "none", "vllm-offline")
     if llm_backend not in backends:
         raise ValueError(f"llm_backend {llm_backend!r}: use one of {', '.join(backends)}")
     if llm_backend == "endpoint" and not endpoint:
@@ -82,7 +86,7 @@ def mine(
     if endpoint:
         name = "openai"
     elif llm_backend == "auto":
-        name = "knowledge" if (world_dir / "world.json").is_file() else "none"
+        name = "none"
     else:
         name = llm_backend
     # unset thresholds keep MineConfig's defaults (their one home)
@@ -93,6 +97,7 @@ def mine(
         synth_min_positives=synth_min_positives,
         synth_max_queries=synth_max_queries,
         synth_per_query=synth_per_query,
+        synth_budget_s=synth_budget_s or None,
         llm_backend=name,
         llm_endpoint=endpoint or None,
         llm_model=model or None,
@@ -101,6 +106,11 @@ def mine(
     cache = out / "llm_cache.sqlite"
     out.mkdir(parents=True, exist_ok=True)
     if name == "openai":
+        server = "vllm"
+        if not model:  # a server started for this run (synthesize): ask it what it serves
+            from crops.engine.llm_server import discover
+
+            model, server = discover(endpoint)
         backend = synthesis.make_backend(
             endpoint,
             model,
@@ -109,6 +119,19 @@ def mine(
             max_retries=cfg.llm_max_retries,
             cache_path=cache,
             seed=seed,
+            server=server,
+            budget_s=cfg.synth_budget_s,
+        )
+    elif name == "local":
+        from crops.engine.llm_server import LocalLLMBackend
+
+        backend = LocalLLMBackend(
+            model or None,
+            log_dir=out,
+            cache_path=cache,
+            seed=seed,
+            max_retries=cfg.llm_max_retries,
+            budget_s=cfg.synth_budget_s,
         )
     elif name == "vllm-offline":
         if not model:

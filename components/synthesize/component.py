@@ -1,4 +1,10 @@
-"""synthesize: the LLM server that writes video metadata for the data engine (vLLM).
+"""synthesize: the LLM server that writes video metadata for the data engine (vLLM on a
+cluster, llama.cpp's server with a small packaged model on one machine).
+
+Locally (`target=local`, no endpoint given, `llm_backend` auto or local) it starts llama.cpp's
+OpenAI-compatible server with the packaged SmolLM2-135M (or `llm_model`, a GGUF path) on a free
+loopback port (`crops.engine.llm_server`), waits for `/v1/models` and returns its URL; mine
+talks to it as it would to vLLM, and `release_llm` stops it.
 
 On a cluster it applies the vLLM Deployment and Service (`crops.k8s.vllm`, laid out from the
 installed release's platform description: startup and readiness probes on `/v1/models`,
@@ -26,6 +32,7 @@ def synthesize(
     namespace: str = "crops",
     gpus: int = 1,
     timeout_s: float = 1800.0,
+    llm_backend: str = "auto",
 ) -> str:
     """The OpenAI-compatible endpoint (vLLM) for LLM synthesis, brought up if asked.
 
@@ -38,6 +45,7 @@ def synthesize(
         namespace: the namespace of the vLLM Deployment and Service (the platform's).
         gpus: GPUs for the vLLM server.
         timeout_s: how long to wait for the model to load.
+        llm_backend: mine's backend; locally `auto` or `local` start the local LLM server.
     """
     targets = ("local", "cluster")
     if target not in targets:
@@ -57,6 +65,16 @@ def synthesize(
         client.apply(spec)
         endpoint = client.wait_ready(spec, timeout_s=float(timeout_s))
         served = 1
+    elif not endpoint and target == "local" and llm_backend in ("auto", "local"):
+        import tempfile
+
+        from crops.engine.llm_server import register, start_server
+
+        logs = tempfile.mkdtemp(prefix="crops-llm-")
+        server = start_server(llm_model or None, log_dir=logs, timeout_s=min(timeout_s, 300.0))
+        register(server)  # release_llm stops it by its URL
+        endpoint = server.url
+        served = 1
     summary.log_metric("served", served)
     summary.log_metric("has_endpoint", int(bool(endpoint)))
     return endpoint
@@ -64,7 +82,10 @@ def synthesize(
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def release_llm(
-    summary: Output[Metrics], serve_vllm: bool = False, namespace: str = "crops"
+    summary: Output[Metrics],
+    serve_vllm: bool = False,
+    namespace: str = "crops",
+    llm_endpoint: str = "",
 ) -> str:
     """Take down the vLLM server `synthesize` brought up (Deployment and Service), whether
     mining succeeded or not, so it does not keep its GPU. A server you run is never touched.
@@ -73,14 +94,20 @@ def release_llm(
         summary: `deleted`: how many objects were removed.
         serve_vllm: whether `synthesize` deployed vLLM in this run.
         namespace: the namespace of the vLLM Deployment and Service.
+        llm_endpoint: synthesize's URL; a local server it started is stopped.
 
     Returns:
         What was deleted, comma-separated ("" when nothing was).
     """
     deleted: list[str] = []
+    if llm_endpoint:
+        from crops.engine.llm_server import stop_registered
+
+        if stop_registered(llm_endpoint):  # the local server synthesize started
+            deleted.append(f"local LLM server {llm_endpoint}")
     if serve_vllm:
         from crops.k8s.vllm import VllmClient, VllmSpec
 
-        deleted = VllmClient().delete(VllmSpec.model_fields["name"].default, namespace)
+        deleted += VllmClient().delete(VllmSpec.model_fields["name"].default, namespace)
     summary.log_metric("deleted", len(deleted))
     return ", ".join(deleted)

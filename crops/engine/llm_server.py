@@ -218,7 +218,6 @@ class LocalLLMBackend:
                 server.url,
                 server.model,
                 server="llama.cpp",
-                concurrency=1,  # llama.cpp's server decodes one request at a time
                 timeout_s=self.timeout_s,
                 max_retries=self.max_retries,
                 max_tokens=self.max_tokens,
@@ -235,3 +234,42 @@ class LocalLLMBackend:
             server_startup_s=round(startup_s, 2),
         )
         return result
+
+
+def _registry() -> Path:
+    return Path(
+        os.environ.get("CROPS_LLM_RUN_DIR", Path.home() / ".cache" / "crops" / "llm-servers")
+    )
+
+
+def register(server: LocalServer) -> Path:
+    """Record a server started for a pipeline run, so the task after mining can stop it."""
+    path = _registry() / f"{server.url.split('//')[-1].replace(':', '-')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    server.save(path)
+    return path
+
+
+def stop_registered(url: str) -> bool:
+    """Stop the local server registered under `url` (True), or do nothing (False: not ours,
+    e.g. a server the user runs)."""
+    path = _registry() / f"{url.rstrip('/').split('//')[-1].replace(':', '-')}.json"
+    if not path.is_file():
+        return False
+    LocalServer.load(path).stop()
+    path.unlink(missing_ok=True)
+    return True
+
+
+def discover(endpoint: str, timeout_s: float = 10.0) -> tuple[str, str]:
+    """(model id, server dialect) of an OpenAI-compatible server, from GET /v1/models:
+    llama-cpp-python marks its models ``owned_by: "me"``; anything else is spoken to as vLLM
+    (OpenAI's own request shape)."""
+    base = endpoint.rstrip("/").removesuffix("/v1")
+    r = httpx.get(f"{base}/v1/models", timeout=timeout_s)
+    r.raise_for_status()
+    data = r.json().get("data") or []
+    if not data:
+        raise ValueError(f"{endpoint}: GET /v1/models lists no model")
+    first = data[0]
+    return first["id"], ("llama.cpp" if first.get("owned_by") == "me" else "vllm")

@@ -536,13 +536,14 @@ class ServerDialect:
 
     guided: str  # one of GUIDED_MODES
     choices_per_request: bool  # honours ``n`` > 1 (otherwise one request per video)
+    max_concurrency: int | None = None  # requests it decodes at once (None: batches many)
 
 
 #: The servers synthesis talks to: vLLM on a cluster, llama.cpp's server on one machine
 #: (llama-cpp-python 0.3: ``n`` is ignored, one choice per reply; ``seed`` is honoured).
 SERVER_DIALECTS = {
     "vllm": ServerDialect(guided="response_format", choices_per_request=True),
-    "llama.cpp": ServerDialect(guided="json_object", choices_per_request=False),
+    "llama.cpp": ServerDialect(guided="json_object", choices_per_request=False, max_concurrency=1),
 }
 
 
@@ -588,6 +589,8 @@ class OpenAIChatBackend:
         self.server = server
         dialect = SERVER_DIALECTS[server]
         self.choices_per_request = dialect.choices_per_request
+        if dialect.max_concurrency:  # more in flight would only queue and time out
+            concurrency = min(concurrency, dialect.max_concurrency)
         guided = dialect.guided if guided is None else guided
         if guided not in GUIDED_MODES:
             # vLLM dropped guided_json: the pinned version ignores the field (with only a log

@@ -360,9 +360,8 @@ def _run_key(cfg: ExperimentConfig, method: Method, mined: Path) -> str:
 
 def _mine(cfg: ExperimentConfig, progress: Progress | None) -> Path:
     from crops.engine.config import MineConfig
-    from crops.engine.knowledge import KnowledgeBackend
+    from crops.engine.llm_server import LocalLLMBackend
     from crops.engine.mine import mine
-    from crops.world.world import World
 
     target = Path(cfg.out) / "mined"
     if (target / "samples.parquet").is_file() and not cfg.force:
@@ -377,7 +376,8 @@ def _mine(cfg: ExperimentConfig, progress: Progress | None) -> Path:
         cfg.world,
         target,
         mine_cfg,
-        KnowledgeBackend(World.load(cfg.world)),
+        # a real LLM (llama.cpp, the packaged SmolLM2-135M), never the simulator's knowledge
+        LocalLLMBackend(log_dir=target, cache_path=target / "llm_cache.sqlite", seed=cfg.seed),
         scorer=scorer,
         progress=progress,
     )
