@@ -73,6 +73,10 @@ def test_local_synthesis_writes_videos_and_stops_its_server(tmp_path) -> None:
     assert stats["requests_sent"] >= 4  # two videos a query, one request each
     assert stats["succeeded"] + stats["failed"] == 2
     assert stats["videos"] >= 1, (stats, result.quarantine)
+    # the quality figures the report carries: replies that parsed, and throughput
+    assert stats["replies"] == stats["requests_sent"]  # every request got a model reply
+    assert stats["valid_reply_rate"] == pytest.approx(stats["valid_replies"] / stats["replies"])
+    assert stats["videos_per_s"] > 0
     assert all(
         isinstance(v, SyntheticVideo) and v.query in ("jaguar", "bike repair")
         for v in result.videos

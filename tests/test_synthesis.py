@@ -440,3 +440,44 @@ def test_a_time_budget_skips_the_tail_and_counts_it():
     assert stats["requests_sent"] == stats["succeeded"]
     with pytest.raises(ValueError, match="budget_s must be > 0"):
         OpenAIChatBackend(server.url, "m", budget_s=0)
+
+
+@pytest.mark.parametrize(
+    ("query", "caption", "reason"),
+    [
+        ("jaguar", "Jaguar!", "echo"),
+        ("bike repair", "bike repair bike", "echo"),
+        ("bike repair", "自行车修理教程，五分钟搞定", "language"),
+        ("自行车修理", "How to fix a bicycle in five minutes", "language"),
+    ],
+)
+def test_replies_that_add_nothing_are_quarantined_with_a_reason(query, caption, reason):
+    reply = json.dumps(
+        {
+            "caption": caption,
+            "tags": ["t"],
+            "cover_text": "",
+            "keywords": ["k"],
+            "related_queries": [],
+        }
+    )
+    got = parse_reply(query, reply)
+    assert isinstance(got, Failure) and got.reason == reason, got
+    assert reason in REASONS
+
+
+def test_a_reply_in_the_querys_script_with_new_words_passes():
+    for query, caption in [
+        ("jaguar", "Jaguar F-Type V8 exhaust sound on the track"),
+        ("自行车修理", "五分钟学会自行车补胎，新手也能做"),
+    ]:
+        reply = json.dumps(
+            {
+                "caption": caption,
+                "tags": ["t"],
+                "cover_text": "",
+                "keywords": ["k"],
+                "related_queries": [],
+            }
+        )
+        assert isinstance(parse_reply(query, reply), list), caption

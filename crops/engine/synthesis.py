@@ -45,7 +45,17 @@ log = logging.getLogger("crops.engine.synthesis")
 PROMPT_VERSION = "synthesis_v1"
 
 #: Failure reasons of a quarantined query, in the order the stats report them.
-REASONS = ("malformed", "truncated", "empty", "refused", "invalid", "http_error", "timeout")
+REASONS = (
+    "malformed",
+    "truncated",
+    "empty",
+    "refused",
+    "invalid",
+    "echo",  # the caption only repeats the query's words: no knowledge added
+    "language",  # written in another script than the query (Latin against CJK, say)
+    "http_error",
+    "timeout",
+)
 
 #: Same bound as crops.schema.MAX_QUERY_BYTES (kept local: this module needs no Arrow stack).
 MAX_QUERY_BYTES = 1024
@@ -235,6 +245,44 @@ _REFUSAL_RE = re.compile(
 )
 
 
+_WORD_RE = re.compile(r"\w+")
+
+
+def _words(text: str) -> set[str]:
+    return {w.casefold() for w in _WORD_RE.findall(text)}
+
+
+def _script(text: str) -> str | None:
+    """The text's main script among its letters: cjk, latin or other (None: no letters)."""
+    counts = {"cjk": 0, "latin": 0, "other": 0}
+    for ch in text:
+        if not ch.isalpha():
+            continue
+        name = unicodedata.name(ch, "")
+        if name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL")):
+            counts["cjk"] += 1
+        elif name.startswith("LATIN"):
+            counts["latin"] += 1
+        else:
+            counts["other"] += 1
+    best = max(counts, key=counts.get)
+    return best if counts[best] else None
+
+
+def _off_topic(query: str, video: SyntheticVideo) -> Failure | None:
+    """A well-formed reply that adds nothing: the caption repeats the query, or it is in
+    another script than the query."""
+    caption = _words(video.caption)
+    if caption and caption <= _words(query):
+        return Failure("echo", _clip(f"the caption only repeats the query: {video.caption!r}"))
+    want, got = _script(query), _script(video.caption)
+    if want and got and want != got:
+        return Failure(
+            "language", _clip(f"query in {want} script, caption in {got}: {video.caption!r}")
+        )
+    return None
+
+
 def _clip(text: str, n: int = 500) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
@@ -286,6 +334,9 @@ def parse_reply(
                 f"{'.'.join(str(x) for x in er['loc'])}: {er['msg']}" for er in e.errors()
             )
             return Failure("invalid", _clip(errs))
+        bad = _off_topic(query, videos[-1])
+        if bad is not None:
+            return bad
     return videos
 
 
@@ -364,6 +415,7 @@ def _assemble(
     *,
     requests_sent: int,
     latencies: list[float],
+    replies: tuple[int, int] | None = None,
     started: float,
     per_query: int = 1,
 ) -> SynthesisResult:
@@ -418,6 +470,10 @@ def _assemble(
         "latency_ms": {"p50": _percentile(lat, 0.50), "p99": _percentile(lat, 0.99)},
         "wall_s": round(time.perf_counter() - started, 3),
     }
+    if replies is not None:  # the model's replies (HTTP 200) that parsed against the schema
+        stats["replies"], stats["valid_replies"] = replies
+        stats["valid_reply_rate"] = round(replies[1] / replies[0], 4) if replies[0] else None
+    stats["videos_per_s"] = round(len(videos) / stats["wall_s"], 4) if stats["wall_s"] else None
     log.info(
         "synthesis %s: %d/%d queries succeeded, %d videos, %d cached, %d quarantined %s",
         backend,
@@ -676,7 +732,7 @@ class OpenAIChatBackend:
         started = time.perf_counter()
         outcomes: dict[str, _Outcome] = {}
         tracker = _Tracker(len(unique), progress)
-        counters = {"requests": 0}
+        counters = {"requests": 0, "replies": 0, "valid_replies": 0}
         latencies: list[float] = []
         cache = _Cache(self.cache_path) if self.cache_path is not None else None
         try:
@@ -718,6 +774,7 @@ class OpenAIChatBackend:
             unique,
             outcomes,
             requests_sent=counters["requests"],
+            replies=(counters["replies"], counters["valid_replies"]),
             latencies=latencies,
             started=started,
             per_query=per_query,
@@ -797,6 +854,9 @@ class OpenAIChatBackend:
                 latencies.append((time.perf_counter() - t0) * 1000.0)
             if resp is not None:
                 result, delay_hint = self._handle(query, resp)
+                if resp.status_code < 400:  # a reply from the model, valid or not
+                    counters["replies"] += 1
+                    counters["valid_replies"] += isinstance(result, list)
                 if isinstance(result, list):
                     return _Outcome(videos=result, attempts=attempt + 1)
                 failure = result
