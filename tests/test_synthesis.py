@@ -481,3 +481,17 @@ def test_a_reply_in_the_querys_script_with_new_words_passes():
             }
         )
         assert isinstance(parse_reply(query, reply), list), caption
+
+
+def test_no_retry_starts_past_the_budget():
+    """A query whose reply failed is not retried once the budget is spent: it is quarantined
+    with the reply's reason, and synthesis ends within the budget plus one reply."""
+    from fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer(delay_s=0.2) as server:
+        b = OpenAIChatBackend(
+            server.url, "fake-llm", concurrency=1, budget_s=0.1, max_retries=5, **FAST
+        )
+        result = b.synthesize(["malformed q"])
+    assert result.stats["requests_sent"] == 1 and result.stats["retries"] == 0
+    assert [r["reason"] for r in result.quarantine] == ["malformed"]

@@ -837,6 +837,8 @@ class OpenAIChatBackend:
             async with sem:
                 if attempt == 0 and self._deadline and time.monotonic() > self._deadline:
                     return _Outcome(skipped=True)  # the budget is spent: not sent
+                # (a request started before the deadline runs to its end: the budget can be
+                # overrun by one reply, a few seconds for the local model)
                 counters["requests"] += 1
                 t0 = time.perf_counter()
                 try:
@@ -864,6 +866,8 @@ class OpenAIChatBackend:
                 failure = Failure("http_error", "no response")
             if not failure.retryable or attempt == self.max_retries:
                 break
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                break  # no retry past the budget: quarantined with the reply's own reason
             wait = self.backoff_s * 2**attempt * (1.0 + 0.1 * _jitter(query, attempt, self.seed))
             if delay_hint is not None:
                 wait = max(wait, min(delay_hint, 60.0))
