@@ -172,7 +172,11 @@ def test_validate_quarantines_bad_rows_and_fails_over_the_limit(
 def test_mine_grades_samples_with_the_knowledge_backend(tiny_dir: Path, tmp_path: Path) -> None:
     mined, metrics = out(Dataset, tmp_path, "mined"), out(Metrics, tmp_path, "m")
     backend = mine.python_func(
-        world=given(Dataset, tiny_dir), mined=mined, metrics=metrics, filter_model="none"
+        world=given(Dataset, tiny_dir),
+        mined=mined,
+        metrics=metrics,
+        filter_model="none",
+        llm_backend="knowledge",  # a named diagnostic, never a default
     )
     assert backend == "knowledge (simulator world knowledge, not an LLM)"
     for name in ("samples.parquet", "synth_videos.parquet", "report.json"):
@@ -739,8 +743,40 @@ def test_synthesize_passes_an_endpoint_through_and_refuses_vllm_off_cluster(tmp_
     summary = Metrics(uri=str(tmp_path / "m"))
     assert run(summary=summary, llm_endpoint=" http://vllm:8000 ") == "http://vllm:8000"
     assert summary.metadata == {"served": 0, "has_endpoint": 1}
-    assert run(summary=Metrics(uri=str(tmp_path / "n"))) == ""  # mine falls back
+    # no server asked for: nothing started, mine synthesises with none
+    assert run(summary=Metrics(uri=str(tmp_path / "n")), llm_backend="none") == ""
     with pytest.raises(ValueError, match="needs target=cluster"):
         run(summary=Metrics(uri=str(tmp_path / "o")), serve_vllm=True, llm_model="m")
     with pytest.raises(ValueError, match="needs llm_model"):
         run(summary=Metrics(uri=str(tmp_path / "p")), serve_vllm=True, target="cluster")
+
+
+@pytest.mark.slow
+def test_local_synthesize_starts_a_real_llm_server_and_release_stops_it(tmp_path) -> None:
+    """Locally, with no endpoint, synthesize starts llama.cpp's server (the packaged model),
+    mine's client finds its model and dialect, and release_llm stops it by its URL."""
+    import httpx
+    from kfp.dsl import Metrics
+
+    from components.synthesize import release_llm, synthesize
+    from crops.engine.llm_server import MODEL_NAME, discover
+
+    summary = Metrics(uri=str(tmp_path / "s"))
+    url = synthesize.python_func(summary=summary)
+    try:
+        assert url.startswith("http://127.0.0.1:") and summary.metadata["served"] == 1
+        assert discover(url) == (MODEL_NAME, "llama.cpp")
+    finally:
+        released = release_llm.python_func(
+            summary=Metrics(uri=str(tmp_path / "r")), llm_endpoint=url
+        )
+    assert released == f"local LLM server {url}"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/v1/models", timeout=2)
+    # a server it did not start is never touched
+    assert (
+        release_llm.python_func(
+            summary=Metrics(uri=str(tmp_path / "x")), llm_endpoint="http://vllm:8000"
+        )
+        == ""
+    )
