@@ -29,10 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import polars as pl
 
-from crops.engine.llm_server import LocalServer, free_port, packaged_model, start_server
+from crops.engine.llm_server import (
+    LocalServer,
+    free_port,
+    packaged_model,
+    start_server,
+    wait_ready,
+)
 from crops.engine.synthesis import OpenAIChatBackend
 
 
@@ -125,15 +130,7 @@ def transformers_serve(queries: list[str], tmp: Path, cache: Path) -> dict:
         )
     server = LocalServer(f"http://127.0.0.1:{port}", str(folder), str(folder), proc.pid, str(log))
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"transformers serve exited:\n{log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{server.url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_ready(proc, server, timeout_s=300)
         startup = time.perf_counter() - t0
         out = run_client(server.url, str(folder), "vllm", queries)
     finally:

@@ -442,6 +442,12 @@ def test_a_time_budget_skips_the_tail_and_counts_it():
         OpenAIChatBackend(server.url, "m", budget_s=0)
 
 
+def _reply(caption: str) -> str:
+    """A well-formed reply whose caption is `caption`."""
+    fields = {"tags": ["t"], "cover_text": "", "keywords": ["k"], "related_queries": []}
+    return json.dumps({"caption": caption, **fields})
+
+
 @pytest.mark.parametrize(
     ("query", "caption", "reason"),
     [
@@ -452,16 +458,7 @@ def test_a_time_budget_skips_the_tail_and_counts_it():
     ],
 )
 def test_replies_that_add_nothing_are_quarantined_with_a_reason(query, caption, reason):
-    reply = json.dumps(
-        {
-            "caption": caption,
-            "tags": ["t"],
-            "cover_text": "",
-            "keywords": ["k"],
-            "related_queries": [],
-        }
-    )
-    got = parse_reply(query, reply)
+    got = parse_reply(query, _reply(caption))
     assert isinstance(got, Failure) and got.reason == reason, got
     assert reason in REASONS
 
@@ -471,16 +468,7 @@ def test_a_reply_in_the_querys_script_with_new_words_passes():
         ("jaguar", "Jaguar F-Type V8 exhaust sound on the track"),
         ("自行车修理", "五分钟学会自行车补胎，新手也能做"),
     ]:
-        reply = json.dumps(
-            {
-                "caption": caption,
-                "tags": ["t"],
-                "cover_text": "",
-                "keywords": ["k"],
-                "related_queries": [],
-            }
-        )
-        assert isinstance(parse_reply(query, reply), list), caption
+        assert isinstance(parse_reply(query, _reply(caption)), list), caption
 
 
 def test_no_retry_starts_past_the_budget():

@@ -152,8 +152,16 @@ def start_server(
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() takes all of it
         )
-    url = f"http://127.0.0.1:{port}"
-    server = LocalServer(url, "", str(path), proc.pid, str(log_path))
+    server = LocalServer(f"http://127.0.0.1:{port}", "", str(path), proc.pid, str(log_path))
+    server.model = wait_ready(proc, server, timeout_s)
+    return server
+
+
+def wait_ready(proc: subprocess.Popen, server: LocalServer, timeout_s: float) -> str:
+    """Wait until `server` answers ``GET /v1/models`` and return the first model id it serves.
+    Fails with the server's own last log lines if it exits first or does not answer within
+    `timeout_s` (then it is stopped)."""
+    log_path = Path(server.log_path)
     deadline = time.monotonic() + timeout_s
     while True:
         code = proc.poll()
@@ -162,10 +170,9 @@ def start_server(
                 f"the LLM server exited with code {code} before answering:\n{_log_tail(log_path)}"
             )
         try:
-            r = httpx.get(f"{url}/v1/models", timeout=2.0)
+            r = httpx.get(f"{server.url}/v1/models", timeout=2.0)
             if r.status_code == 200:
-                server.model = r.json()["data"][0]["id"]
-                return server
+                return r.json()["data"][0]["id"]
         except (httpx.HTTPError, KeyError, IndexError, ValueError):
             pass
         if time.monotonic() > deadline:
@@ -242,9 +249,14 @@ def _registry() -> Path:
     )
 
 
+def _entry(url: str) -> Path:
+    """Where the registry records the server answering at `url`."""
+    return _registry() / f"{url.rstrip('/').split('//')[-1].replace(':', '-')}.json"
+
+
 def register(server: LocalServer) -> Path:
     """Record a server started for a pipeline run, so the task after mining can stop it."""
-    path = _registry() / f"{server.url.split('//')[-1].replace(':', '-')}.json"
+    path = _entry(server.url)
     path.parent.mkdir(parents=True, exist_ok=True)
     server.save(path)
     return path
@@ -253,7 +265,7 @@ def register(server: LocalServer) -> Path:
 def stop_registered(url: str) -> bool:
     """Stop the local server registered under `url` (True), or do nothing (False: not ours,
     e.g. a server the user runs)."""
-    path = _registry() / f"{url.rstrip('/').split('//')[-1].replace(':', '-')}.json"
+    path = _entry(url)
     if not path.is_file():
         return False
     LocalServer.load(path).stop()
