@@ -519,7 +519,19 @@ def experiment(
     world: Annotated[Path, typer.Option(help="a simulated world (`crops simulate`)")],
     out: Annotated[Path, typer.Option(help="folder for results.md, results.png, runs/")],
     mined: Annotated[
-        Path | None, typer.Option(help="a `crops mine` folder (default: mine into OUT/mined)")
+        Path | None,
+        typer.Option(help="a `crops mine` folder (default: mine into OUT/mined, local LLM)"),
+    ] = None,
+    oracle_mined: Annotated[
+        Path | None,
+        typer.Option(
+            help="a folder mined with --llm-backend knowledge: adds the oracle-synthesis row,"
+            " the upper bound of the LLM step (a diagnostic)"
+        ),
+    ] = None,
+    synth_budget_s: Annotated[
+        float | None,
+        typer.Option(help="seconds of local-LLM synthesis when mining into OUT (default 1200)"),
     ] = None,
     method: Annotated[
         list[str] | None, typer.Option(help="only these rows (repeat); default all")
@@ -555,8 +567,9 @@ def experiment(
 
     if not (world / "world.json").is_file():
         _fail(f"--world {world} is not a simulated world (no world.json)")
-    if mined is not None and not (mined / "samples.parquet").is_file():
-        _fail(f"--mined {mined} has no samples.parquet: run `crops mine` first")
+    for opt, folder in (("--mined", mined), ("--oracle-mined", oracle_mined)):
+        if folder is not None and not (folder / "samples.parquet").is_file():
+            _fail(f"{opt} {folder} has no samples.parquet: run `crops mine` first")
     names = method or None
     try:
         for name in names or []:
@@ -569,6 +582,8 @@ def experiment(
         world=str(world),
         out=str(out),
         mined=str(mined) if mined else None,
+        oracle_mined=str(oracle_mined) if oracle_mined else None,
+        **({} if synth_budget_s is None else {"synth_budget_s": synth_budget_s}),
         encoder=encoder,
         stop=stop_options(max_steps, patience, eval_every),
         **({} if level_filter is None else {"level_filter": level_filter}),

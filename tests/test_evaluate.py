@@ -317,6 +317,15 @@ def test_experiment_writes_table_and_chart(run, tmp_path, mined_fast):
     code, _, err = run(*more, "--method", "NCE")
     assert code == 0, err
     assert json.loads((out / "runs" / "nce" / "result.json").read_text())["steps"] == 8
+    # the oracle row (knowledge synthesis, a diagnostic) trains on its own mined folder and the
+    # goals put the LLM step beside the oracle's
+    oracle = [*args, "--oracle-mined", mined, "--method", "+recommendation", "--method", "CroPS"]
+    code, _, err = run(*oracle, "--method", "CroPS, oracle synthesis")
+    assert code == 0, err
+    report = json.loads((out / "results.json").read_text())
+    assert report["results"]["CroPS, oracle synthesis"]["steps"] == 6
+    assert set(report["goals"]["LLM step vs oracle"]) == {"ct/R@100", "qr/R@100"}
+    assert "not an LLM" in report["synthesis"]["oracle"]["backend"]
 
 
 def test_cli_experiment_bad_options(run, tmp_path, tiny_dir):
@@ -330,3 +339,17 @@ def test_cli_experiment_bad_options(run, tmp_path, tiny_dir):
         "experiment", "--world", tiny_dir, "--out", tmp_path / "o", "--mined", tmp_path
     )
     assert code == 2 and "no samples.parquet" in err
+    code, _, err = run(
+        "experiment", "--world", tiny_dir, "--out", tmp_path / "o", "--oracle-mined", tmp_path
+    )
+    assert code == 2 and "--oracle-mined" in err and "no samples.parquet" in err
+    code, _, err = run(
+        "experiment",
+        "--world",
+        tiny_dir,
+        "--out",
+        tmp_path / "o",
+        "--method",
+        "CroPS, oracle synthesis",
+    )
+    assert code == 2 and "needs oracle_mined" in err

@@ -455,6 +455,14 @@ def _reply(caption: str) -> str:
         ("bike repair", "bike repair bike", "echo"),
         ("bike repair", "自行车修理教程，五分钟搞定", "language"),
         ("自行车修理", "How to fix a bicycle in five minutes", "language"),
+        # SmolLM2-135M's habit: the prompt's one-shot example, for a query it has nothing on
+        (
+            "dane tiktok shufle",
+            "dane tiktok shufle fixing a flat bicycle tire in 5 minutes: remove the wheel,"
+            " find the puncture",
+            "example",
+        ),
+        ("jaguar", "Laptop unboxing in 5 minutes: remove wheel, find inner tube, patch", "example"),
     ],
 )
 def test_replies_that_add_nothing_are_quarantined_with_a_reason(query, caption, reason):
@@ -466,6 +474,8 @@ def test_replies_that_add_nothing_are_quarantined_with_a_reason(query, caption, 
 def test_a_reply_in_the_querys_script_with_new_words_passes():
     for query, caption in [
         ("jaguar", "Jaguar F-Type V8 exhaust sound on the track"),
+        ("jaguar", "the jaguar, a big cat hunting in 5 minutes"),  # shares "minutes" only
+        ("bike puncture", "Fixing a flat bicycle tyre in 5 minutes"),  # the example's own topic
         ("自行车修理", "五分钟学会自行车补胎，新手也能做"),
     ]:
         assert isinstance(parse_reply(query, _reply(caption)), list), caption

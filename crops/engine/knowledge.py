@@ -1,10 +1,12 @@
-"""Synthesis without an LLM, from the simulated world's own knowledge; and a judge for it.
+"""Synthesis without an LLM, from the simulated world's own knowledge: a named diagnostic.
 
 `KnowledgeBackend` writes virtual video metadata for a query the way the one-shot LLM prompt
 asks for, but from the taxonomy the simulator drew its videos from: the query's (dominant)
 intent, canonical and colloquial words of its facet and topic, and the intent's other surface
-forms as related queries. It is NOT an LLM, and every report says so; it exists so the
-embedded default runs end to end on a machine with no LLM endpoint.
+forms as related queries. It is NOT an LLM, and every report says so. It reads the
+simulator's hidden truth (the form's interpretation), so it is never a default: it is the upper
+bound a real LLM's synthesis is compared against (`crops mine --llm-backend knowledge`, the
+experiment's oracle row).
 """
 
 from __future__ import annotations
@@ -106,37 +108,3 @@ class KnowledgeBackend:
             "wall_s": time.perf_counter() - t0,
         }
         return SynthesisResult(videos=videos, quarantine=quarantine, stats=stats)
-
-
-def _topic_vocabulary() -> dict[str, set[int]]:
-    vocab: dict[str, set[int]] = {}
-    for ti, t in enumerate(tx.TOPICS):
-        words = set(t.words) | set(t.colloquial)
-        for f in t.facets:
-            words |= set(f.words) | set(f.colloquial)
-        for word in words:
-            vocab.setdefault(word, set()).add(ti)
-    return vocab
-
-
-TOPIC_OF_WORD = _topic_vocabulary()
-
-
-def judge_synthetic(world: World, query: str, text: str) -> bool:
-    """Is a synthetic video on a topic the query can mean? (grade >= 2 for made-up videos)
-
-    The video's topic is the majority vote of its taxonomy words; it is relevant when that
-    topic is the topic of one of the query's senses.
-    """
-    f = world.form_id(query)
-    if f is None:
-        return False
-    votes = np.zeros(len(tx.TOPICS))
-    for word in text.lower().split():
-        for t in TOPIC_OF_WORD.get(word.strip("#,.!?"), ()):
-            votes[t] += 1
-    if votes.max() == 0:
-        return False
-    topics = set(np.flatnonzero(votes == votes.max()).tolist())
-    senses = {int(world.intents.topic[i]) for i in world.forms.senses[f]}
-    return bool(topics & senses)

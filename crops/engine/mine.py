@@ -195,13 +195,21 @@ def synthetic_tables(result: SynthesisResult, backend: str) -> tuple[pa.Table, p
 
 
 def quality(world_dir: Path, samples: pl.DataFrame, search: pl.DataFrame, synth: pa.Table) -> dict:
-    """Per source: precision of positives against the world's truth, and the never-shown share."""
+    """Per source: precision of positives against the world's truth, and the never-shown share.
+
+    Catalogue videos are graded by the truth itself; synthesised ones by the world's relevance
+    model for texts (`crops.world.judge`), whose error on the catalogue is reported beside it.
+    The llm source is also broken down by the kind of query it answered (head, colloquial,
+    ambiguous, ...), and for ambiguous queries by how many of their senses the videos cover.
+    """
     if not (world_dir / "world.json").exists():
         return {"note": "no ground truth: the input is not a simulated world"}
-    from crops.engine.knowledge import judge_synthetic
+    from crops.world.catalog import FORM_KINDS
+    from crops.world.judge import TextJudge, synthetic_text
     from crops.world.world import World
 
     world = World.load(world_dir)
+    judge = TextJudge(world)
     shown = (
         search.filter(pl.col("stage") == "shown")
         .select("query", "video_id")
@@ -212,19 +220,18 @@ def quality(world_dir: Path, samples: pl.DataFrame, search: pl.DataFrame, synth:
     synth_text = dict(
         zip(
             synth["video_id"].to_pylist(),
-            (
-                f"{c} {' '.join(t)} {o}"
-                for c, t, o in zip(
-                    synth["caption"].to_pylist(),
-                    synth["tags"].to_pylist(),
-                    synth["cover_text"].to_pylist(),
-                    strict=True,
-                )
+            map(
+                synthetic_text,
+                synth["caption"].to_pylist(),
+                synth["tags"].to_pylist(),
+                synth["cover_text"].to_pylist(),
             ),
             strict=True,
         )
     )
-    out = {}
+    out: dict = {}
+    by_kind: dict[str, list[int]] = {}  # kind -> [positives, relevant, same facet]
+    senses_hit: list[tuple[int, int]] = []  # ambiguous queries: (senses covered, senses)
     for source in ("reformulation", "recfeed", "llm", "click"):
         part = pos.filter(pl.col("source") == source)
         if part.height == 0:
@@ -234,18 +241,43 @@ def quality(world_dir: Path, samples: pl.DataFrame, search: pl.DataFrame, synth:
         for query, group in part.group_by("query"):
             q = query[0]
             ids = group["video_id"].to_numpy()
-            if source == "llm":
-                relevant += sum(judge_synthetic(world, q, synth_text[int(v)]) for v in ids)
-            else:
+            if source != "llm":
                 relevant += int((world.query_grades(q, ids) >= 2).sum())
+                continue
+            verdicts = [judge.judge(q, synth_text[int(v)]) for v in ids]
+            relevant += sum(v.relevant for v in verdicts)
+            f = world.form_id(q)
+            kind = FORM_KINDS[int(world.forms.kind[f])] if f is not None else "unknown"
+            row = by_kind.setdefault(kind, [0, 0, 0])
+            row[0] += len(verdicts)
+            row[1] += sum(v.relevant for v in verdicts)
+            row[2] += sum(v.grade == 3 for v in verdicts)
+            if kind == "ambiguous":
+                senses = world.forms.senses[f]
+                topics = {int(world.intents.topic[v.intent]) for v in verdicts if v.intent >= 0}
+                covered = len({int(t) for t in world.intents.topic[senses]} & topics)
+                senses_hit.append((covered, len(senses)))
         out[source] = {
             "positives": part.height,
             "precision": relevant / part.height,
             "never_shown_share": float(part["shown"].is_null().mean()),
         }
+    if by_kind:
+        out["llm"]["by_query_kind"] = {
+            k: {"positives": n, "precision": r / n, "same_facet_share": f3 / n}
+            for k, (n, r, f3) in sorted(by_kind.items())
+        }
+    if senses_hit:
+        out["llm"]["ambiguous_senses_covered"] = {
+            "queries": len(senses_hit),
+            "mean_covered": float(np.mean([c for c, _ in senses_hit])),
+            "mean_senses": float(np.mean([n for _, n in senses_hit])),
+        }
     out["judged_by"] = (
-        "grade >= 2 of the simulator's truth; llm videos (made up) by the topic of their words"
+        "grade >= 2 of the simulator's truth; llm videos (made up) by the world's relevance"
+        " model for texts (crops.world.judge), validated on catalogue videos below"
     )
+    out["llm_judge"] = judge.validate()
     return out
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import importlib.resources
 import json
@@ -52,6 +53,7 @@ REASONS = (
     "refused",
     "invalid",
     "echo",  # the caption only repeats the query's words: no knowledge added
+    "example",  # the caption copies the prompt's one-shot example, unrelated to the query
     "language",  # written in another script than the query (Latin against CJK, say)
     "http_error",
     "timeout",
@@ -269,12 +271,42 @@ def _script(text: str) -> str | None:
     return best if counts[best] else None
 
 
+#: A caption whose content words (4+ letters) are at least this share, and at least
+#: EXAMPLE_MIN_SHARED, words of the prompt's example caption, for a query sharing none with it,
+#: copies the example (small models do: SmolLM2-135M wrote the example's bike repair for
+#: "dane tiktok shufle").
+EXAMPLE_OVERLAP, EXAMPLE_MIN_SHARED = 0.5, 3
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _words(text) if len(w) >= 4 and not w.isdigit()}
+
+
+@functools.cache
+def _example_words(version: str = PROMPT_VERSION) -> frozenset[str]:
+    """The words of the one-shot example's caption in prompt `version` (empty if none)."""
+    m = re.search(r"^Answer:\s*(\{.*\})\s*$", load_prompt(version), re.MULTILINE)
+    if not m:
+        return frozenset()
+    return frozenset(_content_words(json.loads(m.group(1)).get("caption", "")))
+
+
 def _off_topic(query: str, video: SyntheticVideo) -> Failure | None:
-    """A well-formed reply that adds nothing: the caption repeats the query, or it is in
-    another script than the query."""
-    caption = _words(video.caption)
-    if caption and caption <= _words(query):
+    """A well-formed reply that adds nothing: the caption repeats the query, copies the
+    prompt's example, or is in another script than the query."""
+    caption, asked = _words(video.caption), _words(query)
+    if caption and caption <= asked:
         return Failure("echo", _clip(f"the caption only repeats the query: {video.caption!r}"))
+    example, content = _example_words(), _content_words(video.caption) - asked
+    shared = len(content & example)
+    if (
+        not (asked & example)
+        and shared >= EXAMPLE_MIN_SHARED
+        and shared >= EXAMPLE_OVERLAP * len(content)
+    ):
+        return Failure(
+            "example", _clip(f"the caption copies the prompt's example: {video.caption!r}")
+        )
     want, got = _script(query), _script(video.caption)
     if want and got and want != got:
         return Failure(

@@ -13,7 +13,13 @@ use (the steps each took are in the table). Each trains on a subset of one mined
 - binary InfoNCE: CroPS's samples with labels binarised (>= 4 positive), plain InfoNCE;
 - CroPS + level filter (an extension the paper does not make): CroPS's samples without the
   level samples (labels 1-3) that the relevance filter scores at or below `level_filter`, on
-  the scores `crops mine` records for them (a subset of the same mined file, no re-mining).
+  the scores `crops mine` records for them (a subset of the same mined file, no re-mining);
+- CroPS, oracle synthesis (a diagnostic, only with `oracle_mined`): CroPS's sources from a
+  folder mined with the `knowledge` backend, which reads the simulator's truth. It is the upper
+  bound the real LLM's "+ LLM" step is measured against, never a default.
+
+The experiment's own mining (no `mined` given) synthesises with the local LLM (llama.cpp and
+the packaged SmolLM2-135M-Instruct), within `synth_budget_s`.
 
 BM25 is bm25s over the same videos. The paper's numbers are printed beside ours; ours are on
 the simulated world, so compare margins and orderings, not absolute values.
@@ -28,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crops.engine.config import MineConfig
 from crops.evaluate.offline import headline
@@ -53,6 +59,9 @@ PAPER: dict[str, tuple[float, float, float | None]] = {
 }
 BASELINES = ("BM25", "NCE", "DPR", "ANCE", "FS-LR")
 LADDER = ("FS-LR", "+reformulation", "+recommendation", "CroPS")
+ORACLE_ROW = "CroPS, oracle synthesis"
+#: The experiment's own mining: how long the local LLM may synthesise (poorest queries first).
+EXPERIMENT_SYNTH_BUDGET_S = 1200.0
 COLUMNS = (("ct/R@100", "CT R@100"), ("qr/R@100", "QR R@100"), ("graded/nDCG@4", "NDCG@4"))
 
 
@@ -64,6 +73,9 @@ class Method(BaseModel):
     hard_negatives: Literal["none", "bm25", "model"] = "none"
     level_filter: bool = Field(
         False, description="drop level samples (labels 1-3) at or below the config's threshold"
+    )
+    synthesis: Literal["llm", "oracle"] = Field(
+        "llm", description="oracle: the samples come from the config's `oracle_mined` folder"
     )
     description: str = ""
 
@@ -136,6 +148,14 @@ METHODS: tuple[Method, ...] = (
         description="CroPS without the level samples (labels 1-3) the relevance filter scores"
         " at or below the threshold (extension, not the paper's)",
     ),
+    Method(
+        name=ORACLE_ROW,
+        slug="crops-oracle-synthesis",
+        sources=(*SEARCH_LOG, "reformulation", "recfeed", "llm"),
+        synthesis="oracle",
+        description="CroPS with the knowledge backend's videos, which read the simulator's truth:"
+        " the upper bound of synthesis (diagnostic, needs --oracle-mined)",
+    ),
 )
 
 #: The level-filter row's threshold, on the relevance filter's (1 + cos) / 2 scale: the same
@@ -153,7 +173,20 @@ class ExperimentConfig(BaseModel):
     world: str
     out: str
     mined: str | None = Field(None, description="a `crops mine` folder; default: mine into OUT")
-    methods: list[str] = Field(default_factory=lambda: [m.name for m in METHODS])
+    oracle_mined: str | None = Field(
+        None,
+        description="a folder mined with `--llm-backend knowledge`: adds the oracle-synthesis"
+        " row, the upper bound of the LLM step (a diagnostic; the oracle reads the truth)",
+    )
+    synth_budget_s: float | None = Field(
+        EXPERIMENT_SYNTH_BUDGET_S,
+        gt=0,
+        description="the experiment's own mining: seconds of local-LLM synthesis (None: all)",
+    )
+    methods: list[str] = Field(
+        default_factory=lambda: [m.name for m in METHODS if m.synthesis == "llm"],
+        description="rows to run; the oracle row joins by default when oracle_mined is given",
+    )
     encoder: str = "hash"
     stop: StopRule = Field(default_factory=StopRule, description="when each method stops")
     queries_per_batch: int = Field(32, ge=1)
@@ -178,6 +211,14 @@ class ExperimentConfig(BaseModel):
         "relevance filter's (1 + cos) / 2 scale (crops/engine/config.py measures it)",
     )
     force: bool = Field(False, description="retrain methods whose results exist")
+
+    @model_validator(mode="after")
+    def _oracle(self) -> ExperimentConfig:
+        if ORACLE_ROW in self.methods and not self.oracle_mined:
+            raise ValueError(f"the {ORACLE_ROW!r} row needs oracle_mined (--oracle-mined DIR)")
+        if self.oracle_mined and "methods" not in self.model_fields_set:
+            self.methods = [*self.methods, ORACLE_ROW]
+        return self
 
 
 def method_by_name(name: str) -> Method:
@@ -291,11 +332,16 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> d
     out.mkdir(parents=True, exist_ok=True)
     methods = [method_by_name(n) for n in cfg.methods]
     collection = world_collection(cfg.world)  # fail on a bad world before any training
-    mined = Path(cfg.mined) if cfg.mined else _mine(cfg, progress)
-    if not (mined / "samples.parquet").is_file():
-        raise FileNotFoundError(f"{mined} has no samples.parquet: run `crops mine` first")
+    llm_mined = Path(cfg.mined) if cfg.mined else _mine(cfg, progress)
+    folders = {"llm": llm_mined}
+    if cfg.oracle_mined:
+        folders["oracle"] = Path(cfg.oracle_mined)
+    for kind, folder in folders.items():
+        if not (folder / "samples.parquet").is_file():
+            raise FileNotFoundError(f"{folder} ({kind}) has no samples.parquet: run `crops mine`")
     results: dict[str, dict] = {}
     for method in methods:
+        mined = folders[method.synthesis]
         cached = out / "runs" / method.slug / "result.json"
         key = _run_key(cfg, method, mined)
         if cached.is_file() and not cfg.force:
@@ -330,7 +376,8 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> d
             progress("methods", len(results), len(methods))
     report = {
         "world": str(cfg.world),
-        "mined": str(mined),
+        "mined": str(llm_mined),
+        "synthesis": _synthesis_summary(folders),
         "config": cfg.model_dump(),
         "results": results,
         "goals": goals(results),
@@ -347,7 +394,7 @@ def _run_key(cfg: ExperimentConfig, method: Method, mined: Path) -> str:
     import hashlib
 
     # the level filter's threshold matters to the level-filter row only
-    exclude = {"out", "mined", "methods", "force", "workers"}
+    exclude = {"out", "mined", "oracle_mined", "synth_budget_s", "methods", "force", "workers"}
     if not method.level_filter:
         exclude.add("level_filter")
     settings = cfg.model_dump(exclude=exclude)
@@ -366,7 +413,7 @@ def _mine(cfg: ExperimentConfig, progress: Progress | None) -> Path:
     target = Path(cfg.out) / "mined"
     if (target / "samples.parquet").is_file() and not cfg.force:
         return target
-    mine_cfg = MineConfig(seed=cfg.seed)
+    mine_cfg = MineConfig(seed=cfg.seed, synth_budget_s=cfg.synth_budget_s)
     scorer = None
     if mine_cfg.filter_model != "none":  # as `crops mine`: filtered positives, scored levels
         from crops.engine.relevance import RelevanceFilter
@@ -377,11 +424,40 @@ def _mine(cfg: ExperimentConfig, progress: Progress | None) -> Path:
         target,
         mine_cfg,
         # a real LLM (llama.cpp, the packaged SmolLM2-135M), never the simulator's knowledge
-        LocalLLMBackend(log_dir=target, cache_path=target / "llm_cache.sqlite", seed=cfg.seed),
+        LocalLLMBackend(
+            log_dir=target,
+            cache_path=target / "llm_cache.sqlite",
+            seed=cfg.seed,
+            budget_s=cfg.synth_budget_s,
+        ),
         scorer=scorer,
         progress=progress,
     )
     return target
+
+
+def _synthesis_summary(folders: dict[str, Path]) -> dict:
+    """Which backend and model made each mined folder's llm videos, and how well (from its
+    report.json), so the table says what stands behind its "+ LLM" rows."""
+    out = {}
+    for kind, folder in folders.items():
+        path = folder / "report.json"
+        if not path.is_file():
+            out[kind] = {"folder": str(folder), "note": "no report.json"}
+            continue
+        rep = json.loads(path.read_text())
+        syn, qual = rep.get("synthesis", {}), rep.get("quality", {}).get("llm", {})
+        out[kind] = {
+            "folder": str(folder),
+            "backend": syn.get("backend"),
+            "model": syn.get("model"),
+            "is_llm": syn.get("is_llm"),
+            "videos": syn.get("videos"),
+            "queries": syn.get("policy", {}).get("selected"),
+            "valid_reply_rate": syn.get("valid_reply_rate"),
+            "precision": qual.get("precision"),
+        }
+    return out
 
 
 def goals(results: dict[str, dict]) -> dict:
@@ -428,6 +504,16 @@ def goals(results: dict[str, dict]) -> dict:
                 }
             )
         out["ladder"] = {"steps": steps, "met": all(s["adds_recall"] for s in steps)}
+    if ORACLE_ROW in results and "+recommendation" in results:
+        base = results["+recommendation"]["metrics"]
+        oracle = results[ORACLE_ROW]["metrics"]
+        out["LLM step vs oracle"] = {
+            k: {
+                "llm_gain": round(crops[k] - base[k], 4),
+                "oracle_gain": round(oracle[k] - base[k], 4),
+            }
+            for k in ("ct/R@100", "qr/R@100")
+        }
     return out
 
 
@@ -446,6 +532,27 @@ def _stop_sentence(stop: dict) -> str:
     )
 
 
+def _synthesis_lines(synthesis: dict) -> list[str]:
+    """Who wrote the llm videos of the LLM rows and of the oracle row."""
+    lines = []
+    for kind, label in (("llm", "LLM rows"), ("oracle", f"{ORACLE_ROW!r} row")):
+        s = synthesis.get(kind)
+        if not s or not s.get("backend"):
+            continue
+        who = f"`{s['model']}` via {s['backend']}" if s.get("model") else f"{s['backend']}"
+        prec = "" if s.get("precision") is None else f", precision {100 * s['precision']:.1f} %"
+        valid = (
+            ""
+            if s.get("valid_reply_rate") is None
+            else f", {100 * s['valid_reply_rate']:.0f} % valid replies"
+        )
+        lines.append(
+            f"Synthesis of the {label}: {who}, {s['videos']} videos for {s['queries']} queries"
+            f"{valid}{prec} (judged by the world's text relevance model)."
+        )
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     results = report["results"]
     cfg = report["config"]
@@ -458,6 +565,7 @@ def render_markdown(report: dict) -> str:
         f" {cfg['group_size']} samples per batch. " + _stop_sentence(stop),
         "Ours are on the simulated world, the paper's on Kuaishou's logs (in %): compare"
         " margins and orderings, not absolute values.",
+        *_synthesis_lines(report.get("synthesis", {})),
         "",
         "| method | CT R@100 | QR R@100 | NDCG@4 | paper CT | paper QR | paper NDCG@4 |"
         " samples | best step / steps | what it is |",
@@ -484,6 +592,15 @@ def render_markdown(report: dict) -> str:
                         f" QR {100 * s['qr_gain']:+.1f} points"
                         f" ({'adds recall' if s['adds_recall'] else 'does NOT add recall'})"
                     )
+            elif key == "LLM step vs oracle":
+                lines.append(
+                    "- + LLM step (+recommendation -> CroPS) against the oracle's: "
+                    + ", ".join(
+                        f"{k.split('/')[0].upper()} {100 * d['llm_gain']:+.1f}"
+                        f" (oracle {100 * d['oracle_gain']:+.1f}) points"
+                        for k, d in v.items()
+                    )
+                )
             elif "relative_gain" in v:
                 lines.append(
                     f"- {key} ({v['best_baseline']}): {100 * v['relative_gain']:+.1f} % relative,"

@@ -136,7 +136,7 @@ class World:
                         tx.TOPICS[t].facets[f].name for t, f in zip(v.topic, v.facet, strict=True)
                     ],
                     "intent_id": np.array(
-                        [self._intent_of(t, f) for t, f in zip(v.topic, v.facet, strict=True)]
+                        [self.intent_of(t, f) for t, f in zip(v.topic, v.facet, strict=True)]
                     ),
                     "domain": [DOMAINS[d] for d in v.domain],
                     "colloquial": v.colloquial,
@@ -168,7 +168,8 @@ class World:
             ),
         }
 
-    def _intent_of(self, topic: int, facet: int) -> int:
+    def intent_of(self, topic: int, facet: int) -> int:
+        """The intent id of a (topic, facet) pair."""
         if not hasattr(self, "_intent_index"):
             self._intent_index = {
                 (int(t), int(f)): i
