@@ -100,9 +100,15 @@ def validate(
 
 class LlmBackendName(StrEnum):
     local = "local"
+    ray_batch = "ray-batch"
     knowledge = "knowledge"
     none = "none"
     vllm_offline = "vllm-offline"
+
+
+class LlmEngineName(StrEnum):
+    vllm = "vllm"
+    llama_cpp = "llama.cpp"
 
 
 @app.command()
@@ -118,9 +124,23 @@ def mine(
         typer.Option(
             help="without an endpoint: local (a real LLM here: llama.cpp's server with the"
             " packaged SmolLM2-135M, or --llm-model PATH.gguf) | knowledge (world knowledge,"
-            " not an LLM) | none | vllm-offline (vLLM's in-process engine on a GPU node, with"
-            " --llm-model)"
+            " not an LLM, a diagnostic) | none | vllm-offline (vLLM's in-process engine on a GPU"
+            " node, with --llm-model) | ray-batch (Ray Data batch inference: actors each holding"
+            " an engine, see --llm-engine)"
         ),
+    ] = None,
+    llm_engine: Annotated[
+        LlmEngineName | None,
+        typer.Option(
+            help="ray-batch: vllm (GPU actors, --llm-model a HF model) | llama.cpp (a GGUF,"
+            " default the packaged SmolLM2-135M; CPU actors with --llm-gpus-per-actor 0)"
+        ),
+    ] = None,
+    llm_actors: Annotated[
+        int | None, typer.Option(help="ray-batch: actors, each with its own engine")
+    ] = None,
+    llm_gpus_per_actor: Annotated[
+        float | None, typer.Option(help="ray-batch: GPUs per actor (default 1; 0: CPU)")
     ] = None,
     llm_cache: Annotated[
         Path | None, typer.Option(help="SQLite cache of LLM replies (default OUT/llm_cache.sqlite)")
@@ -203,6 +223,15 @@ def mine(
         llm_backend=backend_name,
         llm_endpoint=llm_endpoint,
         llm_model=llm_model,
+        **{
+            k: v
+            for k, v in (
+                ("llm_engine", llm_engine.value if llm_engine else None),
+                ("llm_actors", llm_actors),
+                ("llm_gpus_per_actor", llm_gpus_per_actor),
+            )
+            if v is not None
+        },
     )
     backend = _synthesis_backend(cfg, world, llm_cache or out / "llm_cache.sqlite")
     scorer = None
@@ -307,10 +336,30 @@ def _synthesis_backend(cfg, world: Path, cache: Path):
             )
         except (FileNotFoundError, ModuleNotFoundError) as exc:
             _fail(str(exc))
-    if cfg.llm_backend == "vllm-offline":
+    if cfg.llm_backend in ("vllm-offline", "ray-batch"):
+        from crops.engine.batch_synthesis import BatchSynthesis, vllm_offline
+        from crops.engine.llm_engines import EngineSpec
+        from crops.engine.llm_server import packaged_model
+
         try:
-            return synthesis.VllmOfflineBackend(cfg.llm_model, cache_path=cache, seed=cfg.seed)
-        except ImportError as exc:
+            if cfg.llm_backend == "vllm-offline":
+                return vllm_offline(cfg.llm_model, cache_path=cache, seed=cfg.seed)
+            model = cfg.llm_model
+            if model is None and cfg.llm_engine == "llama.cpp":
+                model = str(packaged_model())
+            if model is None:
+                _fail("--llm-backend ray-batch with the vllm engine needs --llm-model")
+            return BatchSynthesis(
+                EngineSpec(engine=cfg.llm_engine, model=model),
+                runner="ray",
+                actors=cfg.llm_actors,
+                gpus_per_actor=cfg.llm_gpus_per_actor,
+                batch_size=cfg.llm_batch_size,
+                seed=cfg.seed,
+                max_retries=cfg.llm_max_retries,
+                cache_path=cache,
+            )
+        except (ImportError, ValueError, FileNotFoundError) as exc:
             _fail(str(exc))
     if cfg.llm_backend == "knowledge":
         from crops.engine.knowledge import KnowledgeBackend

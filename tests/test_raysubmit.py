@@ -225,6 +225,43 @@ def test_index_on_the_tiny_world_as_a_submitted_rayjob(
 
 
 @pytest.mark.slow
+def test_mine_synthesises_on_ray_data_actors_as_a_submitted_rayjob(
+    ray_cluster: RayCluster, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Batch synthesis as the cluster runs it: Ray Data map_batches over an actor holding an
+    in-process engine, here llama.cpp with the real packaged SmolLM2-135M on a CPU actor (on
+    a GPU cluster: vLLM, one GPU per actor). The driver loads no model."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "mined"
+    args = [
+        "--world", tiny_dir,
+        "--out", out,
+        "--filter-model", "none",
+        "--llm-backend", "ray-batch",
+        "--llm-engine", "llama.cpp",
+        "--llm-gpus-per-actor", 0,
+        "--llm-actors", 1,
+        "--synth-max-queries", 2,
+        "--synth-per-query", 1,
+    ]  # fmt: skip
+    job = _rayjob("mine-tiny", "mine", entrypoint("mine", args))
+
+    status = submit_rayjob(job, ray_cluster.url, timeout_s=420)
+
+    assert status["jobStatus"] == "SUCCEEDED", status
+    report = json.loads((out / "report.json").read_text())
+    syn = report["synthesis"]
+    assert syn["is_llm"] is True and syn["engine"] == "llama.cpp"
+    assert "Ray Data actors" in syn["backend"] and syn["model"].endswith(".gguf")
+    assert syn["actors"] == {"count": 1, "gpus_each": 0.0, "cpus_each": 1.0, "batch_size": 16}
+    assert syn["unique_queries"] == 2 and syn["replies"] >= 2
+    assert syn["succeeded"] + syn["failed"] == 2
+    synth = pq.read_table(out / "synth_videos.parquet")
+    assert synth.num_rows == syn["videos"] == report["samples"]["by_source"].get("llm", 0)
+
+
+@pytest.mark.slow
 def test_a_failing_entry_point_surfaces_its_own_error(
     ray_cluster: RayCluster, tmp_path: Path
 ) -> None:

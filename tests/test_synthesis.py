@@ -7,10 +7,7 @@ by a word in the query. Timeouts and backoffs are tiny so the whole file runs in
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import sys
-import types
 
 import httpx
 import pytest
@@ -25,7 +22,6 @@ from crops.engine.synthesis import (
     NoSynthesis,
     OpenAIChatBackend,
     SyntheticVideo,
-    VllmOfflineBackend,
     load_prompt,
     make_backend,
     parse_reply,
@@ -368,51 +364,6 @@ def test_bad_inputs(fake):
 
 
 # ----------------------------------------------------------------------------- other backends
-
-
-def test_vllm_offline_without_vllm_is_a_clear_import_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", None)  # absent, even where vllm is installed
-    with pytest.raises(ImportError, match=r"crops\[vllm\]"):
-        VllmOfflineBackend("Qwen/Qwen2.5-0.5B-Instruct")
-
-
-def test_vllm_offline_params_use_structured_outputs(monkeypatch):
-    """The offline engine's SamplingParams as the pinned vLLM (0.32) takes them: a
-    StructuredOutputsParams(json=...) in `structured_outputs` (no GuidedDecodingParams)."""
-
-    @dataclasses.dataclass
-    class StructuredOutputsParams:  # vllm.sampling_params.StructuredOutputsParams' fields
-        json: str | dict | None = None
-        regex: str | None = None
-        choice: list[str] | None = None
-        grammar: str | None = None
-        json_object: bool | None = None
-
-    @dataclasses.dataclass
-    class SamplingParams:  # the fields the backend may set, by their vLLM 0.32 names
-        n: int = 1
-        temperature: float = 1.0
-        seed: int | None = None
-        max_tokens: int | None = 16
-        structured_outputs: StructuredOutputsParams | None = None
-
-    vllm = types.ModuleType("vllm")
-    sampling = types.ModuleType("vllm.sampling_params")
-    sampling.SamplingParams, sampling.StructuredOutputsParams = (
-        SamplingParams,
-        StructuredOutputsParams,
-    )
-    vllm.SamplingParams, vllm.sampling_params = SamplingParams, sampling
-    monkeypatch.setitem(sys.modules, "vllm", vllm)
-    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling)
-    params = VllmOfflineBackend("Qwen/Qwen2.5-0.5B-Instruct", max_tokens=300)._params(3, seed=7)
-    assert params == SamplingParams(
-        n=3,
-        temperature=0.7,
-        seed=7,
-        max_tokens=300,
-        structured_outputs=StructuredOutputsParams(json=VIDEO_JSON_SCHEMA),
-    )
 
 
 def test_no_synthesis_and_make_backend(fake):

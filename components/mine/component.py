@@ -136,7 +136,9 @@ def mine(
     elif name == "vllm-offline":
         if not model:
             raise ValueError("llm_backend vllm-offline needs llm_model (a Hugging Face model)")
-        backend = synthesis.VllmOfflineBackend(model, cache_path=cache, seed=seed)
+        from crops.engine.batch_synthesis import vllm_offline
+
+        backend = vllm_offline(model, cache_path=cache, seed=seed)
     elif name == "knowledge":
         from crops.engine.knowledge import KnowledgeBackend
         from crops.world.world import World

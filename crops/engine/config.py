@@ -96,7 +96,22 @@ class MineConfig(BaseModel):
         description="stop sending synthesis requests after this long (poorest"
         " queries go first); the rest are counted as skipped. None: no limit",
     )
-    llm_backend: Literal["openai", "local", "knowledge", "none", "vllm-offline"] = "knowledge"
+    llm_backend: Literal["openai", "local", "ray-batch", "knowledge", "none", "vllm-offline"] = (
+        Field(
+            "local",
+            description="openai: a server (vLLM) at llm_endpoint | local: llama.cpp's server here"
+            " | ray-batch: Ray Data actors holding an engine | knowledge: the simulator's truth"
+            " (a diagnostic, never a default) | none | vllm-offline: vLLM in this process",
+        )
+    )
+    llm_engine: Literal["vllm", "llama.cpp"] = Field(
+        "vllm", description="ray-batch: the actors' engine (llama.cpp runs a GGUF on CPU)"
+    )
+    llm_actors: int = Field(1, ge=1, description="ray-batch: actors, each with its own engine")
+    llm_gpus_per_actor: float = Field(
+        1.0, ge=0, description="ray-batch: GPUs per actor (0: CPU actors, llama.cpp only)"
+    )
+    llm_batch_size: int = Field(16, ge=1, description="ray-batch: queries per map_batches call")
     llm_endpoint: str | None = None
     llm_model: str | None = None
     llm_concurrency: int = Field(8, ge=1)
