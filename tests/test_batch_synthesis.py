@@ -62,7 +62,11 @@ def test_broken_replies_are_retried_then_quarantined_with_their_reason() -> None
     assert all(r["reason"] in (None, *REASONS) for r in rows)
     # retries carry only the failed queries, each attempt with a new seed
     assert [(len(q), s) for q, s in engine.calls] == [(4, 5), (3, 6), (2, 7)]
-    assert by["echo always"]["replies"] == 6 and by["echo always"]["valid_replies"] == 0
+    echo = json.loads(by["echo always"]["counters"])
+    assert echo["replies"] == 6 and echo["valid"] == 0 and echo["json_valid"] == 6
+    assert echo["reasons"]["echo"] == 6
+    trunc = json.loads(by["truncated once"]["counters"])
+    assert trunc["replies"] == 4 and trunc["valid"] == 2 and trunc["reasons"]["truncated"] == 2
 
 
 def test_engine_spec_and_backend_refuse_bad_settings(tmp_path) -> None:

@@ -393,6 +393,26 @@ def test_a_time_budget_skips_the_tail_and_counts_it():
         OpenAIChatBackend(server.url, "m", budget_s=0)
 
 
+def test_retries_queued_before_the_deadline_are_not_sent_after_it():
+    """On a one-request server, failed queries queue their retries behind every other query;
+    once the budget is spent none of them is sent (they are quarantined with their reason)."""
+    from fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer(delay_s=0.1) as server:
+        b = OpenAIChatBackend(
+            server.url, "fake-llm", concurrency=1, budget_s=0.5, max_retries=3, **FAST
+        )
+        result = b.synthesize([f"malformed q{i}" for i in range(20)])
+    s = result.stats
+    # every query's first request queues before any retry; past 0.5 s nothing new starts:
+    # the ~4 first requests that fit, none of their retries (those came to 7 before the fix)
+    assert s["requests_sent"] <= 5 and s["retries"] == 0, s
+    assert s["failed"] + s["skipped_for_budget"] == 20
+    assert s["failed_by_reason"]["malformed"] == s["failed"]
+    assert s["reply_failures_by_reason"] == {"malformed": s["replies"]}
+    assert s["json_valid_rate"] == 0 and s["valid_reply_rate"] == 0
+
+
 def _reply(caption: str) -> str:
     """A well-formed reply whose caption is `caption`."""
     fields = {"tags": ["t"], "cover_text": "", "keywords": ["k"], "related_queries": []}
@@ -427,6 +447,7 @@ def test_a_reply_in_the_querys_script_with_new_words_passes():
         ("jaguar", "Jaguar F-Type V8 exhaust sound on the track"),
         ("jaguar", "the jaguar, a big cat hunting in 5 minutes"),  # shares "minutes" only
         ("bike puncture", "Fixing a flat bicycle tyre in 5 minutes"),  # the example's own topic
+        ("bike repair", "Fixing a flat bicycle tyre in 5 minutes: remove the wheel, patch"),
         ("自行车修理", "五分钟学会自行车补胎，新手也能做"),
     ]:
         assert isinstance(parse_reply(query, _reply(caption)), list), caption

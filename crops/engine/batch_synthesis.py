@@ -36,6 +36,8 @@ from crops.engine.synthesis import (
     _Outcome,
     _Tracker,
     _unique_queries,
+    count_reply,
+    new_reply_counters,
     parse_reply,
 )
 
@@ -50,7 +52,7 @@ def synthesize_batch(
     Queries with no valid reply are resubmitted with a new seed, up to `max_retries` times.
     """
     rows = {q: {"query": q, "videos": "[]", "reason": None, "detail": None, "attempts": 0,
-                "replies": 0, "valid_replies": 0} for q in queries}  # fmt: skip
+                "counters": new_reply_counters()} for q in queries}  # fmt: skip
     todo = list(queries)
     for attempt in range(max_retries + 1):
         if not todo:
@@ -64,12 +66,11 @@ def synthesize_batch(
             got: list[SyntheticVideo] = []
             first: Failure | None = None
             for text, finish in completions:
-                row["replies"] += 1
                 r = parse_reply(q, text, finish)
+                count_reply(row["counters"], r)
                 if isinstance(r, Failure):
                     first = first or r
                 else:
-                    row["valid_replies"] += 1
                     got.extend(r)
             if got:
                 row["videos"] = json.dumps([v.model_dump() for v in got], ensure_ascii=False)
@@ -79,7 +80,10 @@ def synthesize_batch(
                 row["reason"], row["detail"] = first.reason, first.detail
                 retry.append(q)
         todo = retry
-    return list(rows.values())
+    out = list(rows.values())
+    for r in out:  # plain columns for Ray Data
+        r["counters"] = json.dumps(r["counters"])
+    return out
 
 
 class SynthesisActor:
@@ -184,7 +188,7 @@ class BatchSynthesis:
         outcomes: dict[str, _Outcome] = {}
         cache = _Cache(self.cache_path) if self.cache_path is not None else None
         version = self.spec.prompt_version
-        replies = valid = requests = 0
+        replies, requests = new_reply_counters(), 0
         try:
             todo = []
             for q in unique:
@@ -206,8 +210,11 @@ class BatchSynthesis:
                 oc = outcomes[q]
                 oc.attempts = int(row["attempts"])
                 requests += oc.attempts
-                replies += int(row["replies"])
-                valid += int(row["valid_replies"])
+                c = json.loads(row["counters"])
+                for k in ("replies", "json_valid", "valid"):
+                    replies[k] += c[k]
+                for k, v in c["reasons"].items():
+                    replies["reasons"][k] += v
                 videos = [SyntheticVideo.model_validate(v) for v in json.loads(row["videos"])]
                 if videos:
                     oc.videos = videos
@@ -229,7 +236,7 @@ class BatchSynthesis:
             outcomes,
             requests_sent=requests,
             latencies=[],
-            replies=(replies, valid),
+            replies=replies,
             started=started,
             per_query=per_query,
         )

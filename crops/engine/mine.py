@@ -253,10 +253,10 @@ def quality(world_dir: Path, samples: pl.DataFrame, search: pl.DataFrame, synth:
             row[1] += sum(v.relevant for v in verdicts)
             row[2] += sum(v.grade == 3 for v in verdicts)
             if kind == "ambiguous":
-                senses = world.forms.senses[f]
+                # a sense is one of the topics the query can mean (its intents' topics)
+                senses = {int(t) for t in world.intents.topic[world.forms.senses[f]]}
                 topics = {int(world.intents.topic[v.intent]) for v in verdicts if v.intent >= 0}
-                covered = len({int(t) for t in world.intents.topic[senses]} & topics)
-                senses_hit.append((covered, len(senses)))
+                senses_hit.append((len(senses & topics), len(senses)))
         out[source] = {
             "positives": part.height,
             "precision": relevant / part.height,
@@ -272,6 +272,7 @@ def quality(world_dir: Path, samples: pl.DataFrame, search: pl.DataFrame, synth:
             "queries": len(senses_hit),
             "mean_covered": float(np.mean([c for c, _ in senses_hit])),
             "mean_senses": float(np.mean([n for _, n in senses_hit])),
+            "sense": "a topic the query can mean",
         }
     out["judged_by"] = (
         "grade >= 2 of the simulator's truth; llm videos (made up) by the world's relevance"

@@ -284,12 +284,15 @@ def _content_words(text: str) -> set[str]:
 
 
 @functools.cache
-def _example_words(version: str = PROMPT_VERSION) -> frozenset[str]:
-    """The words of the one-shot example's caption in prompt `version` (empty if none)."""
+def _example_words(version: str = PROMPT_VERSION) -> tuple[frozenset[str], frozenset[str]]:
+    """The one-shot example's caption content words, and every word of its reply (tags,
+    keywords and related queries too), in prompt `version`; empty if it has none."""
     m = re.search(r"^Answer:\s*(\{.*\})\s*$", load_prompt(version), re.MULTILINE)
     if not m:
-        return frozenset()
-    return frozenset(_content_words(json.loads(m.group(1)).get("caption", "")))
+        return frozenset(), frozenset()
+    reply = json.loads(m.group(1))
+    every = _words(" ".join(str(v) for v in reply.values()))
+    return frozenset(_content_words(reply.get("caption", ""))), frozenset(every)
 
 
 def _off_topic(query: str, video: SyntheticVideo) -> Failure | None:
@@ -298,10 +301,10 @@ def _off_topic(query: str, video: SyntheticVideo) -> Failure | None:
     caption, asked = _words(video.caption), _words(query)
     if caption and caption <= asked:
         return Failure("echo", _clip(f"the caption only repeats the query: {video.caption!r}"))
-    example, content = _example_words(), _content_words(video.caption) - asked
+    (example, everything), content = _example_words(), _content_words(video.caption) - asked
     shared = len(content & example)
     if (
-        not (asked & example)
+        not (asked & everything)  # "bike repair" may well get the example's bike repair
         and shared >= EXAMPLE_MIN_SHARED
         and shared >= EXAMPLE_OVERLAP * len(content)
     ):
@@ -438,6 +441,26 @@ def _caption_key(caption: str) -> str:
     return " ".join(caption.casefold().split())
 
 
+#: Reasons of replies that parsed against the schema but add nothing (JSON-valid, not usable).
+USELESS = ("echo", "example", "language")
+
+
+def new_reply_counters() -> dict[str, Any]:
+    """Counts over the model's replies: all, JSON-valid, usable, and every failure's reason
+    (retried ones included; `failed_by_reason` counts the queries that stayed failed)."""
+    return {"replies": 0, "json_valid": 0, "valid": 0, "reasons": dict.fromkeys(REASONS, 0)}
+
+
+def count_reply(counters: dict[str, Any], result: list[SyntheticVideo] | Failure) -> None:
+    counters["replies"] += 1
+    if isinstance(result, Failure):
+        counters["reasons"][result.reason] += 1
+        counters["json_valid"] += result.reason in USELESS
+    else:
+        counters["valid"] += 1
+        counters["json_valid"] += 1
+
+
 def _assemble(
     backend: str,
     model: str | None,
@@ -448,7 +471,7 @@ def _assemble(
     *,
     requests_sent: int,
     latencies: list[float],
-    replies: tuple[int, int] | None = None,
+    replies: dict[str, Any] | None = None,
     started: float,
     per_query: int = 1,
 ) -> SynthesisResult:
@@ -503,9 +526,14 @@ def _assemble(
         "latency_ms": {"p50": _percentile(lat, 0.50), "p99": _percentile(lat, 0.99)},
         "wall_s": round(time.perf_counter() - started, 3),
     }
-    if replies is not None:  # the model's replies (HTTP 200) that parsed against the schema
-        stats["replies"], stats["valid_replies"] = replies
-        stats["valid_reply_rate"] = round(replies[1] / replies[0], 4) if replies[0] else None
+    if replies is not None:  # the model's replies (HTTP 200), JSON-valid and usable
+        n = replies["replies"]
+        stats["replies"] = n
+        stats["json_valid_replies"] = replies["json_valid"]
+        stats["json_valid_rate"] = round(replies["json_valid"] / n, 4) if n else None
+        stats["valid_replies"] = replies["valid"]
+        stats["valid_reply_rate"] = round(replies["valid"] / n, 4) if n else None
+        stats["reply_failures_by_reason"] = {k: v for k, v in replies["reasons"].items() if v}
     stats["videos_per_s"] = round(len(videos) / stats["wall_s"], 4) if stats["wall_s"] else None
     log.info(
         "synthesis %s: %d/%d queries succeeded, %d videos, %d cached, %d quarantined %s",
@@ -765,7 +793,7 @@ class OpenAIChatBackend:
         started = time.perf_counter()
         outcomes: dict[str, _Outcome] = {}
         tracker = _Tracker(len(unique), progress)
-        counters = {"requests": 0, "replies": 0, "valid_replies": 0}
+        counters = new_reply_counters() | {"requests": 0}
         latencies: list[float] = []
         cache = _Cache(self.cache_path) if self.cache_path is not None else None
         try:
@@ -807,7 +835,7 @@ class OpenAIChatBackend:
             unique,
             outcomes,
             requests_sent=counters["requests"],
-            replies=(counters["replies"], counters["valid_replies"]),
+            replies=counters,
             latencies=latencies,
             started=started,
             per_query=per_query,
@@ -868,8 +896,12 @@ class OpenAIChatBackend:
         for attempt in range(self.max_retries + 1):
             delay_hint: float | None = None
             async with sem:
-                if attempt == 0 and self._deadline and time.monotonic() > self._deadline:
-                    return _Outcome(skipped=True)  # the budget is spent: not sent
+                if self._deadline and time.monotonic() > self._deadline:
+                    if attempt == 0:
+                        return _Outcome(skipped=True)  # the budget is spent: not sent
+                    # a retry queued before the deadline: behind hundreds of queued queries
+                    # on a one-request server it would start long after it
+                    return _Outcome(failure=failure, attempts=attempt)
                 # (a request started before the deadline runs to its end: the budget can be
                 # overrun by one reply, a few seconds for the local model)
                 counters["requests"] += 1
@@ -890,8 +922,7 @@ class OpenAIChatBackend:
             if resp is not None:
                 result, delay_hint = self._handle(query, resp)
                 if resp.status_code < 400:  # a reply from the model, valid or not
-                    counters["replies"] += 1
-                    counters["valid_replies"] += isinstance(result, list)
+                    count_reply(counters, result)
                 if isinstance(result, list):
                     return _Outcome(videos=result, attempts=attempt + 1)
                 failure = result
