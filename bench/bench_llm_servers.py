@@ -16,7 +16,12 @@ Printed per server: valid replies / requests (a reply that parses against the sc
 field rules), the reasons of the rest, seconds per request, videos per second, start-up time.
 The reference is llama.cpp, run first in the same process.
 
-    python bench/bench_llm_servers.py --world W --queries 12
+`--install-times` also measures what each server adds to an install, with pip's cache off:
+llama-cpp-python built from its source distribution (`pip wheel`, CMAKE_ARGS as the README's
+commands set them), against what `transformers serve` needs beyond the project's packages
+(`openai accelerate gguf`, installed into a scratch folder). The build is the reference.
+
+    python bench/bench_llm_servers.py --world W --queries 12 [--install-times]
 """
 
 from __future__ import annotations
@@ -138,12 +143,48 @@ def transformers_serve(queries: list[str], tmp: Path, cache: Path) -> dict:
     return out | {"startup_s": startup}
 
 
+def _pin(package: str) -> str:
+    """`package`'s requirement in the project's `llm` extra (its one home, pyproject.toml)."""
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    for req in project["project"]["optional-dependencies"]["llm"]:
+        if req.split("[")[0].split("=")[0] == package:
+            return req.replace("[server]", "")
+    raise LookupError(f"{package} is not in the llm extra of pyproject.toml")
+
+
+def install_times(tmp: Path) -> dict:
+    """Seconds each server adds to an install, pip's cache off."""
+
+    def timed(cmd: list[str], env: dict | None = None) -> float:
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, **(env or {})})
+        return time.perf_counter() - t0
+
+    pip = [sys.executable, "-m", "pip"]
+    print("install times (pip cache off): transformers serve's extras ...", flush=True)
+    extras = timed(
+        [*pip, "install", "--no-cache-dir", "--target", str(tmp / "extras"),
+         "openai", "accelerate", "gguf"]
+    )  # fmt: skip
+    print(f"  {extras:.1f} s; llama-cpp-python from source ...", flush=True)
+    build = timed(
+        [*pip, "wheel", "--no-cache-dir", "--no-deps", "-w", str(tmp / "wheels"),
+         _pin("llama-cpp-python")],
+        env={"CMAKE_ARGS": "-DGGML_NATIVE=OFF"},
+    )  # fmt: skip
+    print(f"  {build:.1f} s")
+    return {"transformers_extras_s": extras, "llama_cpp_build_s": build}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--world", type=Path, required=True, help="a world folder (search_log)")
     p.add_argument("--queries", type=int, default=12)
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "crops" / "llm")
     p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--install-times", action="store_true", help="also time both installs")
     args = p.parse_args()
     queries = queries_of(args.world, args.queries)
     print(f"{len(queries)} queries, the most searched of {args.world}, one video each")
@@ -154,6 +195,7 @@ def main() -> None:
             runs["transformers serve (unconstrained)"] = transformers_serve(
                 queries, tmp, args.cache
             )
+        installs = install_times(tmp) if args.install_times else None
     print(
         f"{'server':<36}{'valid':>9}{'s/request':>11}{'videos/s':>10}{'start s':>9}  other replies"
     )
@@ -168,6 +210,13 @@ def main() -> None:
             f"{name}: valid rate {r['valid'] / max(1, r['requests']):.0%}, "
             f"s/request {r['s_per_request'] / ref['s_per_request']:.2f}x llama.cpp's; "
             f"first caption: {r['example']!r}"
+        )
+    if installs:
+        ratio = installs["transformers_extras_s"] / installs["llama_cpp_build_s"]
+        print(
+            f"install: llama-cpp-python build {installs['llama_cpp_build_s']:.0f} s (reference),"
+            f" transformers serve's extras {installs['transformers_extras_s']:.0f} s"
+            f" ({ratio:.2f}x the build)"
         )
 
 
