@@ -12,9 +12,10 @@ per query, the synthesis prompt and schema):
   model's architecture unset, so it cannot serve the file directly); the schema is sent as
   OpenAI's ``response_format`` (json_schema), which it does not enforce.
 
-Printed per server: valid replies / requests (a reply that parses against the schema and the
-field rules), the reasons of the rest, seconds per request, videos per second, start-up time.
-The reference is llama.cpp, run first in the same process.
+Printed per server: JSON-valid replies / requests (a reply that parses against the schema and
+the field rules), usable ones (JSON-valid and not an echo of the query, a copy of the prompt's
+example or another script), the reasons of the rest, seconds per request, videos per second,
+start-up time. The reference is llama.cpp, run first in the same process.
 
 `--install-times` also measures what each server adds to an install, with pip's cache off:
 llama-cpp-python built from its source distribution (`pip wheel`, CMAKE_ARGS as the README's
@@ -71,6 +72,7 @@ def run_client(url: str, model: str, server: str, queries: list[str], **kw) -> d
     return {
         "requests": s["requests_sent"],
         "valid": s["succeeded"],
+        "json_valid": s.get("json_valid_replies", 0),
         "reasons": {k: v for k, v in s["failed_by_reason"].items() if v},
         "s_per_request": wall / max(1, s["requests_sent"]),
         "videos_per_s": s["videos"] / wall,
@@ -197,11 +199,13 @@ def main() -> None:
             )
         installs = install_times(tmp) if args.install_times else None
     print(
-        f"{'server':<36}{'valid':>9}{'s/request':>11}{'videos/s':>10}{'start s':>9}  other replies"
+        f"{'server':<36}{'JSON-valid':>11}{'usable':>9}{'s/request':>11}{'videos/s':>10}"
+        f"{'start s':>9}  other replies"
     )
     for name, r in runs.items():
         print(
-            f"{name:<36}{r['valid']:>4}/{r['requests']:<4}{r['s_per_request']:>11.2f}"
+            f"{name:<36}{r['json_valid']:>6}/{r['requests']:<4}{r['valid']:>4}/{r['requests']:<4}"
+            f"{r['s_per_request']:>11.2f}"
             f"{r['videos_per_s']:>10.3f}{r['startup_s']:>9.1f}  {r['reasons'] or '-'}"
         )
     ref = runs["llama.cpp (json_object + schema)"]
