@@ -4,6 +4,8 @@ the dialect the client assumes for llama.cpp is checked against the server itsel
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -16,6 +18,8 @@ from crops.engine.llm_server import (
 )
 from crops.engine.synthesis import (
     SERVER_DIALECTS,
+    USELESS,
+    VIDEO_JSON_SCHEMA,
     OpenAIChatBackend,
     SyntheticVideo,
     parse_reply,
@@ -58,7 +62,10 @@ def test_the_llama_cpp_dialect_holds_against_the_real_server(tmp_path) -> None:
         assert len(reply["choices"]) == 1  # n=2 asked, one given: hence one request per video
         choice = reply["choices"][0]
         got = parse_reply("jaguar", choice["message"]["content"], choice["finish_reason"])
-        assert isinstance(got, list) and got[0].query == "jaguar", got
+        # the schema held: a video, or a well-formed reply that adds nothing (SmolLM2-135M
+        # often copies the prompt's example), never malformed JSON
+        assert (isinstance(got, list) and got[0].query == "jaguar") or got.reason in USELESS, got
+        assert set(json.loads(choice["message"]["content"])) == set(VIDEO_JSON_SCHEMA["required"])
         assert not SERVER_DIALECTS["llama.cpp"].choices_per_request
     assert not server.alive()  # stopped on leaving the block
 
