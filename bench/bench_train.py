@@ -73,17 +73,17 @@ def verdict(ok: bool) -> str:
 
 
 def make_data(tmp: Path) -> tuple[Path, list[Path]]:
-    """Simulate the tiny world (seed 1) and mine it without the filter model: (samples, videos)."""
+    """Simulate the tiny world (seed 1) and mine it without the filter model and without
+    synthesis (a speed bench needs no LLM, and never the oracle): (samples, videos)."""
     from crops.engine.config import MineConfig
-    from crops.engine.knowledge import KnowledgeBackend
     from crops.engine.mine import mine
+    from crops.engine.synthesis import NoSynthesis
     from crops.world.config import WorldConfig
     from crops.world.simulate import simulate
-    from crops.world.world import World
 
     world, out = tmp / "world", tmp / "mined"
     simulate(WorldConfig.for_scale("tiny", seed=1), world)
-    mine(world, out, MineConfig(filter_model="none"), KnowledgeBackend(World.load(world)))
+    mine(world, out, MineConfig(filter_model="none", llm_backend="none"), NoSynthesis())
     return out / "samples.parquet", [world / "videos.parquet", out / "synth_videos.parquet"]
 
 
