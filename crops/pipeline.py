@@ -1,16 +1,14 @@
 """`crops pipeline`: compile the Kubeflow pipeline, run it locally under kfp.local, submit it.
 
-The pipeline and its components live beside the package, in the repository's `pipelines/` and
-`components/` folders (DESIGN.md section 2); `source_root()` finds them (a checkout or an
-editable install; `CROPS_SOURCE` names another checkout). `kfp` is imported inside the
-functions, so importing this module stays cheap.
+The pipeline and its components live in the repository's top-level `pipelines/` and
+`components/` folders and install with the package as `crops.pipelines` and
+`crops.components` (setup.py). `kfp` is imported inside the functions, so importing this
+module stays cheap.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -88,44 +86,11 @@ class ImageWarning(UserWarning):
 # ------------------------------------------------------------------------- the definitions
 
 
-def source_root() -> Path:
-    """The folder holding `pipelines/` and `components/`; both importable from now on."""
-    default = Path(__file__).resolve().parent.parent
-    root = Path(os.environ.get("CROPS_SOURCE", default)).resolve()
-    if not (root / "pipelines" / "crops_pipeline.py").is_file():
-        raise PipelineError(
-            f"no pipelines/crops_pipeline.py under {root}: the pipeline lives in the repository "
-            "(install it with `pip install -e .` from a checkout, or set CROPS_SOURCE to one)"
-        )
-    for name in ("components", "pipelines"):
-        _register(name, root / name)
-    return root
-
-
-def _register(name: str, folder: Path) -> None:
-    """Import the package in `folder` as `name` without putting the repository on sys.path
-    (its other top-level folders, docker/ say, would shadow installed packages)."""
-    loaded = sys.modules.get(name)
-    if loaded is not None:
-        if Path(getattr(loaded, "__file__", "") or "").parent.resolve() != folder.resolve():
-            raise PipelineError(f"another {name!r} package is already imported: {loaded!r}")
-        return
-    spec = importlib.util.spec_from_file_location(
-        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-
-
 def definitions():
-    """The `pipelines.crops_pipeline` module."""
-    source_root()
-    return importlib.import_module("pipelines.crops_pipeline")
+    """The `crops.pipelines.crops_pipeline` module (kfp is imported on first use)."""
+    from crops.pipelines import crops_pipeline
+
+    return crops_pipeline
 
 
 def check_scale(scale: str, allowed: tuple[str, ...] = SCALES) -> str:
@@ -717,6 +682,5 @@ __all__ = [
     "preflight",
     "registry_host",
     "run_local",
-    "source_root",
     "submit",
 ]

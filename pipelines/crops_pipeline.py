@@ -17,17 +17,17 @@ from typing import NamedTuple
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact, Markdown, Metrics
 
-from components import BASE_IMAGE
-from components.abtest import abtest
-from components.deploy import deploy
-from components.evaluate import evaluate
-from components.index import index
-from components.ingest import ingest
-from components.mine import mine
-from components.simulate import simulate
-from components.synthesize import release_llm, synthesize
-from components.train import train
-from components.validate import validate
+from crops.components import BASE_IMAGE
+from crops.components.abtest import abtest
+from crops.components.deploy import deploy
+from crops.components.evaluate import evaluate
+from crops.components.index import index
+from crops.components.ingest import ingest
+from crops.components.mine import mine
+from crops.components.simulate import simulate
+from crops.components.synthesize import release_llm, synthesize
+from crops.components.train import train
+from crops.components.validate import validate
 from crops.k8s.platform import Platform
 
 PIPELINE_NAME = "crops"

@@ -20,13 +20,9 @@ from kfp.dsl import Artifact, Dataset, Metrics, Model
 
 from crops.k8s.client import KubeError
 from crops.k8s.rayjob import RayJobFailed
-from crops.pipeline import source_root
-
-source_root()  # components/ importable
-
-from components.index import index  # noqa: E402
-from components.synthesize import release_llm, synthesize  # noqa: E402
-from components.train import train  # noqa: E402
+from crops.components.index import index
+from crops.components.synthesize import release_llm, synthesize
+from crops.components.train import train
 
 PIPELINE = "crops-pipeline"
 

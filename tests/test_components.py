@@ -11,20 +11,16 @@ import yaml
 from kfp import dsl, local
 from kfp.dsl import Artifact, Dataset, Markdown, Metrics, Model
 
-from crops.pipeline import source_root
-
-source_root()  # components/ and pipelines/ importable
-
-from components import BASE_IMAGE, DEFAULT_IMAGE  # noqa: E402
-from components.abtest import abtest  # noqa: E402
-from components.deploy import deploy  # noqa: E402
-from components.evaluate import evaluate  # noqa: E402
-from components.index import index  # noqa: E402
-from components.ingest import ingest  # noqa: E402
-from components.mine import mine  # noqa: E402
-from components.simulate import simulate  # noqa: E402
-from components.train import train  # noqa: E402
-from components.validate import validate  # noqa: E402
+from crops.components import BASE_IMAGE, DEFAULT_IMAGE
+from crops.components.abtest import abtest
+from crops.components.deploy import deploy
+from crops.components.evaluate import evaluate
+from crops.components.index import index
+from crops.components.ingest import ingest
+from crops.components.mine import mine
+from crops.components.simulate import simulate
+from crops.components.train import train
+from crops.components.validate import validate
 
 ALL = (simulate, ingest, validate, mine, train, index, evaluate, deploy, abtest)
 COMPONENTS = Path(__file__).resolve().parent.parent / "components"
@@ -71,7 +67,7 @@ def test_top_level_imports_are_stdlib_and_kfp_only(folder: str) -> None:
             )
             for name in names:
                 top = name.split(".")[0]
-                assert top in sys.stdlib_module_names or top in ("kfp", "components"), name
+                assert top in sys.stdlib_module_names or top == "kfp" or name.startswith("crops.components"), name
     assert (COMPONENTS / folder / "README.md").is_file()
 
 
@@ -737,7 +733,7 @@ def test_simulate_and_validate_run_under_kfp_local(kfp_local: Path) -> None:
 def test_synthesize_passes_an_endpoint_through_and_refuses_vllm_off_cluster(tmp_path) -> None:
     from kfp.dsl import Metrics
 
-    from components.synthesize import synthesize
+    from crops.components.synthesize import synthesize
 
     run = synthesize.python_func
     summary = Metrics(uri=str(tmp_path / "m"))
@@ -758,7 +754,7 @@ def test_local_synthesize_starts_a_real_llm_server_and_release_stops_it(tmp_path
     import httpx
     from kfp.dsl import Metrics
 
-    from components.synthesize import release_llm, synthesize
+    from crops.components.synthesize import release_llm, synthesize
     from crops.engine.llm_server import MODEL_NAME, discover
 
     summary = Metrics(uri=str(tmp_path / "s"))

@@ -31,8 +31,8 @@ import shlex
 import subprocess
 import tomllib
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from functools import cache
+import importlib.util
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
@@ -266,6 +266,15 @@ PIP_OPTIONS_WITH_VALUE = {
 }
 
 
+@cache
+def setup_py():
+    """The project's setup.py as a module (its `MAPPED` folders install inside `crops`)."""
+    spec = importlib.util.spec_from_file_location("crops_setup", REPO / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _dist_name(requirement: str) -> str:
     m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
     return re.sub(r"[-_.]+", "-", m[0]).lower() if m else requirement
@@ -291,15 +300,15 @@ def _install_project(layout: ImageLayout, where: str, bindir: str) -> None:
     for req in project["project"].get("dependencies", []):
         layout.installed.append(_dist_name(req))
         scripts |= _dist_scripts(_dist_name(req))
-    include = project.get("tool", {}).get("setuptools", {}).get("packages", {}).get("find", {})
-    patterns = include.get("include", ["*"])
+    mapped = {"crops": "crops", **setup_py().MAPPED}  # top-level folder -> installed package
     for path in layout.files:
         rel = PurePosixPath(path).relative_to(where) if path.startswith(where + "/") else None
         if rel is None or rel.suffix != ".py" or len(rel.parts) < 2:
             continue
         parts = list(rel.with_suffix("").parts)
-        if not any(fnmatchcase(parts[0], p) for p in patterns):
+        if parts[0] not in mapped or "tests" in parts:
             continue
+        parts = [*mapped[parts[0]].split("."), *parts[1:]]
         if parts[-1] == "__init__":
             parts.pop()
         for i in range(1, len(parts) + 1):
@@ -772,10 +781,10 @@ def test_the_image_layout_is_consistent(suffix: str) -> None:
     assert layout_problems(layout) == []
     assert layout.workdir == "/app" and {"crops"} <= layout.scripts
     assert layout.which("crops") and layout.which("ray") and layout.which("python")
-    assert {"crops", "crops.cli", "crops.engine.synthesis"} <= layout.modules
-    for folder in ("crops", "components", "pipelines"):
-        assert f"/app/{folder}" in layout.dirs, folder
-    assert not any(p.startswith("/app/ray_jobs/") for p in layout.files)
+    installed = {"crops.cli", "crops.engine.synthesis", "crops.ray_jobs.train"}
+    installed |= {"crops.components.train.component", "crops.pipelines.crops_pipeline"}
+    assert installed <= layout.modules
+    assert not any(".tests" in m for m in layout.modules)
 
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
@@ -806,10 +815,10 @@ def test_the_layout_checks_catch_a_doctored_image() -> None:
         assert "useradd" in problems_with(other) and "runAsUser 1000" in problems_with(other)
         no_code = _doctored(suffix, "COPY crops ./crops\n", "")
         assert "'crops' is not an executable" in problems_with(no_code)
-        assert "crops.ray_jobs.train" in problems_with(no_code) or "no pyproject" in problems_with(
-            no_code
-        )
-        late = _doctored(suffix, "COPY crops ./crops\n", "COPY crops ./elsewhere\n")
+        assert "module crops.cli is not installed" in problems_with(no_code)
+        no_jobs = _doctored(suffix, "COPY ray_jobs ./ray_jobs\n", "")
+        assert "module 'crops.ray_jobs.train' is not installed" in problems_with(no_jobs)
+        late = _doctored(suffix, "COPY ray_jobs ./ray_jobs\n", "COPY ray_jobs ./elsewhere\n")
         assert "module 'crops.ray_jobs.train' is not installed" in problems_with(late)
         home = _doctored(suffix, "HOME=/tmp", "HOME=/home/crops")
         assert "HOME /tmp is not image" in problems_with(home)
@@ -823,7 +832,7 @@ def test_the_layout_checks_catch_a_doctored_image() -> None:
     train = next(
         o for o in good if o["kind"] == "RayJob" and o["metadata"]["name"] == "crops-train"
     )
-    train["spec"]["entrypoint"] = "python /app/ray_jobs/train.py --out /artifacts/x"
+    train["spec"]["entrypoint"] = "python /app/jobs/train.py --out /artifacts/x"
     isvc = next(o for o in good if o["kind"] == "InferenceService")
     predictor = isvc["spec"]["predictor"]
     predictor["containers"][0]["volumeMounts"].append({"name": "tmp", "mountPath": "/app"})
@@ -833,7 +842,7 @@ def test_the_layout_checks_catch_a_doctored_image() -> None:
     pod["securityContext"]["runAsUser"] = 1001
     pod["containers"][0]["env"].append({"name": "XDG_CACHE_HOME", "value": "/var/cache"})
     found = "\n".join(sorted(set(deploy_problems(good)) - before))
-    assert "script /app/ray_jobs/train.py is not in image" in found
+    assert "script /app/jobs/train.py is not in image" in found
     assert "the mount at /app hides" in found and "/opt/models/x is neither in image" in found
     assert "runAsUser 1001" in found and "XDG_CACHE_HOME=/var/cache is not on a writable" in found
     vllm = next(o for o in good if o["kind"] == "Deployment" and "vllm" in o["metadata"]["name"])

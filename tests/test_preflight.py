@@ -507,10 +507,7 @@ def test_mine_fails_when_an_llm_was_asked_for_and_no_endpoint_is_set(
 ) -> None:
     from kfp.dsl import Dataset, Metrics
 
-    from crops.pipeline import source_root
-
-    source_root()
-    from components.mine import mine
+    from crops.components.mine import mine
 
     monkeypatch.delenv("CROPS_LLM_ENDPOINT", raising=False)
     with pytest.raises(ValueError, match="LLM synthesis was asked for") as exc:

@@ -1,3 +1,3 @@
-from components.abtest.component import abtest
+from crops.components.abtest.component import abtest
 
 __all__ = ["abtest"]

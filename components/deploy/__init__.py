@@ -1,3 +1,3 @@
-from components.deploy.component import deploy
+from crops.components.deploy.component import deploy
 
 __all__ = ["deploy"]

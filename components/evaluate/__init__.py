@@ -1,3 +1,3 @@
-from components.evaluate.component import evaluate
+from crops.components.evaluate.component import evaluate
 
 __all__ = ["evaluate"]

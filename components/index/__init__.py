@@ -1,3 +1,3 @@
-from components.index.component import index
+from crops.components.index.component import index
 
 __all__ = ["index"]

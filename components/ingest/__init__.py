@@ -1,3 +1,3 @@
-from components.ingest.component import ingest
+from crops.components.ingest.component import ingest
 
 __all__ = ["ingest"]

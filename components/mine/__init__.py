@@ -1,3 +1,3 @@
-from components.mine.component import mine
+from crops.components.mine.component import mine
 
 __all__ = ["mine"]

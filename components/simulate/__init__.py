@@ -1,3 +1,3 @@
-from components.simulate.component import simulate
+from crops.components.simulate.component import simulate
 
 __all__ = ["simulate"]

@@ -1,3 +1,3 @@
-from components.synthesize.component import release_llm, synthesize
+from crops.components.synthesize.component import release_llm, synthesize
 
 __all__ = ["release_llm", "synthesize"]

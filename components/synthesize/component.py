@@ -19,7 +19,7 @@ mine, in the same pass as HLA.
 from kfp import dsl
 from kfp.dsl import Metrics, Output
 
-from components import BASE_IMAGE
+from crops.components import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

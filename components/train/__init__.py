@@ -1,3 +1,3 @@
-from components.train.component import train
+from crops.components.train.component import train
 
 __all__ = ["train"]

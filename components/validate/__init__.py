@@ -1,3 +1,3 @@
-from components.validate.component import validate
+from crops.components.validate.component import validate
 
 __all__ = ["validate"]
