@@ -18,11 +18,11 @@ import pytest
 from cluster import KubeRayPlayer, as_account, install, run_as
 from kfp.dsl import Artifact, Dataset, Metrics, Model
 
-from crops.k8s.client import KubeError
-from crops.k8s.rayjob import RayJobFailed
 from crops.components.index import index
 from crops.components.synthesize import release_llm, synthesize
 from crops.components.train import train
+from crops.k8s.client import KubeError
+from crops.k8s.rayjob import RayJobFailed
 
 PIPELINE = "crops-pipeline"
 

@@ -67,7 +67,11 @@ def test_top_level_imports_are_stdlib_and_kfp_only(folder: str) -> None:
             )
             for name in names:
                 top = name.split(".")[0]
-                assert top in sys.stdlib_module_names or top == "kfp" or name.startswith("crops.components"), name
+                assert (
+                    top in sys.stdlib_module_names
+                    or top == "kfp"
+                    or name.startswith("crops.components")
+                ), name
     assert (COMPONENTS / folder / "README.md").is_file()
 
 

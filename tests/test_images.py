@@ -24,6 +24,7 @@ fail where they should (test_the_layout_checks_catch_a_doctored_image).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -32,7 +33,6 @@ import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
-import importlib.util
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
