@@ -10,6 +10,7 @@ crops stays out). Installing torch, Ray and the rest anew would only retest pip.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,10 +24,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """Built from a copy of the files git knows (setuptools writes build/ into its source)."""
+    out, src = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("source")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout.split("\0")  # fmt: skip
+    for rel in filter(None, listed):
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", out, REPO],
+         "-w", out, src],
         check=True, cwd=out,
     )  # fmt: skip
     (path,) = out.glob("crops-*.whl")
