@@ -61,7 +61,7 @@ from crops.abtest.logs import read_logs
 from crops.abtest.synthlogs import CONCENTRATION, CTR, SynthSpec, write_logs
 from crops.abtest.usersums import user_sums
 from crops.evaluate.abstats import analyze, design_effect
-from crops.evaluate.canary import (
+from crops.evaluate.sequential import (
     CanaryPolicy,
     _drift_for_power,
     boundaries,

@@ -6,7 +6,7 @@ per query, the synthesis prompt and schema):
 
 - llama.cpp: ``python -m llama_cpp.server`` (llama-cpp-python, built from source), the
   schema sent as ``response_format: {"type": "json_object", "schema": ...}``, which it
-  compiles into a grammar (crops.engine.llm_server starts it);
+  compiles into a grammar (crops.mining.llm_server starts it);
 - transformers: ``transformers serve`` (transformers' own server, no build) on the same
   weights, converted once from the GGUF to a Hugging Face folder (its GGUF loader leaves the
   model's architecture unset, so it cannot serve the file directly); the schema is sent as
@@ -37,14 +37,14 @@ from pathlib import Path
 
 import polars as pl
 
-from crops.engine.llm_server import (
+from crops.mining.llm_server import (
     LocalServer,
     free_port,
     packaged_model,
     start_server,
     wait_ready,
 )
-from crops.engine.synthesis import OpenAIChatBackend
+from crops.mining.synthesis import OpenAIChatBackend
 
 
 def queries_of(world: Path, n: int) -> list[str]:

@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import Measured, measure  # noqa: E402
 
-from crops.engine.hla import cascade_samples  # noqa: E402
-from crops.engine.recfeed import recfeed_candidates  # noqa: E402
-from crops.engine.reformulation import reformulation_candidates  # noqa: E402
+from crops.mining.hla import cascade_samples  # noqa: E402
+from crops.mining.recfeed import recfeed_candidates  # noqa: E402
+from crops.mining.reformulation import reformulation_candidates  # noqa: E402
 from crops.world.config import WorldConfig  # noqa: E402
 from crops.world.simulate import simulate  # noqa: E402
 

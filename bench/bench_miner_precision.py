@@ -30,11 +30,11 @@ from pathlib import Path
 
 import polars as pl
 
-from crops.engine.config import MineConfig
-from crops.engine.hla import cascade_samples
-from crops.engine.recfeed import recfeed_candidates
-from crops.engine.reformulation import reformulation_candidates
-from crops.engine.relevance import RelevanceFilter
+from crops.mining.config import MineConfig
+from crops.mining.hla import cascade_samples
+from crops.mining.recfeed import recfeed_candidates
+from crops.mining.reformulation import reformulation_candidates
+from crops.mining.relevance import RelevanceFilter
 from crops.schema import video_text
 
 #: Thresholds on the (1 + cos) / 2 scale: cosine 0, 0.1, 0.2 (the paper's 0.6) to 0.3 in steps

@@ -75,9 +75,9 @@ def verdict(ok: bool) -> str:
 def make_data(tmp: Path) -> tuple[Path, list[Path]]:
     """Simulate the tiny world (seed 1) and mine it without the filter model and without
     synthesis (a speed bench needs no LLM, and never the oracle): (samples, videos)."""
-    from crops.engine.config import MineConfig
-    from crops.engine.mine import mine
-    from crops.engine.synthesis import NoSynthesis
+    from crops.mining.config import MineConfig
+    from crops.mining.mine import mine
+    from crops.mining.synthesis import NoSynthesis
     from crops.world.config import WorldConfig
     from crops.world.simulate import simulate
 

@@ -184,8 +184,8 @@ def mine(
 ) -> None:
     """Mine graded samples: cascade labels, reformulation, recommendation feed, LLM synthesis."""
 
-    from crops.engine.config import MineConfig
-    from crops.engine.mine import mine as run
+    from crops.mining.config import MineConfig
+    from crops.mining.mine import mine as run
     from crops.schema import SchemaError
 
     if llm_endpoint and llm_backend is not None:
@@ -236,7 +236,7 @@ def mine(
     backend = _synthesis_backend(cfg, world, llm_cache or out / "llm_cache.sqlite")
     scorer = None
     if filter_model != "none":
-        from crops.engine.relevance import RelevanceFilter
+        from crops.mining.relevance import RelevanceFilter
 
         try:
             scorer = RelevanceFilter(filter_model)
@@ -312,7 +312,7 @@ def _level_filter_summary(levels: dict) -> dict:
 
 def _synthesis_backend(cfg, world: Path, cache: Path):
     """The synthesis backend the options name."""
-    from crops.engine import synthesis
+    from crops.mining import synthesis
 
     if cfg.llm_backend == "openai":
         try:
@@ -328,7 +328,7 @@ def _synthesis_backend(cfg, world: Path, cache: Path):
         except ValueError as exc:
             _fail(str(exc))
     if cfg.llm_backend == "local":
-        from crops.engine.llm_server import LocalLLMBackend
+        from crops.mining.llm_server import LocalLLMBackend
 
         try:
             return LocalLLMBackend(
@@ -342,9 +342,9 @@ def _synthesis_backend(cfg, world: Path, cache: Path):
         except (FileNotFoundError, ModuleNotFoundError) as exc:
             _fail(str(exc))
     if cfg.llm_backend in ("vllm-offline", "ray-batch"):
-        from crops.engine.batch_synthesis import BatchSynthesis, vllm_offline
-        from crops.engine.llm_engines import EngineSpec
-        from crops.engine.llm_server import packaged_model
+        from crops.mining.batch_synthesis import BatchSynthesis, vllm_offline
+        from crops.mining.llm_engines import EngineSpec
+        from crops.mining.llm_server import packaged_model
 
         try:
             if cfg.llm_backend == "vllm-offline":
@@ -367,7 +367,7 @@ def _synthesis_backend(cfg, world: Path, cache: Path):
         except (ImportError, ValueError, FileNotFoundError) as exc:
             _fail(str(exc))
     if cfg.llm_backend == "knowledge":
-        from crops.engine.knowledge import KnowledgeBackend
+        from crops.mining.knowledge import KnowledgeBackend
         from crops.world.world import World
 
         try:
@@ -687,7 +687,7 @@ def serve(
     ] = 10_000,
 ) -> None:
     """Serve the retriever over KServe's v1 and v2 (open inference) REST protocols."""
-    from crops.serve.requests import Limits
+    from crops.serve.request_parsing import Limits
 
     limits = _options(Limits, max_top_k=max_top_k, max_batch=max_batch)
     if not 0 <= port <= 65535:

@@ -1,9 +1,9 @@
 """The CroPS pipeline (Kubeflow Pipelines v2).
 
-simulate (or ingest) -> validate -> synthesize (bring up vLLM) -> mine -> train CroPS (every
-source, H-InfoNCE on the HLA labels) and the click-only control (NCE: click positives,
-InfoNCE) -> index both -> offline evaluation -> deploy CroPS as a canary InferenceService ->
-online A/B test and canary decision.
+simulate (or ingest) -> validate -> serve LLM (vLLM, or llama.cpp locally) -> mine -> train
+CroPS (every source, H-InfoNCE on the HLA labels) and the click-only control (NCE: click
+positives, InfoNCE) -> index both -> offline evaluation -> deploy CroPS as a canary
+InferenceService -> online A/B test and canary decision.
 
 `build_pipeline(target)` returns the pipeline for a target: `local` runs under `kfp.local`
 (`crops pipeline run --local`); `cluster` adds the kfp-kubernetes settings a KFP backend
@@ -24,8 +24,8 @@ from crops.components.evaluate import evaluate
 from crops.components.index import index
 from crops.components.ingest import ingest
 from crops.components.mine import mine
+from crops.components.serve_llm import release_llm, serve_llm
 from crops.components.simulate import simulate
-from crops.components.synthesize import release_llm, synthesize
 from crops.components.train import train
 from crops.components.validate import validate
 from crops.k8s.platform import Platform
@@ -42,8 +42,8 @@ LOCAL_SYNTH_BUDGET_S = 110.0
 #: task), `none` (no synthesis).
 SYNTHESIS = ("endpoint", "vllm-offline", "none")
 #: The mine task's `llm_backend` default per synthesis; `endpoint` locally keeps `auto`: the
-#: endpoint when one is set, else the local LLM server that the synthesize task starts
-#: (llama.cpp with the packaged SmolLM2-135M, crops.engine.llm_server).
+#: endpoint when one is set, else the local LLM server that the serve_llm task starts
+#: (llama.cpp with the packaged SmolLM2-135M, crops.mining.llm_server).
 LLM_BACKEND = {"vllm-offline": "vllm-offline", "none": "none"}
 
 #: The chart's default values: the artifacts volume (RayJob inputs and models, checkpoints,
@@ -181,7 +181,7 @@ def build_pipeline(
             world_task = ingest(uri=world_uri).set_display_name("ingest world")
         world = world_task.outputs["world"]
         checked = validate(world=world).set_display_name("validate")
-        llm = synthesize(
+        llm = serve_llm(
             llm_endpoint=llm_endpoint,
             llm_model=llm_model,
             target=target,
@@ -189,7 +189,7 @@ def build_pipeline(
             namespace=namespace,
             gpus=vllm_gpus,
             llm_backend=llm_backend,
-        ).set_display_name("synthesize (LLM server)")
+        ).set_display_name("serve LLM")
         mined_task = mine(
             world=world,
             llm_endpoint=llm.outputs["Output"],

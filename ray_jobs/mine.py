@@ -2,7 +2,7 @@
 `crops mine`.
 
 On a GPU cluster, synthesis is Ray Data batch inference: the queries go through `map_batches`
-to actors each holding vLLM's engine on a GPU (`crops.engine.batch_synthesis`); the driver, on
+to actors each holding vLLM's engine on a GPU (`crops.mining.batch_synthesis`); the driver, on
 the GPU-less head, never loads a model (install the `vllm` extra in the CUDA image):
 
     python -m crops.ray_jobs.mine --world /artifacts/world --out /artifacts/mined \

@@ -57,9 +57,9 @@ def run(monkeypatch):
 @pytest.fixture(scope="session")
 def mined_fast(tiny_dir: Path, tiny_world: World, tmp_path_factory) -> tuple[Path, Path]:
     """The tiny world mined without the filter model (knowledge synthesis): (out, world dir)."""
-    from crops.engine.config import MineConfig
-    from crops.engine.knowledge import KnowledgeBackend
-    from crops.engine.mine import mine
+    from crops.mining.config import MineConfig
+    from crops.mining.knowledge import KnowledgeBackend
+    from crops.mining.mine import mine
 
     out = tmp_path_factory.mktemp("mined-fast")
     mine(tiny_dir, out, MineConfig(filter_model="none"), KnowledgeBackend(tiny_world))

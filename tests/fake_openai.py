@@ -2,7 +2,7 @@
 
 It stands in for ``vllm serve``: POST /v1/chat/completions and GET /v1/models on 127.0.0.1.
 The behaviour is chosen by words in the query (read back from the <query> JSON literal that
-crops.engine.synthesis.render_messages writes), so each test drives one failure kind:
+crops.mining.synthesis.render_messages writes), so each test drives one failure kind:
 
     malformed  -> content "{not json"         truncated -> half a JSON object, finish "length"
     empty      -> content ""                   refuse    -> "I'm sorry, but I can't help with that."

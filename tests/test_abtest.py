@@ -22,7 +22,7 @@ from crops.abtest.arms import AbTestError
 from crops.abtest.layout import SEARCH_WITH_ARM
 from crops.abtest.simulate import AbTestConfig, run_abtest
 from crops.abtest.traffic import assign, assignment_hash
-from crops.evaluate.canary import CanaryPolicy
+from crops.evaluate.sequential import CanaryPolicy
 from crops.k8s.rollout import apply_decision
 from crops.schema import REQUEST_LOG
 from crops.world.world import World

@@ -19,7 +19,7 @@ from crops.abtest.analyze import AnalyzeConfig, AnalyzeError, analyze_logs
 from crops.abtest.layout import LogsError, day_start
 from crops.abtest.ledger import Ledger, LedgerLocked, PolicyMismatch
 from crops.abtest.synthlogs import HASHES, SynthSpec, write_logs
-from crops.evaluate.canary import CanaryPolicy
+from crops.evaluate.sequential import CanaryPolicy
 from crops.schema import SchemaError
 
 POLICY = CanaryPolicy(min_users_per_arm=50, max_p99_ms=10_000, max_p99_increase_ms=10_000)

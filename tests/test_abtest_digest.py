@@ -16,7 +16,7 @@ from crops.abtest.analyze import AnalyzeConfig, analyze_logs
 from crops.abtest.layout import day_start
 from crops.abtest.synthlogs import SynthSpec, write_logs
 from crops.abtest.usersums import merge_users, user_day_sums
-from crops.evaluate.canary import CanaryPolicy
+from crops.evaluate.sequential import CanaryPolicy
 
 POLICY = CanaryPolicy(min_users_per_arm=50, max_p99_ms=10_000, max_p99_increase_ms=10_000)
 START = date(2026, 1, 5)

@@ -26,7 +26,7 @@ from crops.abtest.report import (  # noqa: E402
     write_report,
 )
 from crops.evaluate.abstats import METRICS  # noqa: E402
-from crops.evaluate.canary import CanaryPolicy  # noqa: E402
+from crops.evaluate.sequential import CanaryPolicy  # noqa: E402
 
 PNGS = ("metrics_over_time.png", "lift_over_time.png", "sequential_boundary.png")
 # O'Brien-Fleming boundaries of 5 equally spaced looks at alpha 0.05 (rounded).

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from scipy import stats
 
 from crops.evaluate.abstats import add_user_tables, analyze, design_effect, user_table
-from crops.evaluate.canary import (
+from crops.evaluate.sequential import (
     CanaryPolicy,
     boundaries,
     crossing_probabilities,

@@ -19,7 +19,7 @@ from cluster import KubeRayPlayer, as_account, install, run_as
 from kfp.dsl import Artifact, Dataset, Metrics, Model
 
 from crops.components.index import index
-from crops.components.synthesize import release_llm, synthesize
+from crops.components.serve_llm import release_llm, serve_llm
 from crops.components.train import train
 from crops.k8s.client import KubeError
 from crops.k8s.rayjob import RayJobFailed
@@ -107,7 +107,7 @@ def test_a_failing_rayjob_surfaces_its_reason(
     assert "AppFailed" in str(err.value) and namespace in str(err.value)
 
 
-def test_synthesize_brings_vllm_up_and_release_takes_it_down(
+def test_serve_llm_brings_vllm_up_and_release_takes_it_down(
     apiserver, namespace, platform: Path, tmp_path: Path
 ) -> None:
     from kubernetes import client
@@ -128,7 +128,7 @@ def test_synthesize_brings_vllm_up_and_release_takes_it_down(
     thread = threading.Thread(target=kubelet, daemon=True)
     thread.start()
     summary = out(Metrics, tmp_path, "s")
-    url = synthesize.python_func(
+    url = serve_llm.python_func(
         summary=summary,
         llm_model="Qwen/Qwen2.5-1.5B-Instruct",
         target="cluster",
@@ -179,7 +179,7 @@ def test_a_missing_rbac_rule_or_platform_fails_naming_the_object(
     install(apiserver, namespace)
     run_as(monkeypatch, apiserver, "crops-abtest", namespace, tmp_path)
     with pytest.raises(KubeError, match=rf"ConfigMap {namespace}/crops-platform.*403"):
-        synthesize.python_func(
+        serve_llm.python_func(
             summary=out(Metrics, tmp_path, "s"),
             llm_model="m",
             target="cluster",

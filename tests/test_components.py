@@ -734,12 +734,12 @@ def test_simulate_and_validate_run_under_kfp_local(kfp_local: Path) -> None:
 # ------------------------------------------------------------------------------ synthesize
 
 
-def test_synthesize_passes_an_endpoint_through_and_refuses_vllm_off_cluster(tmp_path) -> None:
+def test_serve_llm_passes_an_endpoint_through_and_refuses_vllm_off_cluster(tmp_path) -> None:
     from kfp.dsl import Metrics
 
-    from crops.components.synthesize import synthesize
+    from crops.components.serve_llm import serve_llm
 
-    run = synthesize.python_func
+    run = serve_llm.python_func
     summary = Metrics(uri=str(tmp_path / "m"))
     assert run(summary=summary, llm_endpoint=" http://vllm:8000 ") == "http://vllm:8000"
     assert summary.metadata == {"served": 0, "has_endpoint": 1}
@@ -752,17 +752,17 @@ def test_synthesize_passes_an_endpoint_through_and_refuses_vllm_off_cluster(tmp_
 
 
 @pytest.mark.slow
-def test_local_synthesize_starts_a_real_llm_server_and_release_stops_it(tmp_path) -> None:
-    """Locally, with no endpoint, synthesize starts llama.cpp's server (the packaged model),
+def test_local_serve_llm_starts_a_real_llm_server_and_release_stops_it(tmp_path) -> None:
+    """Locally, with no endpoint, serve_llm starts llama.cpp's server (the packaged model),
     mine's client finds its model and dialect, and release_llm stops it by its URL."""
     import httpx
     from kfp.dsl import Metrics
 
-    from crops.components.synthesize import release_llm, synthesize
-    from crops.engine.llm_server import MODEL_NAME, discover
+    from crops.components.serve_llm import release_llm, serve_llm
+    from crops.mining.llm_server import MODEL_NAME, discover
 
     summary = Metrics(uri=str(tmp_path / "s"))
-    url = synthesize.python_func(summary=summary)
+    url = serve_llm.python_func(summary=summary)
     try:
         assert url.startswith("http://127.0.0.1:") and summary.metadata["served"] == 1
         assert discover(url) == (MODEL_NAME, "llama.cpp")

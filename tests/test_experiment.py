@@ -10,8 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from crops.engine.config import MineConfig
-from crops.engine.hla import to_arrow
 from crops.evaluate.experiment import (
     LEVEL_FILTER_DEFAULT,
     METHODS,
@@ -21,6 +19,8 @@ from crops.evaluate.experiment import (
     render_markdown,
     subset_samples,
 )
+from crops.mining.config import MineConfig
+from crops.mining.hla import to_arrow
 from crops.schema import HLA_LABELS
 from crops.schema import LEVEL_SOURCES as LEVELS
 

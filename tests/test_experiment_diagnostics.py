@@ -13,9 +13,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from crops.engine.config import MineConfig
 from crops.evaluate import diagnostics as dg
 from crops.evaluate.experiment import SEARCH_LOG, ExperimentConfig
+from crops.mining.config import MineConfig
 from crops.schema import HLA_LABELS
 
 _PATH = Path(__file__).resolve().parents[1] / "bench" / "experiment_diagnostics.py"

@@ -781,7 +781,7 @@ def test_the_image_layout_is_consistent(suffix: str) -> None:
     assert layout_problems(layout) == []
     assert layout.workdir == "/app" and {"crops"} <= layout.scripts
     assert layout.which("crops") and layout.which("ray") and layout.which("python")
-    installed = {"crops.cli", "crops.engine.synthesis", "crops.ray_jobs.train"}
+    installed = {"crops.cli", "crops.mining.synthesis", "crops.ray_jobs.train"}
     installed |= {"crops.components.train.component", "crops.pipelines.crops_pipeline"}
     assert installed <= layout.modules
     assert not any(".tests" in m for m in layout.modules)

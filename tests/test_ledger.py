@@ -24,7 +24,7 @@ from crops.abtest.ledger import (
     format_status,
     status,
 )
-from crops.evaluate.canary import CanaryPolicy, Decision, boundaries, nominal_level, spent_alpha
+from crops.evaluate.sequential import CanaryPolicy, Decision, boundaries, nominal_level, spent_alpha
 
 T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 CTL, CAND = "sha256:control-aaaa", "sha256:candidate-bbbb"

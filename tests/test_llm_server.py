@@ -1,4 +1,4 @@
-"""The local LLM (crops.engine.llm_server): llama.cpp's server with the packaged SmolLM2-135M,
+"""The local LLM (crops.mining.llm_server): llama.cpp's server with the packaged SmolLM2-135M,
 started for real on a loopback port and spoken to by the same client as vLLM. No fake here:
 the dialect the client assumes for llama.cpp is checked against the server itself."""
 
@@ -9,14 +9,14 @@ import json
 import httpx
 import pytest
 
-from crops.engine.llm_server import (
+from crops.mining.llm_server import (
     MODEL_NAME,
     LocalLLMBackend,
     LocalServer,
     packaged_model,
     start_server,
 )
-from crops.engine.synthesis import (
+from crops.mining.synthesis import (
     SERVER_DIALECTS,
     USELESS,
     VIDEO_JSON_SCHEMA,

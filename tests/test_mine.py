@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from fake_openai import FakeOpenAIServer
 
-from crops.engine.config import MineConfig
-from crops.engine.knowledge import KnowledgeBackend
-from crops.engine.mine import mine
-from crops.engine.relevance import RelevanceFilter
+from crops.mining.config import MineConfig
+from crops.mining.knowledge import KnowledgeBackend
+from crops.mining.mine import mine
+from crops.mining.relevance import RelevanceFilter
 from crops.schema import SAMPLES, VIDEOS, load_table
 
 
@@ -339,7 +339,7 @@ def test_rayjob_entry_point_mines_like_the_cli(tiny_dir: Path, tmp_path: Path) -
 def test_cli_mine_synthesises_with_the_real_local_llm_by_default(run, tiny_dir: Path, tmp_path):
     """No backend named: llama.cpp's server with the packaged model, started and stopped by
     mine; the report names the model and counts what it made and what it quarantined."""
-    from crops.engine.llm_server import MODEL_NAME, LocalServer
+    from crops.mining.llm_server import MODEL_NAME, LocalServer
 
     code, stdout, stderr = run(
         "mine",

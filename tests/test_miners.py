@@ -10,9 +10,9 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from crops.engine.hla import SOURCE_PRIORITY, assemble, cascade_samples, labelled, to_arrow
-from crops.engine.recfeed import recfeed_candidates
-from crops.engine.reformulation import chains, reformulation_candidates
+from crops.mining.hla import SOURCE_PRIORITY, assemble, cascade_samples, labelled, to_arrow
+from crops.mining.recfeed import recfeed_candidates
+from crops.mining.reformulation import chains, reformulation_candidates
 from crops.schema import LONG_PLAY_MS, REC_LOG, SAMPLES, SEARCH_LOG, check_rows
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

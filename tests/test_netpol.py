@@ -690,7 +690,7 @@ def test_every_pod_template_is_collected(values_name: str, pipeline_labels) -> N
     assert runtime == sorted(
         ["ray-node"] * 2 + ["ray-submitter", "llm"] + ["predictor"] * predictors
     )
-    for task in ("mine", "abtest", "train", "index", "deploy", "synthesize"):
+    for task in ("mine", "abtest", "train", "index", "deploy", "serve-llm"):
         assert task in pipeline_labels, sorted(pipeline_labels)
 
 

@@ -24,7 +24,7 @@ from crops.pipeline import (
 STEPS = (
     "simulate",
     "validate",
-    "synthesize",
+    "serve-llm",
     "mine",
     "release-llm",
     "train",
@@ -89,18 +89,18 @@ def test_the_dag_runs_the_steps_in_order(cluster) -> None:
     deps = {name: set(task.get("dependentTasks", [])) for name, task in t.items()}
     assert deps["simulate"] == set()
     assert deps["validate"] == {"simulate"}
-    assert deps["synthesize"] == set()  # the vLLM server comes up while the world is checked
-    assert deps["mine"] == {"simulate", "validate", "synthesize"}  # a validated world only
+    assert deps["serve-llm"] == set()  # the vLLM server comes up while the world is checked
+    assert deps["mine"] == {"simulate", "validate", "serve-llm"}  # a validated world only
     endpoint = t["mine"]["inputs"]["parameters"]["llm_endpoint"]["taskOutputParameter"]
-    assert endpoint["producerTask"] == "synthesize"
+    assert endpoint["producerTask"] == "serve-llm"
     assert deps["train"] == deps["train-2"] == {"simulate", "mine"}
     assert deps["index"] == {"simulate", "train"} and deps["index-2"] == {"simulate", "train-2"}
     assert deps["evaluate"] == {"simulate", "train", "train-2", "index", "index-2"}
     # CroPS as the canary beside the control, after the offline table
     assert deps["deploy"] == {"evaluate", "train", "index", "train-2", "index-2"}
-    # the LLM server (vLLM, or the local one synthesize started) is taken down once mining
-    # ends, failed or not; it learns which server from synthesize's URL
-    assert deps["release-llm"] == {"mine", "synthesize"}
+    # the LLM server (vLLM, or the local one serve_llm started) is taken down once mining
+    # ends, failed or not; it learns which server from serve_llm's URL
+    assert deps["release-llm"] == {"mine", "serve-llm"}
     assert t["release-llm"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert deps["abtest"] == {"deploy", "simulate", "train", "train-2", "index", "index-2"}
     # the two trainings: CroPS (every source, H-InfoNCE) and the click-only NCE control

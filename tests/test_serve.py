@@ -17,7 +17,7 @@ from crops.index.retriever import DenseRetriever
 from crops.model.encoders import build_dual_encoder
 from crops.serve.predictor import RetrievalModel
 from crops.serve.process import start_server, stop_server, wait_for_url
-from crops.serve.requests import Limits
+from crops.serve.request_parsing import Limits
 from crops.world.online import HttpRetriever
 
 

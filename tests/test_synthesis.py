@@ -1,4 +1,4 @@
-"""LLM synthesis (crops.engine.synthesis) against a FAKE OpenAI-compatible server.
+"""LLM synthesis (crops.mining.synthesis) against a FAKE OpenAI-compatible server.
 
 No GPU and no model: tests/fake_openai.py plays `vllm serve`, and each failure kind is driven
 by a word in the query. Timeouts and backoffs are tiny so the whole file runs in seconds.
@@ -13,8 +13,8 @@ import httpx
 import pytest
 from fake_openai import FakeOpenAIServer
 
-from crops.engine import synthesis
-from crops.engine.synthesis import (
+from crops.mining import synthesis
+from crops.mining.synthesis import (
     PROMPT_VERSION,
     REASONS,
     VIDEO_JSON_SCHEMA,
@@ -287,7 +287,7 @@ def test_duplicate_captions_and_queries(fake):
 
 def test_a_reply_with_more_videos_than_asked_is_capped(fake):
     """A JSON list in one choice must not yield more than per_query videos for the query."""
-    from crops.engine.synthesis import parse_reply
+    from crops.mining.synthesis import parse_reply
 
     item = {
         "caption": "c{}",

@@ -97,7 +97,7 @@ def abtest(
 
     from crops.abtest.report import held_report, write_report
     from crops.abtest.simulate import AbTestConfig, run_abtest
-    from crops.evaluate.canary import CanaryPolicy
+    from crops.evaluate.sequential import CanaryPolicy
     from crops.k8s.rollout import apply_decision
 
     if target not in ("local", "cluster"):

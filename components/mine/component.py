@@ -42,7 +42,7 @@ def mine(
             vllm-offline.
         llm_backend: endpoint (an LLM server is required: no endpoint is an error, never a
             fallback; the cluster pipeline's default) | auto (the endpoint if one is set, else
-            none; the local pipeline's synthesize task starts a local LLM server and sets it) |
+            none; the local pipeline's serve_llm task starts a local LLM server and sets it) |
             local (start the local LLM server here) | knowledge (a named diagnostic: the
             simulator's world knowledge, not an LLM, never a default) | none | vllm-offline
             (vLLM's in-process engine on a GPU node).
@@ -64,9 +64,9 @@ def mine(
     import os
     from pathlib import Path
 
-    from crops.engine import synthesis
-    from crops.engine.config import MineConfig
-    from crops.engine.mine import mine as run
+    from crops.mining import synthesis
+    from crops.mining.config import MineConfig
+    from crops.mining.mine import mine as run
 
     world_dir, out = Path(world.path), Path(mined.path)
     endpoint = llm_endpoint or os.environ.get("CROPS_LLM_ENDPOINT", "")
@@ -77,7 +77,7 @@ def mine(
     if llm_backend == "endpoint" and not endpoint:
         raise ValueError(
             "LLM synthesis was asked for (llm_backend=endpoint) but no LLM endpoint is set: the"
-            " llm_endpoint parameter is empty (the synthesize task serves vLLM only with"
+            " llm_endpoint parameter is empty (the serve_llm task serves vLLM only with"
             " serve_vllm=true) and CROPS_LLM_ENDPOINT is unset (on a cluster it comes from the"
             " key `endpoint` of the Secret crops-llm in the run's namespace, docs/kind.md)."
             " Set one of them, or compile with --synthesis none for a run without synthesis;"
@@ -107,8 +107,8 @@ def mine(
     out.mkdir(parents=True, exist_ok=True)
     if name == "openai":
         server = "vllm"
-        if not model:  # a server started for this run (synthesize): ask it what it serves
-            from crops.engine.llm_server import discover
+        if not model:  # a server started for this run (serve_llm): ask it what it serves
+            from crops.mining.llm_server import discover
 
             model, server = discover(endpoint)
         backend = synthesis.make_backend(
@@ -123,7 +123,7 @@ def mine(
             budget_s=cfg.synth_budget_s,
         )
     elif name == "local":
-        from crops.engine.llm_server import LocalLLMBackend
+        from crops.mining.llm_server import LocalLLMBackend
 
         backend = LocalLLMBackend(
             model or None,
@@ -136,11 +136,11 @@ def mine(
     elif name == "vllm-offline":
         if not model:
             raise ValueError("llm_backend vllm-offline needs llm_model (a Hugging Face model)")
-        from crops.engine.batch_synthesis import vllm_offline
+        from crops.mining.batch_synthesis import vllm_offline
 
         backend = vllm_offline(model, cache_path=cache, seed=seed)
     elif name == "knowledge":
-        from crops.engine.knowledge import KnowledgeBackend
+        from crops.mining.knowledge import KnowledgeBackend
         from crops.world.world import World
 
         backend = KnowledgeBackend(World.load(world_dir), seed=seed)
@@ -148,7 +148,7 @@ def mine(
         backend = synthesis.NoSynthesis()
     scorer = None
     if filter_model != "none":
-        from crops.engine.relevance import RelevanceFilter
+        from crops.mining.relevance import RelevanceFilter
 
         scorer = RelevanceFilter(filter_model)
     report = run(world_dir, out, cfg, backend, scorer=scorer)

@@ -16,7 +16,7 @@ clicks and long plays (search log, shown rows) and requests and reformulations (
 query within the window, and different; requests are the search log's plus the request log's
 that never reached it, such as failed ones); the user-clustered statistics and SRM
 (`crops.evaluate.abstats`); guardrails per arm from the request logs (errors are HTTP 5xx, p50
-and p99 latency); the decision (`crops.evaluate.canary.decide`). Data hygiene that needs the
+and p99 latency); the decision (`crops.evaluate.sequential.decide`). Data hygiene that needs the
 experiment happens here: rows served by a model hash outside the experiment, search rows whose
 serving model belongs to the other arm, event times after the analysis time (clock skew) are
 quarantined with their reason; rows before the experiment started are counted, not analysed;
@@ -55,7 +55,7 @@ from crops.abtest.logs import Logs, Quarantine, served_requests
 from crops.abtest.report import REPORT_VERSION, write_report
 from crops.abtest.usersums import merge_users, request_blocks
 from crops.evaluate.abstats import COUNTS, METRICS, analyze
-from crops.evaluate.canary import CanaryPolicy, decide
+from crops.evaluate.sequential import CanaryPolicy, decide
 from crops.rowcheck import chunk_lengths, like_chunks
 from crops.schema import LONG_PLAY_MS, REFORMULATION_WINDOW_S
 

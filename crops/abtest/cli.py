@@ -51,7 +51,7 @@ Kubeconfig = Annotated[
 
 
 def _policy(**values: Any):
-    from crops.evaluate.canary import CanaryPolicy
+    from crops.evaluate.sequential import CanaryPolicy
 
     return options(CanaryPolicy, **values)
 

@@ -1,7 +1,7 @@
 """The canary ledger: one experiment's sequential looks, kept where a restarted pod finds them.
 
 A canary CronJob runs one look per invocation and spends alpha across days, so the state the
-group-sequential test (`crops.evaluate.canary`) needs to continue at look k+1 cannot live in the
+group-sequential test (`crops.evaluate.sequential`) needs to continue at look k+1 cannot live in the
 pod: the information fractions of the earlier looks (the boundaries of look k+1 depend on them),
 the alpha spent so far, and whether an earlier look already stopped the test. This module owns
 that state, as one JSON file per experiment under a root folder (the artifacts volume, or any
@@ -54,7 +54,7 @@ from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from crops.evaluate.canary import CanaryPolicy, Decision, spent_alpha
+from crops.evaluate.sequential import CanaryPolicy, Decision, spent_alpha
 
 LEDGER_VERSION = 1
 Action = Literal["promote", "hold", "rollback"]

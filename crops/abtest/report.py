@@ -21,7 +21,7 @@ import numpy as np
 
 from crops.abtest.layout import ARMS
 from crops.evaluate.abstats import METRICS
-from crops.evaluate.canary import CanaryPolicy
+from crops.evaluate.sequential import CanaryPolicy
 
 REPORT_VERSION = 2
 REPORT_JSON = "ab_report.json"

@@ -31,7 +31,7 @@ from crops.abtest.arms import AbTestError, resolve_arms
 from crops.abtest.layout import ARMS, DAY, day_start
 from crops.abtest.report import write_report
 from crops.abtest.traffic import assign, log_day, serve_day, write_day
-from crops.evaluate.canary import CanaryPolicy
+from crops.evaluate.sequential import CanaryPolicy
 from crops.world.world import World
 
 Progress = Callable[[str, int, int], None]

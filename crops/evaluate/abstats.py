@@ -285,7 +285,7 @@ def analyze(
     Per arm and metric: value, (1 - alpha) delta-method interval, users, totals. Per metric:
     relative lift with interval and two-sided p-value (delta method on the log ratio), and
     `better`/`worse` by the metric's good direction at level alpha (a fixed-horizon reading;
-    the canary's sequential levels are in `crops.evaluate.canary`). SRM: chi-square of user
+    the canary's sequential levels are in `crops.evaluate.sequential`). SRM: chi-square of user
     counts against the planned share, flagged when p < srm_threshold. Each user must be in one
     arm exactly once; an arm without users yields "insufficient data" entries, not errors.
     """

@@ -538,7 +538,7 @@ def run_diagnostics(
 
     if filter_sample > 0:
         mine_report = _mine_filter(mined)
-        from crops.engine.config import MineConfig
+        from crops.mining.config import MineConfig
 
         thr = (
             threshold
@@ -547,7 +547,7 @@ def run_diagnostics(
         )
         model = filter_model or mine_report.get("model") or MineConfig().filter_model
         if scorer is None:
-            from crops.engine.relevance import RelevanceFilter
+            from crops.mining.relevance import RelevanceFilter
 
             log(f"relevance filter {model}: scoring up to {filter_sample:,} level samples")
             scorer = RelevanceFilter(model)

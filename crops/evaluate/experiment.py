@@ -36,8 +36,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from crops.engine.config import MineConfig
 from crops.evaluate.offline import headline
+from crops.mining.config import MineConfig
 from crops.model.convergence import StopRule
 from crops.schema import LEVEL_SOURCES
 
@@ -161,7 +161,7 @@ METHODS: tuple[Method, ...] = (
 #: The level-filter row's threshold, on the relevance filter's (1 + cos) / 2 scale: the same
 #: operating point as the positives' (taken from MineConfig.relevance_threshold, its one home).
 #: On the default world it keeps 67.1 % of the level samples and drops 88.2 % of their grade-0
-#: ones (12.9 % -> 2.3 %; `python bench/bench_miner_precision.py`, crops/engine/config.py).
+#: ones (12.9 % -> 2.3 %; `python bench/bench_miner_precision.py`, crops/mining/config.py).
 LEVEL_FILTER_DEFAULT: float = MineConfig.model_fields["relevance_threshold"].default
 
 
@@ -208,7 +208,7 @@ class ExperimentConfig(BaseModel):
         ge=0,
         le=1,
         description="the level-filter row drops level samples scoring at or below this, on the "
-        "relevance filter's (1 + cos) / 2 scale (crops/engine/config.py measures it)",
+        "relevance filter's (1 + cos) / 2 scale (crops/mining/config.py measures it)",
     )
     force: bool = Field(False, description="retrain methods whose results exist")
 
@@ -406,9 +406,9 @@ def _run_key(cfg: ExperimentConfig, method: Method, mined: Path) -> str:
 
 
 def _mine(cfg: ExperimentConfig, progress: Progress | None) -> Path:
-    from crops.engine.config import MineConfig
-    from crops.engine.llm_server import LocalLLMBackend
-    from crops.engine.mine import mine
+    from crops.mining.config import MineConfig
+    from crops.mining.llm_server import LocalLLMBackend
+    from crops.mining.mine import mine
 
     target = Path(cfg.out) / "mined"
     if (target / "samples.parquet").is_file() and not cfg.force:
@@ -416,7 +416,7 @@ def _mine(cfg: ExperimentConfig, progress: Progress | None) -> Path:
     mine_cfg = MineConfig(seed=cfg.seed, synth_budget_s=cfg.synth_budget_s)
     scorer = None
     if mine_cfg.filter_model != "none":  # as `crops mine`: filtered positives, scored levels
-        from crops.engine.relevance import RelevanceFilter
+        from crops.mining.relevance import RelevanceFilter
 
         scorer = RelevanceFilter(mine_cfg.filter_model, batch_size=mine_cfg.filter_batch_size)
     mine(

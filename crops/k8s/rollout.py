@@ -4,7 +4,7 @@
 pydantic model or a dataclass) into a call on `crops.k8s.inference_service`: promote makes the
 canary the only predictor, rollback sends all traffic back to the previous predictor and drops
 the canary, hold changes nothing. Deciding is not done here (`crops.abtest`,
-`crops.evaluate.canary`); neither are deploys and canary rollouts (`inference_service.deploy`).
+`crops.evaluate.sequential`); neither are deploys and canary rollouts (`inference_service.deploy`).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from kserve.errors import InvalidInput, ModelNotReady
 from crops.index.retriever import DenseRetriever
 from crops.index.store import model_hash
 from crops.serve import reqlog
-from crops.serve.requests import Limits, Parsed, parse_v1, parse_v2
+from crops.serve.request_parsing import Limits, Parsed, parse_v1, parse_v2
 
 DEFAULT_NAME = "crops"
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from crops.serve.requests import Limits
+from crops.serve.request_parsing import Limits
 
 
 class ServeError(RuntimeError):

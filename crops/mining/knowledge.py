@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from crops.engine.synthesis import SynthesisResult, SyntheticVideo
+from crops.mining.synthesis import SynthesisResult, SyntheticVideo
 from crops.world import taxonomy as tx
 from crops.world.world import World
 

@@ -20,11 +20,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crops.engine.config import MineConfig
-from crops.engine.hla import assemble, cascade_samples, labelled, to_arrow
-from crops.engine.recfeed import recfeed_candidates
-from crops.engine.reformulation import reformulation_candidates
-from crops.engine.synthesis import SynthesisBackend, SynthesisResult
+from crops.mining.config import MineConfig
+from crops.mining.hla import assemble, cascade_samples, labelled, to_arrow
+from crops.mining.recfeed import recfeed_candidates
+from crops.mining.reformulation import reformulation_candidates
+from crops.mining.synthesis import SynthesisBackend, SynthesisResult
 from crops.schema import (
     HLA_LABELS,
     LEVEL_SOURCES,

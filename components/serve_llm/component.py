@@ -1,9 +1,9 @@
-"""synthesize: the LLM server that writes video metadata for the data engine (vLLM on a
+"""serve_llm: the LLM server that writes video metadata for the data engine (vLLM on a
 cluster, llama.cpp's server with a small packaged model on one machine).
 
 Locally (`target=local`, no endpoint given, `llm_backend` auto or local) it starts llama.cpp's
 OpenAI-compatible server with the packaged SmolLM2-135M (or `llm_model`, a GGUF path) on a free
-loopback port (`crops.engine.llm_server`), waits for `/v1/models` and returns its URL; mine
+loopback port (`crops.mining.llm_server`), waits for `/v1/models` and returns its URL; mine
 talks to it as it would to vLLM, and `release_llm` stops it.
 
 On a cluster it applies the vLLM Deployment and Service (`crops.k8s.vllm`, laid out from the
@@ -23,7 +23,7 @@ from crops.components import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def synthesize(
+def serve_llm(
     summary: Output[Metrics],
     llm_endpoint: str = "",
     llm_model: str = "",
@@ -68,7 +68,7 @@ def synthesize(
     elif not endpoint and target == "local" and llm_backend in ("auto", "local"):
         import tempfile
 
-        from crops.engine.llm_server import register, start_server
+        from crops.mining.llm_server import register, start_server
 
         logs = tempfile.mkdtemp(prefix="crops-llm-")
         server = start_server(llm_model or None, log_dir=logs, timeout_s=min(timeout_s, 300.0))
@@ -87,23 +87,23 @@ def release_llm(
     namespace: str = "crops",
     llm_endpoint: str = "",
 ) -> str:
-    """Take down the vLLM server `synthesize` brought up (Deployment and Service), whether
+    """Take down the vLLM server `serve_llm` brought up (Deployment and Service), whether
     mining succeeded or not, so it does not keep its GPU. A server you run is never touched.
 
     Args:
         summary: `deleted`: how many objects were removed.
-        serve_vllm: whether `synthesize` deployed vLLM in this run.
+        serve_vllm: whether `serve_llm` deployed vLLM in this run.
         namespace: the namespace of the vLLM Deployment and Service.
-        llm_endpoint: synthesize's URL; a local server it started is stopped.
+        llm_endpoint: serve_llm's URL; a local server it started is stopped.
 
     Returns:
         What was deleted, comma-separated ("" when nothing was).
     """
     deleted: list[str] = []
     if llm_endpoint:
-        from crops.engine.llm_server import stop_registered
+        from crops.mining.llm_server import stop_registered
 
-        if stop_registered(llm_endpoint):  # the local server synthesize started
+        if stop_registered(llm_endpoint):  # the local server serve_llm started
             deleted.append(f"local LLM server {llm_endpoint}")
     if serve_vllm:
         from crops.k8s.vllm import VllmClient, VllmSpec

@@ -2,7 +2,7 @@
 
 On a cluster, synthesis at scale is offline batch inference: the queries become a Ray Dataset
 and `map_batches` sends them to a pool of actors, each holding one LLM engine on its own GPU
-(`crops.engine.llm_engines`), the way Ray Data's batch-inference guide does it. The RayJob's
+(`crops.mining.llm_engines`), the way Ray Data's batch-inference guide does it. The RayJob's
 driver runs on the head node, which has no GPU and never loads a model.
 
 Each batch is synthesised, parsed and retried where the engine runs (`synthesize_batch`), so a
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from crops.engine.llm_engines import Engine, EngineSpec, build_engine, require
-from crops.engine.synthesis import (
+from crops.mining.llm_engines import Engine, EngineSpec, build_engine, require
+from crops.mining.synthesis import (
     Failure,
     Progress,
     SynthesisResult,
@@ -41,7 +41,7 @@ from crops.engine.synthesis import (
     parse_reply,
 )
 
-log = logging.getLogger("crops.engine.batch_synthesis")
+log = logging.getLogger("crops.mining.batch_synthesis")
 
 
 def synthesize_batch(
