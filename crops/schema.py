@@ -1,4 +1,4 @@
-"""The data contracts (DESIGN.md section 3): Arrow schemas, validation and quarantine.
+"""The data contracts (docs/design.md section 3): Arrow schemas, validation and quarantine.
 
 Every step that reads a table goes through :func:`load_table`, so a malformed file fails the
 same way everywhere (a :class:`SchemaError` naming file and column) and bad rows are split off

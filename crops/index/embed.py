@@ -3,7 +3,8 @@
 Loading a model (an HF tower: hundreds of MB) per batch would dominate the run, so
 `map_batches` gets a callable class: Ray builds ``actors`` instances, each loads the model in
 its constructor and embeds every batch it is handed. On a 2-core machine an actor pool needs
-fractional CPUs (``num_cpus=0.5``) or Ray Data waits forever for a free core (DESIGN.md 6).
+fractional CPUs (``num_cpus=0.5``) or Ray Data waits forever for a free core
+(docs/design.md section 6).
 """
 
 from __future__ import annotations

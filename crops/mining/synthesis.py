@@ -1,4 +1,4 @@
-"""Knowledge-level positives (DESIGN.md section 1, perspective 3): LLM-synthesised videos.
+"""Knowledge-level positives (docs/design.md section 1, perspective 3): LLM-synthesised videos.
 
 An LLM, one-shot prompted as a short-video content expert, writes the metadata of a virtual
 video (caption, tags, cover text, keywords, related queries) for a search query. These videos
