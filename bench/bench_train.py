@@ -59,8 +59,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _measure import measure  # noqa: E402
 
 from crops.model.data import GroupBatcher, TrainingData, load_training_data  # noqa: E402
-from crops.model.encoders import build_dual_encoder, minilm_path  # noqa: E402
+from crops.model.encoders import build_dual_encoder  # noqa: E402
 from crops.model.losses import HInfoNCELoss  # noqa: E402
+from crops.model.names import minilm_path  # noqa: E402
 from crops.model.train import TrainConfig, make_loss, train  # noqa: E402
 
 GOAL_RATIO = 0.9

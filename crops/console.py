@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import typer
 from rich.console import Console
@@ -34,6 +35,20 @@ def options(model, **values):
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or model.__name__
         fail(f"bad option {where}: {first['msg']}")
+
+
+def defaults(model) -> SimpleNamespace:
+    """A pydantic config's field defaults as attributes (`defaults(TrainConfig).seed`).
+
+    CLI options take their defaults from the configs they fill, so a default has one home and
+    `--help` shows the value the config would use."""
+    return SimpleNamespace(
+        **{
+            name: f.get_default(call_default_factory=True)
+            for name, f in model.model_fields.items()
+            if not f.is_required()
+        }
+    )
 
 
 def summary_table(summary: dict, title: str) -> Table:

@@ -35,13 +35,16 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 @pytest.fixture
 def run(monkeypatch):
     """Invoke the real CLI: (exit code, stdout, stderr); wide consoles so rich does not wrap."""
-    import crops.abtest.cli as abtest_cli
+    import sys
+
     import crops.console as shared
 
     wide, wide_err = Console(width=400), Console(stderr=True, width=400)
-    for module in (cli, shared, abtest_cli):
-        monkeypatch.setattr(module, "console", wide)
-        monkeypatch.setattr(module, "err", wide_err)
+    commands = [m for name, m in sys.modules.items() if name.startswith("crops.cli.")]
+    for module in (shared, *commands):
+        for name, console in (("console", wide), ("err", wide_err)):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, console)
     monkeypatch.setenv("TERMINAL_WIDTH", "400")  # typer's --help tables
     runner = CliRunner()
 

@@ -23,8 +23,8 @@ from crops.model.encoders import (
     HFTower,
     Tower,
     build_dual_encoder,
-    minilm_path,
 )
+from crops.model.names import minilm_path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CROPS_SHARED", REPO.parent / "shared"))
@@ -346,5 +346,5 @@ def test_load_errors_name_the_folder(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("spec", ["", "bm25", "hf:", "HASH", "hashx"])
 def test_build_rejects_unknown_specs(spec: str) -> None:
-    with pytest.raises(ValueError, match="unknown encoder spec"):
+    with pytest.raises(ValueError, match="unknown encoder"):
         build_dual_encoder(spec)

@@ -10,17 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from crops.evaluate.experiment import (
-    LEVEL_FILTER_DEFAULT,
-    METHODS,
-    ExperimentConfig,
-    _run_key,
-    method_by_name,
-    render_markdown,
-    subset_samples,
-)
+from crops.evaluate.experiment import ExperimentConfig, _run_key, render_markdown
 from crops.mining.config import MineConfig
 from crops.mining.hla import to_arrow
+from crops.model.recipe import LEVEL_FILTER_DEFAULT, METHODS, method_by_name, subset_samples
 from crops.schema import HLA_LABELS
 from crops.schema import LEVEL_SOURCES as LEVELS
 

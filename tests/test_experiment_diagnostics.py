@@ -14,8 +14,9 @@ import polars as pl
 import pytest
 
 from crops.evaluate import diagnostics as dg
-from crops.evaluate.experiment import SEARCH_LOG, ExperimentConfig
+from crops.evaluate.experiment import ExperimentConfig
 from crops.mining.config import MineConfig
+from crops.model.recipe import SEARCH_LOG
 from crops.schema import HLA_LABELS
 
 _PATH = Path(__file__).resolve().parents[1] / "bench" / "experiment_diagnostics.py"

@@ -202,7 +202,7 @@ def test_cli_mine_with_the_knowledge_backend(run, tiny_dir: Path, tmp_path) -> N
 
 
 def test_cli_mine_summary_counts_what_the_level_filter_dropped() -> None:
-    from crops.cli import _level_filter_summary
+    from crops.cli.mine import _level_filter_summary
 
     assert _level_filter_summary({"threshold": None}) == {"level filter": "off"}
     lines = _level_filter_summary(

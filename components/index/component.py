@@ -47,10 +47,7 @@ def index(
         job_name: the RayJob's name; empty: crops-index-<output hash>-<time>.
         timeout_s: give up waiting for the RayJob after this long (rayjob).
     """
-    import hashlib
     import json
-    import shutil
-    import time
     from pathlib import Path
 
     import numpy as np
@@ -72,19 +69,13 @@ def index(
         )
         summary = build_index(cfg)
     else:
-        from crops.k8s.platform import Platform
-        from crops.k8s.rayjob import RayJobSpec, entrypoint, staging_root, submit_and_wait
+        from crops.k8s.staging import StagedRayJob
 
-        platform = Platform.from_cluster(namespace)
-        key = hashlib.sha256(index.uri.encode()).hexdigest()[:10]
-        root = staging_root(platform, key, "index-job")
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(model.path, root / "model", dirs_exist_ok=True)
-        shutil.copy2(videos, root / "videos.parquet")
+        stage = StagedRayJob.for_output(index.uri, "index-job", namespace)
         args = [
-            "--model", root / "model",
-            "--videos", root / "videos.parquet",
-            "--out", root / "index",
+            "--model", stage.put(Path(model.path), "model"),
+            "--videos", stage.put(videos, "videos.parquet"),
+            "--out", stage.root / "index",
             "--factory", factory,
             "--actors", actors,
             "--batch-size", batch_size,
@@ -93,16 +84,17 @@ def index(
         if nprobe:
             args += ["--nprobe", nprobe]
         args.append("--gpu" if worker_gpus > 0 else "--no-gpu")
-        spec = RayJobSpec(
-            name=job_name or f"crops-index-{key[:8]}-{int(time.time()) % 100_000:05d}",
-            namespace=namespace,
+        _, job = stage.run(
+            name_prefix="crops-index",
             job="index",
-            entrypoint=entrypoint("build_index", args),
+            script="build_index",
+            args=args,
             workers=workers,
             worker_gpus=worker_gpus,
+            timeout_s=timeout_s,
+            name=job_name,
         )
-        job = submit_and_wait(spec, timeout_s=timeout_s, platform=platform)
-        shutil.copytree(root / "index", index.path)
+        stage.fetch("index", Path(index.path))
         summary = json.loads((Path(index.path) / "manifest.json").read_text())
         summary["count"] = len(np.load(Path(index.path) / "ids.npy"))
         index.metadata["rayjob"] = json.loads(json.dumps(job, default=str))

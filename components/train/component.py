@@ -4,6 +4,7 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from crops.components import BASE_IMAGE
+from crops.model.recipe import DEFAULTS
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -15,13 +16,13 @@ def train(
     method: str = "crops",
     max_steps: int = 0,
     converge: bool = True,
-    queries_per_batch: int = 32,
-    group_size: int = 8,
-    n_hard: int = 2,
-    encoder: str = "hash",
+    queries_per_batch: int = DEFAULTS.queries_per_batch,
+    group_size: int = DEFAULTS.group_size,
+    n_hard: int = DEFAULTS.n_hard,
+    encoder: str = DEFAULTS.encoder,
     lr: float = 0.0,
-    workers: int = 2,
-    seed: int = 0,
+    workers: int = DEFAULTS.workers,
+    seed: int = DEFAULTS.seed,
     backend: str = "local",
     checkpoints: str = "",
     namespace: str = "crops",
@@ -31,19 +32,23 @@ def train(
 ):
     """Train one row of the paper's table on the mined samples; the model folder is the output.
 
-    `method` names a row of `crops.evaluate.experiment.METHODS` and fixes the sample sources,
+    `method` names a row of `crops.model.recipe.METHODS` and fixes the sample sources,
     the loss and the hard negatives: `crops` (every source, H-InfoNCE on the HLA labels) or
     `nce` (click positives only, InfoNCE: the click-only control), or any other dense row.
     Every method trains to convergence under the same stop rule, as in `crops experiment`
     (`crops.model.convergence.StopRule`: validation recall on held-out training queries,
     patience, a cap); training.json in the model folder has the curve and why it stopped.
+    The settings and their defaults are the training recipe's (`crops.model.recipe.Recipe`,
+    shared with `crops experiment`), and both backends train from the one `TrainConfig` it
+    builds, so they draw the same batches.
 
     backend `local` trains here with Ray local (TorchTrainer, Train V2, CPU workers, or GPUs
-    when the task has them). backend `rayjob` copies the samples to the artifacts volume,
-    submits a KubeRay RayJob running `python -m crops.ray_jobs.train <crops train options>` with
-    GPU workers that mount the same volume (`crops.k8s.rayjob.submit_and_wait`), waits, and
-    copies the model back. The RayJob's image, pods, volume and lifecycle are the installed
-    release's (`crops.k8s.platform.Platform.from_cluster(namespace)`), the same as the chart's.
+    when the task has them). backend `rayjob` copies the samples and that configuration to the
+    artifacts volume, submits a KubeRay RayJob running `python -m crops.ray_jobs.train --config
+    <staged train.json>` with GPU workers that mount the same volume
+    (`crops.k8s.staging.StagedRayJob`), waits, and copies the model back. The RayJob's image,
+    pods, volume and lifecycle are the installed release's
+    (`crops.k8s.platform.Platform.from_cluster(namespace)`), the same as the chart's.
 
     Args:
         mined: the `mine` output (samples.parquet, synth_videos.parquet).
@@ -68,113 +73,83 @@ def train(
         job_name: the RayJob's name; empty: crops-train-<method>-<output hash>-<time>.
         timeout_s: give up waiting for the RayJob after this long (rayjob).
     """
-    import hashlib
     import json
     import os
     import shutil
     import tempfile
-    import time
     from pathlib import Path
 
-    from crops.evaluate.experiment import ExperimentConfig, method_by_name, subset_samples
+    from crops.model.convergence import StopRule, stop_options
+    from crops.model.recipe import Recipe, method_by_name, train_config, training_data
 
     m = method_by_name(method)
     if not m.dense:
         raise ValueError(f"{m.name} is not a trained method")
     if backend not in ("local", "rayjob"):
         raise ValueError(f"backend {backend!r}: use local or rayjob")
-    from crops.model.convergence import StopRule, stop_options
-
     if max_steps < 0:
         raise ValueError(f"max_steps must be at least 1 (or 0 for the default), got {max_steps}")
     if not converge and max_steps == 0:
         raise ValueError("converge=false trains exactly max_steps steps: give max_steps")
-    stop = stop_options(max_steps or None, None if converge else 0)
-    StopRule(**stop)  # refuse a bad rule here, before any work
-    # epochs as `crops experiment` runs them (ANCE's index refreshes), from its one home
-    per_epoch = ExperimentConfig.model_fields["steps_per_epoch"].default
+    recipe = Recipe(
+        encoder=encoder,
+        stop=StopRule(**stop_options(max_steps or None, None if converge else 0)),
+        queries_per_batch=queries_per_batch,
+        group_size=group_size,
+        n_hard=n_hard,
+        workers=workers,
+        lr=lr or None,
+        seed=seed,
+    )  # the experiment's recipe: the same batches on both backends
     work = Path(tempfile.mkdtemp(prefix="crops-train-"))
-    samples, n = subset_samples(Path(mined.path), m, work / "data")
-    videos = [Path(world.path) / "videos.parquet"]
-    synth = Path(mined.path) / "synth_videos.parquet"
-    if "llm" in m.sources and synth.is_file():
-        videos.append(synth)
-    hard = n_hard if m.hard_negatives != "none" else 0
+    data = training_data(m, Path(mined.path), Path(world.path) / "videos.parquet", work / "data")
+    n = data.rows
     out = Path(model.path)
 
     if backend == "local":
         os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-        from crops.model.train import TrainConfig
         from crops.model.train import train as run
 
-        cfg = TrainConfig(
-            samples=str(samples),
-            videos=[str(v) for v in videos],
-            out=str(out),
-            loss=m.loss,
-            encoder=encoder,
-            stop=stop,
-            steps_per_epoch=per_epoch,
-            queries_per_batch=queries_per_batch,
-            group_size=group_size,
-            hard_negatives=m.hard_negatives,
-            n_hard=hard,
-            workers=workers,
-            lr=lr or None,
-            seed=seed,
-            storage_path=checkpoints or str(work / "checkpoints"),
-            name=f"pipeline-{m.slug}",
-        )
+        storage = checkpoints or str(work / "checkpoints")
+        cfg = train_config(m, recipe, data, out, name=f"pipeline-{m.slug}", storage_path=storage)
         summary = run(cfg)
         result = {"backend": "local", "wall_s": summary["wall_s"], **summary["metrics"]}
     else:
-        from crops.k8s.platform import Platform
-        from crops.k8s.rayjob import RayJobSpec, entrypoint, staging_root, submit_and_wait
+        from crops.k8s.staging import StagedRayJob
+        from crops.model.recipe import TrainingData
 
-        platform = Platform.from_cluster(namespace)
-        key = hashlib.sha256(model.uri.encode()).hexdigest()[:10]
-        attempt = f"{int(time.time()) % 100_000:05d}"  # a retried task makes a new RayJob
-        root = staging_root(platform, key, m.slug)
-        (root / "data").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(samples, root / "data" / "samples.parquet")
-        shutil.copy2(videos[0], root / "videos.parquet")
-        if len(videos) > 1:  # `crops train` takes synth_videos.parquet beside the samples
-            shutil.copy2(videos[1], root / "data" / "synth_videos.parquet")
-        args = [
-            "--samples", root / "data" / "samples.parquet",
-            "--videos", root / "videos.parquet",
-            "--out", root / "model",
-            "--loss", m.loss,
-            "--encoder", encoder,
-            "--workers", workers,
-            "--queries-per-batch", queries_per_batch,
-            "--group-size", group_size,
-            "--steps-per-epoch", per_epoch,
-            "--hard-negatives", m.hard_negatives,
-            "--n-hard", hard,
-            "--storage-path", root / "checkpoints",
-            "--seed", seed,
-        ]  # fmt: skip
-        if lr:
-            args += ["--lr", lr]
-        if "max_steps" in stop:
-            args += ["--max-steps", stop["max_steps"]]
-        if "patience" in stop:
-            args += ["--patience", 0]
-        if worker_gpus > 0:
-            args.append("--gpu")
-        spec = RayJobSpec(
-            name=job_name or f"crops-train-{m.slug}-{key[:8]}-{attempt}",
-            namespace=namespace,
+        stage = StagedRayJob.for_output(model.uri, m.slug, namespace)
+        staged = TrainingData(
+            samples=stage.put(data.samples, "data/samples.parquet"),
+            videos=tuple(
+                stage.put(v, "videos.parquet" if i == 0 else f"data/{v.name}")
+                for i, v in enumerate(data.videos)
+            ),
+            rows=n,
+        )
+        cfg = train_config(
+            m,
+            recipe,
+            staged,
+            stage.root / "model",
+            name=f"pipeline-{m.slug}",
+            storage_path=str(stage.root / "checkpoints"),
+            use_gpu=worker_gpus > 0,
+        )
+        config = stage.write("train.json", cfg.model_dump_json(indent=2))
+        name, job = stage.run(
+            name_prefix=f"crops-train-{m.slug}",
             job="train",
-            entrypoint=entrypoint("train", args),
+            script="train",
+            args=["--config", config],
             workers=workers,
             worker_gpus=worker_gpus,
+            timeout_s=timeout_s,
+            name=job_name,
         )
-        job = submit_and_wait(spec, timeout_s=timeout_s, platform=platform)
-        shutil.copytree(root / "model", out, ignore=shutil.ignore_patterns("checkpoints"))
+        stage.fetch("model", out, ignore=["checkpoints"])
         trained = json.loads((out / "training.json").read_text())
-        result = {"backend": "rayjob", "rayjob": spec.name, "wall_s": trained["wall_s"]}
+        result = {"backend": "rayjob", "rayjob": name, "wall_s": trained["wall_s"]}
         result.update(trained.get("metrics", {}))
         model.metadata["rayjob"] = json.loads(json.dumps(job, default=str))
     shutil.rmtree(work, ignore_errors=True)

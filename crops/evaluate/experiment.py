@@ -32,18 +32,21 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from crops.evaluate.offline import headline
-from crops.mining.config import MineConfig
-from crops.model.convergence import StopRule
-from crops.schema import LEVEL_SOURCES
+from crops.model.recipe import (
+    METHODS,
+    ORACLE_ROW,
+    Method,
+    Recipe,
+    method_by_name,
+    train_config,
+    training_data,
+)
 
 Progress = Callable[[str, int, int], None]
-
-SEARCH_LOG = ("click", "exposed", "ranked", "prefiltered")
 
 #: The paper's Table 2 / ablation numbers in %: (CT Recall@100, QR Recall@100, NDCG@4).
 PAPER: dict[str, tuple[float, float, float | None]] = {
@@ -59,114 +62,14 @@ PAPER: dict[str, tuple[float, float, float | None]] = {
 }
 BASELINES = ("BM25", "NCE", "DPR", "ANCE", "FS-LR")
 LADDER = ("FS-LR", "+reformulation", "+recommendation", "CroPS")
-ORACLE_ROW = "CroPS, oracle synthesis"
 #: The experiment's own mining: how long the local LLM may synthesise (poorest queries first).
 EXPERIMENT_SYNTH_BUDGET_S = 1200.0
 COLUMNS = (("ct/R@100", "CT R@100"), ("qr/R@100", "QR R@100"), ("graded/nDCG@4", "NDCG@4"))
 
 
-class Method(BaseModel):
-    name: str
-    slug: str
-    sources: tuple[str, ...] = ()
-    loss: Literal["h-infonce", "infonce", "softmax"] = "h-infonce"
-    hard_negatives: Literal["none", "bm25", "model"] = "none"
-    level_filter: bool = Field(
-        False, description="drop level samples (labels 1-3) at or below the config's threshold"
-    )
-    synthesis: Literal["llm", "oracle"] = Field(
-        "llm", description="oracle: the samples come from the config's `oracle_mined` folder"
-    )
-    description: str = ""
-
-    @property
-    def dense(self) -> bool:
-        return bool(self.sources)
-
-
-METHODS: tuple[Method, ...] = (
-    Method(name="BM25", slug="bm25", description="bm25s, English stop words"),
-    Method(
-        name="NCE",
-        slug="nce",
-        sources=("click",),
-        loss="infonce",
-        description="click positives, in-batch random negatives, InfoNCE",
-    ),
-    Method(
-        name="DPR",
-        slug="dpr",
-        sources=("click",),
-        loss="infonce",
-        hard_negatives="bm25",
-        description="NCE + BM25 hard negatives",
-    ),
-    Method(
-        name="ANCE",
-        slug="ance",
-        sources=("click",),
-        loss="infonce",
-        hard_negatives="model",
-        description="NCE + hard negatives from the model's own index, refreshed per epoch",
-    ),
-    Method(
-        name="FS-LR",
-        slug="fs-lr",
-        sources=SEARCH_LOG,
-        description="search-log levels graded by HLA, H-InfoNCE",
-    ),
-    Method(
-        name="+reformulation",
-        slug="plus-reformulation",
-        sources=(*SEARCH_LOG, "reformulation"),
-        description="FS-LR + query-reformulation positives",
-    ),
-    Method(
-        name="+recommendation",
-        slug="plus-recommendation",
-        sources=(*SEARCH_LOG, "reformulation", "recfeed"),
-        description="+ recommendation-feed positives",
-    ),
-    Method(
-        name="CroPS",
-        slug="crops",
-        sources=(*SEARCH_LOG, "reformulation", "recfeed", "llm"),
-        description="+ LLM-synthesised videos: all three perspectives",
-    ),
-    Method(
-        name="binary InfoNCE",
-        slug="binary-infonce",
-        sources=(*SEARCH_LOG, "reformulation", "recfeed", "llm"),
-        loss="infonce",
-        description="CroPS samples, labels binarised (>= 4 positive), InfoNCE",
-    ),
-    Method(
-        name="CroPS + level filter",
-        slug="crops-level-filter",
-        sources=(*SEARCH_LOG, "reformulation", "recfeed", "llm"),
-        level_filter=True,
-        description="CroPS without the level samples (labels 1-3) the relevance filter scores"
-        " at or below the threshold (extension, not the paper's)",
-    ),
-    Method(
-        name=ORACLE_ROW,
-        slug="crops-oracle-synthesis",
-        sources=(*SEARCH_LOG, "reformulation", "recfeed", "llm"),
-        synthesis="oracle",
-        description="CroPS with the knowledge backend's videos, which read the simulator's truth:"
-        " the upper bound of synthesis (diagnostic, needs --oracle-mined)",
-    ),
-)
-
-#: The level-filter row's threshold, on the relevance filter's (1 + cos) / 2 scale: the same
-#: operating point as the positives' (taken from MineConfig.relevance_threshold, its one home).
-#: On the default world it keeps 67.1 % of the level samples and drops 88.2 % of their grade-0
-#: ones (12.9 % -> 2.3 %; `python bench/bench_miner_precision.py`, crops/mining/config.py).
-LEVEL_FILTER_DEFAULT: float = MineConfig.model_fields["relevance_threshold"].default
-
-
-class ExperimentConfig(BaseModel):
-    """How `crops experiment` trains each row of the table."""
+class ExperimentConfig(Recipe):
+    """How `crops experiment` runs: the world, the mined samples, the rows; every row trains
+    with the recipe's settings (`crops.model.recipe.Recipe`, the fields inherited here)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -187,29 +90,6 @@ class ExperimentConfig(BaseModel):
         default_factory=lambda: [m.name for m in METHODS if m.synthesis == "llm"],
         description="rows to run; the oracle row joins by default when oracle_mined is given",
     )
-    encoder: str = "hash"
-    stop: StopRule = Field(default_factory=StopRule, description="when each method stops")
-    queries_per_batch: int = Field(32, ge=1)
-    group_size: int = Field(8, ge=2)
-    n_hard: int = Field(2, ge=1, description="hard negatives per group (DPR, ANCE)")
-    steps_per_epoch: int = Field(
-        500, ge=1, description="steps per epoch: ANCE refreshes its index at each"
-    )
-    workers: int = Field(
-        1,
-        ge=1,
-        description="Ray Train workers: 1 on a laptop (a second hash-encoder worker on 2 cores is"
-        " slower: bench/bench_train.py part c); N on a cluster",
-    )
-    lr: float | None = None
-    seed: int = 0
-    level_filter: float = Field(
-        LEVEL_FILTER_DEFAULT,
-        ge=0,
-        le=1,
-        description="the level-filter row drops level samples scoring at or below this, on the "
-        "relevance filter's (1 + cos) / 2 scale (crops/mining/config.py measures it)",
-    )
     force: bool = Field(False, description="retrain methods whose results exist")
 
     @model_validator(mode="after")
@@ -221,87 +101,16 @@ class ExperimentConfig(BaseModel):
         return self
 
 
-def method_by_name(name: str) -> Method:
-    for m in METHODS:
-        if m.name.lower() == name.lower() or m.slug == name.lower():
-            return m
-    known = ", ".join(m.name for m in METHODS)
-    raise ValueError(f"unknown method {name!r}; known: {known}")
-
-
-def subset_samples(
-    mined: Path, method: Method, out: Path, level_filter: float | None = None
-) -> tuple[Path, int]:
-    """The method's samples (its sources only) as their own parquet file.
-
-    A level-filter method also drops the level samples (labels 1-3) whose recorded relevance
-    is at or below `level_filter` (default: `LEVEL_FILTER_DEFAULT`); their count, per source,
-    is written to OUT/subset.json. Level samples without a score (a file mined with
-    `--filter-model none`) are an error for such a method, never kept or dropped blind.
-    """
-    import polars as pl
-
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "samples.parquet"
-    rows = pl.scan_parquet(mined / "samples.parquet").filter(
-        pl.col("source").is_in(list(method.sources))
-    )
-    summary: dict = {"method": method.name, "sources": list(method.sources)}
-    if method.level_filter:
-        threshold = LEVEL_FILTER_DEFAULT if level_filter is None else level_filter
-        level = pl.col("source").is_in(LEVEL_SOURCES)
-        unscored = rows.filter(level & pl.col("relevance").is_null()).select(pl.len()).collect()
-        if unscored.item():
-            raise ValueError(
-                f"{method.name}: {unscored.item()} level samples in {mined / 'samples.parquet'}"
-                " have no relevance score; mine them with a filter model (crops mine without"
-                " --filter-model none)"
-            )
-        drop = level & (pl.col("relevance") <= threshold)
-        dropped = dict(rows.filter(drop).group_by("source").len().sort("source").collect().rows())
-        rows = rows.filter(~drop)
-        summary["level_filter"] = {
-            "threshold": threshold,
-            "dropped": sum(dropped.values()),
-            "dropped_by_source": dropped,
-        }
-    rows.sink_parquet(target, compression="zstd")
-    n = pl.scan_parquet(target).select(pl.len()).collect().item()
-    if n == 0:
-        raise ValueError(f"{method.name}: no samples from sources {method.sources} in {mined}")
-    summary["rows"] = n
-    (out / "subset.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return target, n
-
-
 def train_method(
     cfg: ExperimentConfig, method: Method, mined: Path, progress: Progress | None
 ) -> tuple[Path, dict]:
-    from crops.model.train import TrainConfig, train
+    from crops.model.train import train
 
     root = Path(cfg.out) / "runs" / method.slug
-    samples, n = subset_samples(mined, method, root / "data", cfg.level_filter)
-    videos = [str(Path(cfg.world) / "videos.parquet")]
-    synth = mined / "synth_videos.parquet"
-    if "llm" in method.sources and synth.exists():
-        videos.append(str(synth))
-    tc = TrainConfig(
-        samples=str(samples),
-        videos=videos,
-        out=str(root / "model"),
-        loss=method.loss,
-        encoder=cfg.encoder,
-        steps_per_epoch=cfg.steps_per_epoch,
-        stop=cfg.stop,
-        queries_per_batch=cfg.queries_per_batch,
-        group_size=cfg.group_size,
-        hard_negatives=method.hard_negatives,
-        n_hard=cfg.n_hard if method.hard_negatives != "none" else 0,
-        workers=cfg.workers,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        name=f"experiment-{method.slug}",
-    )
+    world_videos = Path(cfg.world) / "videos.parquet"
+    data = training_data(method, mined, world_videos, root / "data", cfg.level_filter)
+    tc = train_config(method, cfg, data, root / "model", name=f"experiment-{method.slug}")
+    n = data.rows
 
     def step_progress(task: str, done: int, total: int) -> None:
         if progress:

