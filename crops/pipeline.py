@@ -28,13 +28,14 @@ LOCAL_SCALES = ("tiny", "default")
 TARGETS = ("local", "cluster")
 
 #: Pipeline arguments of a local run per scale. Both models train to convergence (the train
-#: component's stop rule); `max_steps` only caps a tiny smoke run. One Ray Train worker: on
-#: 2 cores a second one slows hash training down (bench/bench_train.py part c).
+#: component's stop rule); `max_steps` only caps a tiny smoke run. Training settings not named
+#: here are the recipe's (`crops.model.recipe.Recipe`: one Ray Train worker, since on 2 cores a
+#: second one slows hash training down, bench/bench_train.py part c; pass `--param workers=N`
+#: on a cluster).
 #: Here both endpoints, the simulated users and the world share the machine's cores, so the
 #: latency guardrail is loose: it measures the laptop, not the model.
 LOCAL_PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
-        "workers": 1,
         "max_steps": 60,
         "filter_model": "none",
         "synth_budget_s": 15.0,
@@ -45,7 +46,6 @@ LOCAL_PROFILES: dict[str, dict[str, Any]] = {
         "ab_max_p99_ms": 2000.0,
     },
     "default": {
-        "workers": 1,
         "filter_model": "minilm",
         "ab_users": 0,
         "ab_days": 5,

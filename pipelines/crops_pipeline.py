@@ -29,6 +29,7 @@ from crops.components.simulate import simulate
 from crops.components.train import train
 from crops.components.validate import validate
 from crops.k8s.platform import Platform
+from crops.model.recipe import DEFAULTS
 
 PIPELINE_NAME = "crops"
 TARGETS = ("local", "cluster")
@@ -149,8 +150,8 @@ def build_pipeline(
         llm_backend: str = LLM_BACKEND.get(synthesis, "endpoint" if cluster else "auto"),
         max_steps: int = 0,
         converge: bool = True,
-        encoder: str = "hash",
-        workers: int = 2,
+        encoder: str = DEFAULTS.encoder,
+        workers: int = DEFAULTS.workers,
         train_backend: str = "rayjob" if cluster else "local",
         worker_gpus: int = 1 if cluster else 0,
         target: str = target,

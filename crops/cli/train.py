@@ -92,7 +92,10 @@ def train(
     from crops.model.train import train as run
 
     if config is not None:
-        cfg = _from_file(config)
+        cfg = _from_file(config, dict(locals()))
+        for field, path in (("samples", cfg.samples), *(("videos", v) for v in cfg.videos)):
+            if not Path(path).exists():
+                _fail(f"--config {config}: {field} {path}: not found")
     else:
         for path, what in ((samples, "--samples"), (videos, "--videos"), (out, "--out")):
             if path is None:
@@ -150,15 +153,15 @@ def train(
         )
 
 
-def _from_file(path: Path) -> TrainConfig:
-    """A TrainConfig from JSON, refused with the file and the field named."""
-    import click
+def _from_file(path: Path, values: dict) -> TrainConfig:
+    """A TrainConfig from JSON, refused with the file and the field named; `values` are the
+    command's options, none of which may differ from its default beside --config."""
+    import inspect
+
     from pydantic import ValidationError
 
-    ctx = click.get_current_context()
-    given = [
-        p for p, src in ctx._parameter_source.items() if p != "config" and src.name != "DEFAULT"
-    ]
+    params = inspect.signature(train).parameters
+    given = [k for k, p in params.items() if k != "config" and values[k] != p.default]
     if given:
         _fail(f"--config {path} holds every setting: leave out --{given[0].replace('_', '-')}")
     try:
