@@ -7,15 +7,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
 
-matplotlib.use("Agg")
-import matplotlib.image as mpimg  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from crops.abtest.report import (  # noqa: E402
+from crops.abtest.report import (
     OUTPUTS,
     REPORT_VERSION,
     boundary_lifts,
@@ -25,8 +22,8 @@ from crops.abtest.report import (  # noqa: E402
     sequential_figure,
     write_report,
 )
-from crops.evaluate.abstats import METRICS  # noqa: E402
-from crops.evaluate.sequential import CanaryPolicy  # noqa: E402
+from crops.evaluate.abstats import METRICS
+from crops.evaluate.sequential import CanaryPolicy
 
 PNGS = ("metrics_over_time.png", "lift_over_time.png", "sequential_boundary.png")
 # O'Brien-Fleming boundaries of 5 equally spaced looks at alpha 0.05 (rounded).
