@@ -15,19 +15,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from crops.model.collective import gather, global_labels, pad_rows, sync_loss_grads
 from crops.model.convergence import StopRule
 from crops.model.encoders import DualEncoder, HashTower
 from crops.model.losses import HInfoNCELoss
-from crops.model.train import (
-    FAULT_ENV,
-    STATE_FILE,
-    TrainConfig,
-    _gather,
-    _pad_rows,
-    global_labels,
-    newest,
-    sync_loss_grads,
-)
+from crops.model.train import FAULT_ENV, STATE_FILE, newest
+from crops.model.train_config import TrainConfig
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path: Path) -> None:
@@ -69,8 +62,8 @@ def _worker(rank: int, world: int, port: int, batch, out: str) -> None:
     q_pad = max(len(s.queries) for s in shards)
     d_pad = max(len(s.docs) for s in shards)
     q, d = model(shards[rank].queries, shards[rank].docs)
-    q_all = _gather(_pad_rows(q, q_pad), rank, world)
-    d_all = _gather(_pad_rows(d, d_pad), rank, world)
+    q_all = gather(pad_rows(q, q_pad), rank, world)
+    d_all = gather(pad_rows(d, d_pad), rank, world)
     labels = torch.as_tensor(global_labels(batch, world, q_pad, d_pad))
     loss = loss_fn(q_all, d_all, labels) * world
     loss.backward()

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crops.model.collective import global_labels
 from crops.model.data import BM25Negatives, GroupBatcher, load_training_data
-from crops.model.train import global_labels
 
 
 def test_every_sample_is_loaded_with_its_text(training_data, mined_fast) -> None:

@@ -53,9 +53,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from crops.model.collective import gather, global_labels, pad_rows, sync_loss_grads
 from crops.model.data import Batch, TrainingData
 from crops.model.encoders import BucketIds, BucketTable, DualEncoder, HashTower
-from crops.model.train import _gather, _pad_rows, global_labels, sync_loss_grads
 
 Update = Literal["sparse", "dense"]
 STATE_FORMAT = "crops-sparse-step/v1"
@@ -175,7 +175,7 @@ def _shard_loss(q: Tensor, d: Tensor, loss_fn: nn.Module, batch: Batch, rank, wo
     if world == 1:
         q_all, d_all = q, d
     else:  # one all-gather for both sides: [worker][q_pad + d_pad rows]
-        both = _gather(torch.cat([_pad_rows(q, q_pad), _pad_rows(d, d_pad)]), rank, world)
+        both = gather(torch.cat([pad_rows(q, q_pad), pad_rows(d, d_pad)]), rank, world)
         both = both.view(world, q_pad + d_pad, -1)
         q_all = both[:, :q_pad].reshape(world * q_pad, -1)
         d_all = both[:, q_pad:].reshape(world * d_pad, -1)
@@ -348,7 +348,7 @@ class SparseStep:
         ]
         for m, pad in zip(mine, pads, strict=True):
             grad = m.grad if m.grad is not None else torch.zeros_like(m)
-            parts.append(_pad_rows(grad, pad).reshape(-1))
+            parts.append(pad_rows(grad, pad).reshape(-1))
         flat = torch.cat(parts)
         bufs = [torch.empty_like(flat) for _ in range(world)]
         dist.all_gather(bufs, flat)
