@@ -78,24 +78,13 @@ def candidates(world: Path, cfg: MineConfig) -> pl.DataFrame:
 
 
 def graded(world_dir: Path, cands: pl.DataFrame) -> pl.DataFrame:
-    """Each candidate's true grade (0-3) for its query: the simulator's truth, measurement only."""
-    from crops.world.world import World
+    """Each candidate's true grade (0-3) for its query: the simulator's truth, measurement only
+    (`crops.evaluate.diagnostics.Truth`, as the experiment's diagnostics grade)."""
+    from crops.evaluate.diagnostics import Truth
 
-    world = World.load(world_dir)
-    pairs = cands.select("query", "video_id").unique()
-    parts = []
-    for (query,), group in pairs.group_by("query"):
-        ids = group["video_id"].to_numpy()
-        parts.append(
-            pl.DataFrame(
-                {
-                    "query": [query] * len(ids),
-                    "video_id": ids,
-                    "grade": world.query_grades(query, ids),
-                }
-            )
-        )
-    return cands.join(pl.concat(parts), on=["query", "video_id"], how="left")
+    return cands.with_columns(
+        pl.Series("grade", Truth.load(world_dir).grade_samples(cands), pl.Int8)
+    )
 
 
 def scored(world: Path, cands: pl.DataFrame, model: str) -> pl.DataFrame:

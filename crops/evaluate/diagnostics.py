@@ -57,14 +57,13 @@ class Scorer(Protocol):
 
 
 class Truth:
-    """True grades of (query string, video id) from a simulated world."""
+    """True grades of (query string, video id) from a simulated world, -1 where there is none
+    (a video the catalogue does not hold, a query the world never produces): the world's own
+    `World.query_grades`, with the unknown counted as ungraded rather than grade 0."""
 
     def __init__(self, world: World) -> None:
         self.world = world
-        ids = np.asarray(world.videos.video_id, dtype=np.int64)
-        self._order = np.argsort(ids, kind="stable")
-        self._sorted = ids[self._order]
-        self.n_videos = len(ids)
+        self.n_videos = len(world.videos.video_id)
 
     @classmethod
     def load(cls, world_dir: str | Path) -> Truth:
@@ -74,36 +73,17 @@ class Truth:
 
     def rows(self, video_ids: np.ndarray) -> np.ndarray:
         """Catalogue rows of video ids; -1 for ids the catalogue does not hold."""
-        ids = np.asarray(video_ids, dtype=np.int64)
-        pos = np.searchsorted(self._sorted, ids)
-        pos = np.minimum(pos, len(self._sorted) - 1)
-        found = self._sorted[pos] == ids
-        return np.where(found, self._order[pos], -1)
-
-    def _grades_rows(self, query: str, rows: np.ndarray) -> np.ndarray | None:
-        from crops.world.catalog import grades
-
-        f = self.world.form_id(query)
-        if f is None:
-            return None
-        senses = self.world.forms.senses[f]
-        g = grades(
-            self.world.intents, self.world.videos, senses[:, None], np.maximum(rows, 0)[None, :]
-        )
-        return g.max(axis=0)
+        return self.world.video_rows(video_ids)
 
     def grades(self, query: str, video_ids: np.ndarray) -> np.ndarray:
         """Grades 0..3 of videos for a query; -1 for an unknown query or video."""
-        rows = self.rows(video_ids)
-        g = self._grades_rows(query, rows)
-        if g is None:
-            return np.full(len(rows), -1, dtype=np.int8)
-        return np.where(rows >= 0, g, -1).astype(np.int8)
+        return self.world.query_grades(query, video_ids, unknown=-1)
 
     def catalogue_grades(self, query: str) -> np.ndarray | None:
         """Grades of every catalogue video (row order) for a query; None if it is unknown."""
-        g = self._grades_rows(query, np.arange(self.n_videos))
-        return None if g is None else g.astype(np.int8)
+        if self.world.form_id(query) is None:
+            return None
+        return self.world.query_grades(query, self.world.videos.video_id)
 
     def grade_samples(self, samples: pl.DataFrame) -> np.ndarray:
         """Grades of a samples frame's (query, video_id) rows, aligned with its rows."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,8 @@ class World:
     users: Users
     platform: Platform
     feed: Feed
+    #: (sorted catalogue ids, their rows), built on the first `video_rows` call
+    _sorted_ids: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def build(cls, cfg: WorldConfig) -> World:
@@ -92,19 +94,33 @@ class World:
             self._form_index = {q: i for i, q in enumerate(self.forms.text)}
         return self._form_index.get(query)
 
-    def query_grades(self, query: str, video_ids: np.ndarray) -> np.ndarray:
+    def video_rows(self, video_ids: np.ndarray) -> np.ndarray:
+        """Catalogue rows of video ids; -1 for ids the catalogue does not hold."""
+        ids = np.asarray(video_ids, dtype=np.int64)
+        if self._sorted_ids is None:
+            catalogue = np.asarray(self.videos.video_id, dtype=np.int64)
+            order = np.argsort(catalogue, kind="stable")
+            self._sorted_ids = (catalogue[order], order)
+        sorted_ids, order = self._sorted_ids
+        if len(sorted_ids) == 0:
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        return np.where(sorted_ids[pos] == ids, order[pos], -1)
+
+    def query_grades(self, query: str, video_ids: np.ndarray, unknown: int = 0) -> np.ndarray:
         """True relevance 0..3 of videos for a query: the best over the query's senses.
 
-        Unknown queries and unknown (e.g. synthetic) video ids grade 0.
+        Unknown queries and unknown (e.g. synthetic) video ids grade `unknown` (0 by default;
+        the diagnostics pass -1 to count them as ungraded). The one home of a query's grades:
+        the graded test set, mining's quality report and the diagnostics all read them here.
         """
-        video_ids = np.asarray(video_ids, dtype=np.int64)
+        rows = self.video_rows(video_ids)
         f = self.form_id(query)
-        rows = np.array([self.platform.id_to_row.get(int(v), -1) for v in video_ids])
         if f is None or len(rows) == 0:
-            return np.zeros(len(video_ids), dtype=np.int8)
+            return np.full(len(rows), unknown, dtype=np.int8)
         senses = self.forms.senses[f]
         g = grades(self.intents, self.videos, senses[:, None], np.maximum(rows, 0)[None, :])
-        return np.where(rows >= 0, g.max(axis=0), 0).astype(np.int8)
+        return np.where(rows >= 0, g.max(axis=0), unknown).astype(np.int8)
 
     # ------------------------------------------------------------------ tables
 
