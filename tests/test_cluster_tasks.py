@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from cluster import KubeRayPlayer, as_account, install, run_as
 from kfp.dsl import Artifact, Dataset, Metrics, Model
+from support.cluster import KubeRayPlayer, as_account, install, run_as
 
 from crops.k8s.client import KubeError
 from crops.k8s.rayjob import RayJobFailed
