@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import cluster
 import pytest
 from rich.console import Console
+from support import cluster
 from typer.testing import CliRunner
 
 from crops import cli
@@ -96,8 +96,8 @@ def tiny_index(tiny_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def apiserver(tmp_path_factory):
     """A real kube-apiserver + etcd on loopback with the KubeRay and KServe CRDs installed
-    (tests/apiserver.py; the binary is built once and cached). Stopped at session end."""
-    from apiserver import start
+    (tests/support/apiserver.py; the binary is built once and cached). Stopped at session end."""
+    from support.apiserver import start
 
     server = start(tmp_path_factory.mktemp("apiserver"))
     yield server

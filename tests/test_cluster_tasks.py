@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from cluster import KubeRayPlayer, as_account, install, run_as
 from kfp.dsl import Artifact, Dataset, Metrics, Model
+from support.cluster import KubeRayPlayer, as_account, install, run_as
 
 from crops.components.index import index
 from crops.components.serve_llm import release_llm, serve_llm

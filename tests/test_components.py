@@ -189,7 +189,7 @@ def test_mine_takes_the_llm_endpoint_and_key_from_the_environment(
     tiny_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """What the crops-llm Secret sets on a cluster: CROPS_LLM_ENDPOINT and CROPS_LLM_API_KEY."""
-    from fake_openai import FakeOpenAIServer
+    from fakes.fake_openai import FakeOpenAIServer
 
     with FakeOpenAIServer() as fake:
         monkeypatch.setenv("CROPS_LLM_ENDPOINT", fake.url)

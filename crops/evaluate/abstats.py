@@ -5,8 +5,8 @@ The randomisation unit is the user, so the analysis unit is the user too. Every 
 ratio of sums over users (clicks / impressions, long plays / clicks, reformulated requests /
 requests), and one user's impressions are correlated (a user who likes the results clicks many
 of them). Treating impressions as independent Bernoulli trials understates the variance and
-promotes noise; the delta method on user-level sums does not (tests/test_abstats.py measures
-both coverages). Output is plain JSON: numbers, strings, booleans, and None where a number
+promotes noise; the delta method on user-level sums does not (tests/evaluate/test_abstats.py
+measures both coverages). Output is plain JSON: numbers, strings, booleans, and None where a number
 cannot be estimated (never NaN or inf).
 """
 

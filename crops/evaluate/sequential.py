@@ -2,8 +2,8 @@
 
 A canary is looked at repeatedly (one look per simulated day in the A/B runner). Testing at the
 full alpha at every look inflates the false-promotion rate (about 0.07 instead of 0.025 for a
-two-sided 0.05 test over 5 looks; tests/test_canary.py measures it), so each look gets a nominal
-level from a Lan-DeMets alpha-spending function, with exact group-sequential boundaries:
+two-sided 0.05 test over 5 looks; tests/evaluate/test_sequential.py measures it), so each look gets
+a nominal level from a Lan-DeMets alpha-spending function, with exact group-sequential boundaries:
 
     O'Brien-Fleming type:  alpha(t) = 2 - 2 Phi(z_{1-alpha/2} / sqrt(t))
     Pocock type:           alpha(t) = alpha ln(1 + (e - 1) t)

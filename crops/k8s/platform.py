@@ -14,7 +14,7 @@ repeating them:
   it and the kustomize manifests from the chart, and a test fails when any of them drifts.
 
 Only the facts are read here; the builders (`crops.k8s.rayjob`, `.inference_service`, `.vllm`)
-lay them out, and `tests/test_platform.py` checks that their objects equal the chart's.
+lay them out, and `tests/k8s/test_platform.py` checks that their objects equal the chart's.
 """
 
 from __future__ import annotations
