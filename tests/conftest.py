@@ -61,8 +61,8 @@ def run(monkeypatch):
 def mined_fast(tiny_dir: Path, tiny_world: World, tmp_path_factory) -> tuple[Path, Path]:
     """The tiny world mined without the filter model (knowledge synthesis): (out, world dir)."""
     from crops.mining.config import MineConfig
-    from crops.mining.knowledge import KnowledgeBackend
     from crops.mining.mine import mine
+    from crops.mining.synthesis.knowledge import KnowledgeBackend
 
     out = tmp_path_factory.mktemp("mined-fast")
     mine(tiny_dir, out, MineConfig(filter_model="none"), KnowledgeBackend(tiny_world))

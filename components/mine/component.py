@@ -7,6 +7,10 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
 from crops.components import BASE_IMAGE
+from crops.mining.config import MineConfig
+
+#: MineConfig's defaults, for the parameters that restate them (their one home)
+MINE = MineConfig()
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -16,15 +20,15 @@ def mine(
     metrics: Output[Metrics],
     llm_endpoint: str = "",
     llm_model: str = "",
-    llm_backend: str = "auto",
-    filter_model: str = "minilm",
+    llm_backend: str = MINE.llm_backend,
+    filter_model: str = MINE.filter_model,
     relevance_threshold: Optional[float] = None,  # noqa: UP045 - kfp reads typing.Optional only
     level_filter: Optional[float] = None,  # noqa: UP045
-    synth_min_positives: int = 200,
-    synth_max_queries: int = 1000,
-    synth_per_query: int = 4,
+    synth_min_positives: int = MINE.synth_min_positives,
+    synth_max_queries: int = MINE.synth_max_queries,
+    synth_per_query: int = MINE.synth_per_query,
     synth_budget_s: float = 0.0,
-    seed: int = 0,
+    seed: int = MINE.seed,
 ) -> str:
     """Mine graded samples from the world's logs.
 
@@ -40,12 +44,14 @@ def mine(
             is read from CROPS_LLM_API_KEY, never from a parameter.
         llm_model: the model the server serves (or CROPS_LLM_MODEL); the Hugging Face model for
             vllm-offline.
-        llm_backend: endpoint (an LLM server is required: no endpoint is an error, never a
-            fallback; the cluster pipeline's default) | auto (the endpoint if one is set, else
-            none; the local pipeline's serve_llm task starts a local LLM server and sets it) |
-            local (start the local LLM server here) | knowledge (a named diagnostic: the
-            simulator's world knowledge, not an LLM, never a default) | none | vllm-offline
-            (vLLM's in-process engine on a GPU node).
+        llm_backend: auto (the endpoint if one is set, else the local LLM server started
+            here; the local pipeline's serve_llm task starts one and passes it) | endpoint (an
+            LLM server is required: no endpoint is an error, never a fallback; the cluster
+            pipeline's default) | local (the local LLM server; the endpoint instead when one is
+            given) | knowledge (a named diagnostic: the simulator's world knowledge, not an LLM,
+            never a default) | none | vllm-offline (vLLM's in-process engine on a GPU node) |
+            ray-batch (Ray Data actors) | openai (as endpoint). The same resolution as `crops
+            mine`'s: crops.mining.synthesis.factory.
         filter_model: the relevance filter: minilm | a sentence-transformers path | none.
         relevance_threshold: keep reformulation and recfeed candidates scoring above this, on
             the filter's (1 + cos) / 2 scale; unset: MineConfig's default.
@@ -61,34 +67,14 @@ def mine(
     Returns:
         The synthesis backend that ran, and whether it is an LLM.
     """
-    import os
     from pathlib import Path
 
-    from crops.mining import synthesis
+    # the body runs alone in the task's container: it imports what it uses itself
     from crops.mining.config import MineConfig
     from crops.mining.mine import mine as run
+    from crops.mining.synthesis.factory import build_backend, check_backend, resolve
 
     world_dir, out = Path(world.path), Path(mined.path)
-    endpoint = llm_endpoint or os.environ.get("CROPS_LLM_ENDPOINT", "")
-    model = llm_model or os.environ.get("CROPS_LLM_MODEL", "")
-    backends = ("auto", "endpoint", "local", "knowledge", "none", "vllm-offline")
-    if llm_backend not in backends:
-        raise ValueError(f"llm_backend {llm_backend!r}: use one of {', '.join(backends)}")
-    if llm_backend == "endpoint" and not endpoint:
-        raise ValueError(
-            "LLM synthesis was asked for (llm_backend=endpoint) but no LLM endpoint is set: the"
-            " llm_endpoint parameter is empty (the serve_llm task serves vLLM only with"
-            " serve_vllm=true) and CROPS_LLM_ENDPOINT is unset (on a cluster it comes from the"
-            " key `endpoint` of the Secret crops-llm in the run's namespace, docs/kind.md)."
-            " Set one of them, or compile with --synthesis none for a run without synthesis;"
-            " nothing falls back to another backend."
-        )
-    if endpoint:
-        name = "openai"
-    elif llm_backend == "auto":
-        name = "none"
-    else:
-        name = llm_backend
     # unset thresholds keep MineConfig's defaults (their one home)
     thresholds = {"relevance_threshold": relevance_threshold, "level_filter": level_filter}
     cfg = MineConfig(
@@ -98,54 +84,15 @@ def mine(
         synth_max_queries=synth_max_queries,
         synth_per_query=synth_per_query,
         synth_budget_s=synth_budget_s or None,
-        llm_backend=name,
-        llm_endpoint=endpoint or None,
-        llm_model=model or None,
+        llm_backend=check_backend(llm_backend),
+        llm_endpoint=llm_endpoint or None,
+        llm_model=llm_model or None,
         seed=seed,
     )
-    cache = out / "llm_cache.sqlite"
+    # the backend the parameters and CROPS_LLM_ENDPOINT / CROPS_LLM_MODEL (the Secret) name
+    cfg = resolve(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    if name == "openai":
-        server = "vllm"
-        if not model:  # a server started for this run (serve_llm): ask it what it serves
-            from crops.mining.llm_server import discover
-
-            model, server = discover(endpoint)
-        backend = synthesis.make_backend(
-            endpoint,
-            model,
-            concurrency=cfg.llm_concurrency,
-            timeout_s=cfg.llm_timeout_s,
-            max_retries=cfg.llm_max_retries,
-            cache_path=cache,
-            seed=seed,
-            server=server,
-            budget_s=cfg.synth_budget_s,
-        )
-    elif name == "local":
-        from crops.mining.llm_server import LocalLLMBackend
-
-        backend = LocalLLMBackend(
-            model or None,
-            log_dir=out,
-            cache_path=cache,
-            seed=seed,
-            max_retries=cfg.llm_max_retries,
-            budget_s=cfg.synth_budget_s,
-        )
-    elif name == "vllm-offline":
-        if not model:
-            raise ValueError("llm_backend vllm-offline needs llm_model (a Hugging Face model)")
-        from crops.mining.batch_synthesis import vllm_offline
-
-        backend = vllm_offline(model, cache_path=cache, seed=seed)
-    elif name == "knowledge":
-        from crops.mining.knowledge import KnowledgeBackend
-        from crops.world.world import World
-
-        backend = KnowledgeBackend(World.load(world_dir), seed=seed)
-    else:
-        backend = synthesis.NoSynthesis()
+    backend = build_backend(cfg, world=world_dir, cache=out / "llm_cache.sqlite", log_dir=out)
     scorer = None
     if filter_model != "none":
         from crops.mining.relevance import RelevanceFilter

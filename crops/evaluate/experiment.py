@@ -222,7 +222,8 @@ def _mine(cfg: ExperimentConfig, progress: Progress | None) -> Path:
     target = Path(cfg.out) / "mined"
     if (target / "samples.parquet").is_file() and not cfg.force:
         return target
-    mine_cfg = MineConfig(seed=cfg.seed, synth_budget_s=cfg.synth_budget_s)
+    # the report records the backend that runs (MineConfig's default is auto)
+    mine_cfg = MineConfig(llm_backend="local", seed=cfg.seed, synth_budget_s=cfg.synth_budget_s)
     scorer = None
     if mine_cfg.filter_model != "none":  # as `crops mine`: filtered positives, scored levels
         from crops.mining.relevance import RelevanceFilter

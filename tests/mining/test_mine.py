@@ -13,9 +13,9 @@ import pytest
 from fakes.fake_openai import FakeOpenAIServer
 
 from crops.mining.config import MineConfig
-from crops.mining.knowledge import KnowledgeBackend
 from crops.mining.mine import mine
 from crops.mining.relevance import RelevanceFilter
+from crops.mining.synthesis.knowledge import KnowledgeBackend
 from crops.schema import SAMPLES, VIDEOS, load_table
 
 

@@ -13,7 +13,6 @@ import httpx
 import pytest
 from fakes.fake_openai import FakeOpenAIServer
 
-from crops.mining import synthesis
 from crops.mining.synthesis import (
     PROMPT_VERSION,
     REASONS,
@@ -24,6 +23,7 @@ from crops.mining.synthesis import (
     SyntheticVideo,
     load_prompt,
     make_backend,
+    openai_backend,
     parse_reply,
     render_messages,
 )
@@ -327,7 +327,7 @@ def test_cache_reruns_only_failures(fake, tmp_path, monkeypatch):
     assert fake.calls["cached one"] == 3
 
     real = load_prompt
-    monkeypatch.setattr(synthesis, "load_prompt", lambda version=PROMPT_VERSION: real())
+    monkeypatch.setattr(openai_backend, "load_prompt", lambda version=PROMPT_VERSION: real())
     b2 = backend(fake, cache_path=cache, prompt_version="synthesis_v2")
     res = b2.synthesize(["cached one"])
     assert fake.calls["cached one"] == 4 and res.stats["cache_hits"] == 0

@@ -1,8 +1,11 @@
 """In-process LLM engines for batch synthesis: vLLM on a GPU, llama.cpp on a CPU.
 
+Owns :class:`EngineSpec`, the :class:`Engine` protocol, the two engines and
+:func:`build_engine`.
+
 An engine turns a batch of queries into raw completions (text and finish reason), `per_query`
 of them each, constrained to the reply schema. It knows nothing of parsing, retries or caching:
-`crops.mining.batch_synthesis` does that for every engine alike, with the same `parse_reply` the
+`ray_batch` does that for every engine alike, with the same `parse_reply` the
 HTTP client uses. `EngineSpec` is what travels to a Ray actor; the actor builds the engine from
 it once (loading weights takes the time) and reuses it for every batch.
 
@@ -21,7 +24,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from crops.mining.synthesis import PROMPT_VERSION, VIDEO_JSON_SCHEMA, load_prompt, render_messages
+from crops.mining.synthesis.prompt import PROMPT_VERSION, load_prompt, render_messages
+from crops.mining.synthesis.reply import VIDEO_JSON_SCHEMA
 
 #: A completion: its text and the engine's finish reason ("stop", "length", ...).
 Completion = tuple[str | None, str | None]

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from crops.mining.synthesis import SynthesisResult, SyntheticVideo
+from crops.mining.synthesis.base import SynthesisResult
+from crops.mining.synthesis.reply import SyntheticVideo
 from crops.world import taxonomy as tx
 from crops.world.world import World
 

@@ -1,14 +1,18 @@
 """Batch synthesis with an in-process engine: in this process, or on Ray Data actors.
 
+Owns :class:`BatchSynthesis` (the backend), :class:`SynthesisActor` (the Ray Data callable),
+:func:`synthesize_batch` (generate, parse and retry one batch where the engine runs) and
+:func:`vllm_offline`.
+
 On a cluster, synthesis at scale is offline batch inference: the queries become a Ray Dataset
 and `map_batches` sends them to a pool of actors, each holding one LLM engine on its own GPU
-(`crops.mining.llm_engines`), the way Ray Data's batch-inference guide does it. The RayJob's
+(`engines`), the way Ray Data's batch-inference guide does it. The RayJob's
 driver runs on the head node, which has no GPU and never loads a model.
 
 Each batch is synthesised, parsed and retried where the engine runs (`synthesize_batch`), so a
 model is loaded once per actor and only small outcome rows come back. The driver does what
-needs one place: the cache, the per-query cap, de-duplication and the report
-(`synthesis._assemble`, shared with the HTTP client).
+needs one place: the cache (`cache.look_up`), the per-query cap, de-duplication and the
+report (`base.assemble`), each shared with the HTTP client.
 
 - `BatchSynthesis(spec, runner="local")`: the engine in this process (a GPU mine task);
 - `BatchSynthesis(spec, runner="ray", actors=N, gpus_per_actor=1)`: Ray Data over N actors.
@@ -24,24 +28,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from crops.mining.llm_engines import Engine, EngineSpec, build_engine, require
-from crops.mining.synthesis import (
+from crops.mining.synthesis.base import Progress, SynthesisResult, Tracker, assemble, unique_queries
+from crops.mining.synthesis.cache import look_up, open_cache
+from crops.mining.synthesis.engines import Engine, EngineSpec, build_engine, require
+from crops.mining.synthesis.reply import (
     Failure,
-    Progress,
-    SynthesisResult,
     SyntheticVideo,
-    _assemble,
-    _Cache,
-    _input_failure,
-    _Outcome,
-    _Tracker,
-    _unique_queries,
-    count_reply,
     new_reply_counters,
-    parse_reply,
+    parse_completions,
 )
 
-log = logging.getLogger("crops.mining.batch_synthesis")
+log = logging.getLogger(__name__)
 
 
 def synthesize_batch(
@@ -63,22 +60,13 @@ def synthesize_batch(
         ):
             row = rows[q]
             row["attempts"] = attempt + 1
-            got: list[SyntheticVideo] = []
-            first: Failure | None = None
-            for text, finish in completions:
-                r = parse_reply(q, text, finish)
-                count_reply(row["counters"], r)
-                if isinstance(r, Failure):
-                    first = first or r
-                else:
-                    got.extend(r)
-            if got:
+            got = parse_completions(q, completions, row["counters"])
+            if isinstance(got, Failure):
+                row["reason"], row["detail"] = got.reason, got.detail
+                retry.append(q)
+            else:
                 row["videos"] = json.dumps([v.model_dump() for v in got], ensure_ascii=False)
                 row["reason"] = row["detail"] = None
-            else:
-                first = first or Failure("empty", "no completion")
-                row["reason"], row["detail"] = first.reason, first.detail
-                retry.append(q)
         todo = retry
     out = list(rows.values())
     for r in out:  # plain columns for Ray Data
@@ -183,26 +171,14 @@ class BatchSynthesis:
         if per_query < 1:
             raise ValueError(f"per_query must be >= 1, got {per_query}")
         started = time.perf_counter()
-        unique = _unique_queries(queries)
-        tracker = _Tracker(len(unique), progress)
-        outcomes: dict[str, _Outcome] = {}
-        cache = _Cache(self.cache_path) if self.cache_path is not None else None
+        unique = unique_queries(queries)
+        tracker = Tracker(len(unique), progress)
         version = self.spec.prompt_version
         replies, requests = new_reply_counters(), 0
-        try:
-            todo = []
-            for q in unique:
-                bad = _input_failure(q)
-                hit = None
-                if bad is None and cache is not None:
-                    hit = cache.get(_Cache.key(self.model, version, per_query, q))
-                if bad is not None:
-                    outcomes[q] = _Outcome(failure=bad)
-                elif hit is not None:
-                    outcomes[q] = _Outcome(videos=hit, cached=True)
-                else:
-                    outcomes[q] = _Outcome()
-                    todo.append(q)
+        with open_cache(self.cache_path) as cache:
+            outcomes, todo = look_up(
+                unique, cache, model=self.model, prompt_version=version, per_query=per_query
+            )
             tracker.advance(len(unique) - len(todo))
             log.info("synthesis %s: %d queries to generate", self.name, len(todo))
             for row in self._rows(todo, per_query) if todo else ():
@@ -219,15 +195,11 @@ class BatchSynthesis:
                 if videos:
                     oc.videos = videos
                     if cache is not None:
-                        key = _Cache.key(self.model, version, per_query, q)
-                        cache.put(key, self.model, version, per_query, q, videos)
+                        cache.store(self.model, version, per_query, q, videos)
                 else:
                     oc.failure = Failure(str(row["reason"]), str(row["detail"]))
                 tracker.advance()
-        finally:
-            if cache is not None:
-                cache.close()
-        result = _assemble(
+        result = assemble(
             self.name,
             self.model,
             version,
