@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_openai import FakeOpenAIServer
+from fakes.fake_openai import FakeOpenAIServer
 
 from crops.mining.config import MineConfig
 from crops.mining.synthesis import NoSynthesis, OpenAIChatBackend
