@@ -198,3 +198,12 @@ def test_cli_and_component_defaults_are_mine_configs() -> None:
         assert options[name].default == getattr(defaults, name), name
     assert options["llm_backend"].default == "auto"
     assert options["window_s"].default == defaults.reformulation_window_s
+
+
+def test_the_deployments_model_variable_never_reaches_the_local_server() -> None:
+    """CROPS_LLM_MODEL names a served model (vLLM's), not a GGUF path for llama.cpp."""
+    env = {"CROPS_LLM_MODEL": "Qwen/Qwen2.5-7B-Instruct"}
+    local = resolve(MineConfig(), env)
+    assert (local.llm_backend, local.llm_model) == ("local", None)
+    assert resolve(MineConfig(llm_model="/m/x.gguf"), env).llm_model == "/m/x.gguf"
+    assert resolve(MineConfig(llm_backend="vllm-offline"), env).llm_model == env["CROPS_LLM_MODEL"]

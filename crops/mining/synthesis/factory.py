@@ -71,7 +71,6 @@ def resolve(cfg: MineConfig, env: Mapping[str, str] | None = None) -> MineConfig
     env = os.environ if env is None else env
     name = check_backend(cfg.llm_backend)
     given = (cfg.llm_endpoint or "").strip() or None
-    model = cfg.llm_model or env.get(MODEL_ENV) or None
     if given and name in NO_ENDPOINT:
         raise SynthesisSetupError(
             f"an LLM endpoint ({given}) and llm_backend {name}: give the endpoint"
@@ -85,6 +84,9 @@ def resolve(cfg: MineConfig, env: Mapping[str, str] | None = None) -> MineConfig
             raise SynthesisSetupError(NO_ENDPOINT_MESSAGE.format(name=name))
         else:
             name = "openai"
+    # CROPS_LLM_MODEL names what a deployment's server serves; the local llama.cpp server
+    # takes a GGUF path, so only an explicit llm_model reaches it
+    model = cfg.llm_model or (env.get(MODEL_ENV) if name != "local" else None) or None
     update: dict[str, Any] = {"llm_backend": name, "llm_model": model}
     if name == "openai":
         update["llm_endpoint"] = endpoint
