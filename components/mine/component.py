@@ -93,12 +93,9 @@ def mine(
     cfg = resolve(cfg)
     out.mkdir(parents=True, exist_ok=True)
     backend = build_backend(cfg, world=world_dir, cache=out / "llm_cache.sqlite", log_dir=out)
-    scorer = None
-    if filter_model != "none":
-        from crops.mining.relevance import RelevanceFilter
+    from crops.mining.relevance import relevance_filter
 
-        scorer = RelevanceFilter(filter_model)
-    report = run(world_dir, out, cfg, backend, scorer=scorer)
+    report = run(world_dir, out, cfg, backend, scorer=relevance_filter(cfg))
 
     s = report["samples"]
     metrics.log_metric("samples", s["rows"])

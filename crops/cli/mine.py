@@ -161,14 +161,12 @@ def mine(
         )
     except SynthesisSetupError as exc:
         _fail(str(exc))
-    scorer = None
-    if filter_model != "none":
-        from crops.mining.relevance import RelevanceFilter
+    from crops.mining.relevance import relevance_filter
 
-        try:
-            scorer = RelevanceFilter(filter_model)
-        except (ValueError, ImportError, OSError) as exc:
-            _fail(str(exc))
+    try:
+        scorer = relevance_filter(cfg)
+    except (ValueError, ImportError, OSError) as exc:
+        _fail(str(exc))
     try:
         with _progress_bar() as progress:
             report = run(world, out, cfg, backend, scorer=scorer, progress=progress)

@@ -224,11 +224,9 @@ def _mine(cfg: ExperimentConfig, progress: Progress | None) -> Path:
         return target
     # the report records the backend that runs (MineConfig's default is auto)
     mine_cfg = MineConfig(llm_backend="local", seed=cfg.seed, synth_budget_s=cfg.synth_budget_s)
-    scorer = None
-    if mine_cfg.filter_model != "none":  # as `crops mine`: filtered positives, scored levels
-        from crops.mining.relevance import RelevanceFilter
+    from crops.mining.relevance import relevance_filter
 
-        scorer = RelevanceFilter(mine_cfg.filter_model, batch_size=mine_cfg.filter_batch_size)
+    scorer = relevance_filter(mine_cfg)  # as `crops mine`: filtered positives, scored levels
     mine(
         cfg.world,
         target,

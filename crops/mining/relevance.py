@@ -80,3 +80,11 @@ class RelevanceFilter:
         t = self.embed(list(ut), progress)
         cos = np.einsum("ij,ij->i", q[qi], t[ti])
         return ((1.0 + cos) / 2.0).astype(np.float32)
+
+
+def relevance_filter(cfg) -> RelevanceFilter | None:
+    """The filter a `MineConfig` names (None for `filter_model` "none"): the one place the
+    CLI, the mine component and the experiment build it, with the config's batch size."""
+    if cfg.filter_model == "none":
+        return None
+    return RelevanceFilter(cfg.filter_model, batch_size=cfg.filter_batch_size)
