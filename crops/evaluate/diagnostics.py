@@ -1,6 +1,8 @@
 """Diagnostics of a `crops experiment` run against the simulator's truth: measurement only.
 
-No training input reads the truth; these figures explain a table after the fact:
+No training input reads the truth; these figures explain a table after the fact (the
+measures are in `crops.evaluate.truth`, the curves in `crops.evaluate.curves`; this module
+reads an experiment folder, runs them and renders diagnostics.md):
 
 - level noise: per sample source (HLA label), the share of samples whose video is grade 0, 1,
   2 or 3 for the query;
@@ -26,245 +28,33 @@ import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crops.schema import HLA_LABELS, LEVEL_SOURCES
+from crops.evaluate.curves import plot_curves, read_curve, training_curves
+from crops.evaluate.truth import (
+    GRADES,
+    SOURCE_ORDER,
+    Scorer,
+    Truth,
+    auc,
+    clean_samples,
+    composition,
+    filter_check,
+    level_noise,
+    qrels_queries,
+    sample_levels,
+)
+from crops.schema import LEVEL_SOURCES
 
 if TYPE_CHECKING:
     import polars as pl
 
     from crops.evaluate.collection import Collection
     from crops.evaluate.offline import Searcher
-    from crops.world.world import World
 
 Progress = Callable[[str, int, int], None]
-
-#: The search cascade's lower levels (labels 1-3), the samples H-InfoNCE makes anchors of.
-#: Sources in the order of their labels, lowest first (ties: as HLA's priority lists them).
-SOURCE_ORDER = ("prefiltered", "ranked", "exposed", "click", "recfeed", "llm", "reformulation")
-GRADES = (0, 1, 2, 3)
-#: Where training.json may keep its validation curve, first match wins.
-CURVE_KEYS = (("validation", "curve"),)  #: where crops train writes the curve
-
-
-class Scorer(Protocol):
-    def score(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray: ...
-
-
-# --------------------------------------------------------------------------- truth
-
-
-class Truth:
-    """True grades of (query string, video id) from a simulated world, -1 where there is none
-    (a video the catalogue does not hold, a query the world never produces): the world's own
-    `World.query_grades`, with the unknown counted as ungraded rather than grade 0."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.n_videos = len(world.videos.video_id)
-
-    @classmethod
-    def load(cls, world_dir: str | Path) -> Truth:
-        from crops.world.world import World
-
-        return cls(World.load(world_dir))
-
-    def rows(self, video_ids: np.ndarray) -> np.ndarray:
-        """Catalogue rows of video ids; -1 for ids the catalogue does not hold."""
-        return self.world.video_rows(video_ids)
-
-    def grades(self, query: str, video_ids: np.ndarray) -> np.ndarray:
-        """Grades 0..3 of videos for a query; -1 for an unknown query or video."""
-        return self.world.query_grades(query, video_ids, unknown=-1)
-
-    def catalogue_grades(self, query: str) -> np.ndarray | None:
-        """Grades of every catalogue video (row order) for a query; None if it is unknown."""
-        if self.world.form_id(query) is None:
-            return None
-        return self.world.query_grades(query, self.world.videos.video_id)
-
-    def grade_samples(self, samples: pl.DataFrame) -> np.ndarray:
-        """Grades of a samples frame's (query, video_id) rows, aligned with its rows."""
-        out = np.full(samples.height, -1, dtype=np.int8)
-        if samples.height == 0:
-            return out
-        queries = samples["query"].to_numpy().astype(object)
-        videos = samples["video_id"].to_numpy()
-        uniq, inverse = np.unique(queries, return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
-        for q, idx in zip(uniq, np.split(order, bounds), strict=True):
-            out[idx] = self.grades(str(q), videos[idx])
-        return out
-
-
-def _sources_in_order(present: Sequence[str]) -> list[str]:
-    known = [s for s in SOURCE_ORDER if s in present]
-    return known + sorted(s for s in set(present) if s not in SOURCE_ORDER)
-
-
-def _grade_shares(g: np.ndarray) -> dict:
-    graded = g[g >= 0]
-    n = len(graded)
-    counts = {k: int((graded == k).sum()) for k in GRADES}
-    shares = {str(k): (counts[k] / n if n else None) for k in GRADES}
-    return {
-        "samples": len(g),
-        "graded": n,
-        "ungraded": int(len(g) - n),
-        "counts": {str(k): v for k, v in counts.items()},
-        "share": shares,
-        "share_grade_ge2": (counts[2] + counts[3]) / n if n else None,
-        "share_grade3": counts[3] / n if n else None,
-    }
-
-
-def level_noise(samples: pl.DataFrame, grades: np.ndarray) -> dict:
-    """Per source (HLA label): how many samples, and the shares of their graded videos at each
-    grade; plus the level samples (labels 1-3) together."""
-    sources = samples["source"].to_numpy().astype(object)
-    rows = {}
-    for s in _sources_in_order(list(set(sources))):
-        mask = sources == s
-        rows[s] = {"label": HLA_LABELS.get(s), **_grade_shares(grades[mask])}
-    levels = np.isin(sources, LEVEL_SOURCES)
-    return {"sources": rows, "levels_1_3": _grade_shares(grades[levels])}
-
-
-# --------------------------------------------------------------------------- relevance filter
-
-
-def auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """Area under the ROC curve of `scores` for `positive` (ties count half): the Mann-Whitney U
-    over (positives x negatives). None when a class is empty."""
-    from scipy.stats import rankdata
-
-    scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    n1 = int(positive.sum())
-    n0 = len(positive) - n1
-    if n1 == 0 or n0 == 0:
-        return None
-    ranks = rankdata(scores)  # average ranks for ties
-    u = ranks[positive].sum() - n1 * (n1 + 1) / 2
-    return float(u / (n1 * n0))
-
-
-def sample_levels(samples: pl.DataFrame, grades: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Row indices of up to n graded level samples (labels 1-3), drawn without replacement with
-    a fixed seed, in row order."""
-    sources = samples["source"].to_numpy().astype(object)
-    pool = np.flatnonzero(np.isin(sources, LEVEL_SOURCES) & (grades >= 0))
-    if len(pool) > n:
-        pool = np.sort(np.random.default_rng(seed).choice(pool, size=n, replace=False))
-    return pool
-
-
-def filter_check(
-    samples: pl.DataFrame,
-    grades: np.ndarray,
-    texts: dict[int, str],
-    scorer: Scorer,
-    *,
-    n: int = 4000,
-    seed: int = 0,
-    threshold: float,
-) -> dict:
-    """The relevance filter on level samples: AUC of its score for grade >= 1, and what it
-    would do at `threshold` (mining keeps scores above it, so a score <= threshold drops)."""
-    idx = sample_levels(samples, grades, n, seed)
-    queries = samples["query"].to_numpy().astype(object)[idx]
-    videos = samples["video_id"].to_numpy()[idx]
-    sources = samples["source"].to_numpy().astype(object)[idx]
-    keep = np.array([int(v) in texts for v in videos], dtype=bool)
-    idx, queries, videos, sources = idx[keep], queries[keep], videos[keep], sources[keep]
-    g = grades[idx]
-    scores = np.asarray(
-        scorer.score([str(q) for q in queries], [texts[int(v)] for v in videos]), np.float64
-    )
-    dropped = scores <= threshold
-
-    def summary(mask: np.ndarray) -> dict:
-        gm, sm, dm = g[mask], scores[mask], dropped[mask]
-        irrelevant = gm == 0
-        return {
-            "samples": int(mask.sum()),
-            "grade0": int(irrelevant.sum()),
-            "auc_grade_ge1": auc(sm, gm >= 1),
-            "dropped": float(dm.mean()) if len(dm) else None,
-            "grade0_caught": float(dm[irrelevant].mean()) if irrelevant.any() else None,
-            "relevant_kept": float((~dm[~irrelevant]).mean()) if (~irrelevant).any() else None,
-            "score_mean_grade0": float(sm[irrelevant].mean()) if irrelevant.any() else None,
-            "score_mean_grade_ge1": float(sm[~irrelevant].mean()) if (~irrelevant).any() else None,
-        }
-
-    by_source = {s: summary(sources == s) for s in LEVEL_SOURCES if (sources == s).any()}
-    return {
-        "threshold": threshold,
-        "sample_size": n,
-        "seed": seed,
-        "without_text": int((~keep).sum()),
-        **summary(np.ones(len(idx), dtype=bool)),
-        "by_source": by_source,
-    }
-
-
-# --------------------------------------------------------------------------- top-k composition
-
-
-def composition(
-    truth: Truth,
-    collection: Collection,
-    searcher: Searcher,
-    qids: Sequence[str],
-    *,
-    k: int = 100,
-    batch_size: int = 256,
-) -> dict:
-    """Grades of a searcher's top k for queries: pooled shares of each grade, and grade-3
-    recall@k averaged over the queries that have grade-3 videos."""
-    counts = {g: 0 for g in (-1, *GRADES)}
-    recalls: list[float] = []
-    unknown = 0
-    qids = [q for q in qids if q in collection.queries]
-    for start in range(0, len(qids), batch_size):
-        batch = qids[start : start + batch_size]
-        texts = [collection.queries[q] for q in batch]
-        hits = searcher.search(texts, k)
-        for text, row in zip(texts, hits, strict=True):
-            every = truth.catalogue_grades(text)
-            if every is None:
-                unknown += 1
-                continue
-            ids = np.array([int(d) for d, _ in row], dtype=np.int64)
-            rows = truth.rows(ids)
-            g = np.where(rows >= 0, every[np.maximum(rows, 0)], -1)
-            for grade in counts:
-                counts[grade] += int((g == grade).sum())
-            total3 = int((every == 3).sum())
-            if total3:
-                recalls.append(float((g == 3).sum()) / total3)
-    graded = sum(v for key, v in counts.items() if key >= 0)
-    return {
-        "queries": len(qids) - unknown,
-        "queries_unknown_to_world": unknown,
-        "k": k,
-        "retrieved": graded + counts[-1],
-        "ungraded": counts[-1],
-        "share": {str(g): (counts[g] / graded if graded else None) for g in GRADES},
-        "grade3_recall": float(np.mean(recalls)) if recalls else None,
-        "queries_with_grade3": len(recalls),
-    }
-
-
-def qrels_queries(collection: Collection, name: str) -> list[str]:
-    """The query ids a qrels set judges, in the collection's query order."""
-    for q in collection.qrels:
-        if q.name == name:
-            return [qid for qid in collection.queries if qid in q.judgements]
-    raise KeyError(f"no qrels set {name!r}; have {[q.name for q in collection.qrels]}")
 
 
 # --------------------------------------------------------------------------- experiment folder
@@ -313,85 +103,7 @@ def searcher_for_method(collection: Collection, info: dict) -> Searcher | None:
     )
 
 
-def read_curve(training: dict) -> tuple[str | None, list[dict]]:
-    """(the key it was read from, the curve) of a training.json; (None, []) without one."""
-    for path in CURVE_KEYS:
-        node = training
-        for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, list) and all(isinstance(p, dict) and "step" in p for p in node):
-            return ".".join(path), node
-    return None, []
-
-
-def training_curves(methods: dict[str, dict]) -> dict[str, dict]:
-    """Per dense method: steps trained, the best step, why it stopped and the validation curve,
-    from its model folder's training.json (whatever of these it records)."""
-    out: dict[str, dict] = {}
-    for name, info in methods.items():
-        if info["model_dir"] is None:
-            continue
-        path = Path(info["model_dir"]) / "training.json"
-        if not path.is_file():
-            out[name] = {"training_json": None, "curve_key": None, "curve": []}
-            continue
-        t = json.loads(path.read_text())
-        key, curve = read_curve(t)
-        validation = t.get("validation") if isinstance(t.get("validation"), dict) else {}
-        metrics = t.get("metrics") if isinstance(t.get("metrics"), dict) else {}
-        steps = t.get("steps", info.get("steps"))
-        if steps is None:
-            steps = metrics.get("global_step")
-        out[name] = {
-            "training_json": str(path),
-            "steps": steps,
-            "best_step": validation.get("best_step", info.get("best_step")),
-            "why_stopped": validation.get("why_stopped", info.get("why_stopped")),
-            "curve_key": key,
-            "curve": [{k: p.get(k) for k in ("step", "recall", "loss") if k in p} for p in curve],
-        }
-    return out
-
-
-def plot_curves(curves: dict[str, dict], path: Path) -> bool:
-    """Every method's validation recall against steps in one chart; False if none has a curve."""
-    drawn = {n: c["curve"] for n, c in curves.items() if any("recall" in p for p in c["curve"])}
-    if not drawn:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    for name, curve in drawn.items():
-        pts = [(p["step"], p["recall"]) for p in curve if p.get("recall") is not None]
-        ax.plot([s for s, _ in pts], [100 * r for _, r in pts], marker="o", ms=3, label=name)
-        best = curves[name].get("best_step")
-        for s, r in pts:
-            if s == best:
-                ax.scatter([s], [100 * r], s=60, facecolors="none", edgecolors="black", zorder=3)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("validation recall (%)")
-    ax.set_title("Training curves: held-out training queries (circle: the model kept)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
 # --------------------------------------------------------------------------- cleaned ablation
-
-
-def clean_samples(samples: pl.DataFrame, grades: np.ndarray) -> tuple[pl.DataFrame, int]:
-    """The samples without the level samples (labels 1-3) whose video is grade 0: (kept, how
-    many were removed). Ungraded samples stay."""
-    import polars as pl
-
-    sources = samples["source"].to_numpy().astype(object)
-    drop = np.isin(sources, LEVEL_SOURCES) & (grades == 0)
-    return samples.filter(pl.Series(~drop)), int(drop.sum())
 
 
 def experiment_config(experiment: str | Path, **overrides) -> tuple[object, list[str]]:
@@ -709,3 +421,26 @@ def render_markdown(report: dict) -> str:
             ]
     lines.append("")
     return "\n".join(lines)
+
+
+__all__ = [
+    "GRADES",
+    "LEVEL_SOURCES",
+    "SOURCE_ORDER",
+    "Scorer",
+    "Truth",
+    "auc",
+    "clean_samples",
+    "cleaned_ablation",
+    "composition",
+    "experiment_methods",
+    "filter_check",
+    "level_noise",
+    "plot_curves",
+    "qrels_queries",
+    "read_curve",
+    "render_markdown",
+    "run_diagnostics",
+    "sample_levels",
+    "training_curves",
+]
