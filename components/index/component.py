@@ -4,6 +4,10 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from crops.components import BASE_IMAGE
+from crops.index.build import IndexConfig
+
+#: parameter defaults are IndexConfig's (their one home)
+INDEX = IndexConfig.model_construct()
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -12,9 +16,9 @@ def index(
     world: Input[Dataset],
     index: Output[Artifact],
     metrics: Output[Metrics],
-    factory: str = "Flat",
-    actors: int = 2,
-    batch_size: int = 256,
+    factory: str = INDEX.factory,
+    actors: int = INDEX.actors,
+    batch_size: int = INDEX.batch_size,
     nprobe: int = 0,
     backend: str = "local",
     namespace: str = "crops",

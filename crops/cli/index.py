@@ -7,11 +7,15 @@ from typing import Annotated
 
 import typer
 
-from crops.console import console
+from crops.console import console, defaults
 from crops.console import fail as _fail
 from crops.console import options as _options
 from crops.console import progress_bar as _progress_bar
 from crops.console import summary_table as _summary_table
+from crops.index.build import IndexConfig
+
+#: the options' defaults are IndexConfig's (their one home)
+D = defaults(IndexConfig)
 
 
 def index_command(
@@ -22,22 +26,22 @@ def index_command(
     out: Annotated[Path, typer.Option(help="INDEX_DIR to write")],
     factory: Annotated[
         str, typer.Option(help="FAISS factory string: Flat | HNSW32 | IVF4096,PQ32 | ...")
-    ] = "Flat",
-    batch_size: Annotated[int, typer.Option(help="texts per embedding batch")] = 256,
-    actors: Annotated[int, typer.Option(help="Ray Data embedding actors")] = 2,
+    ] = D.factory,
+    batch_size: Annotated[int, typer.Option(help="texts per embedding batch")] = D.batch_size,
+    actors: Annotated[int, typer.Option(help="Ray Data embedding actors")] = D.actors,
     shard_size: Annotated[int, typer.Option(help="vectors per shard (IVF/PQ/SQ: Ray tasks)")] = (
-        250_000
+        D.shard_size
     ),
-    train_size: Annotated[int, typer.Option(help="training sample (IVF, PQ, SQ)")] = 100_000,
+    train_size: Annotated[int, typer.Option(help="training sample (IVF, PQ, SQ)")] = D.train_size,
     nprobe: Annotated[int | None, typer.Option(help="IVF lists searched (default 32)")] = None,
     ef_search: Annotated[int | None, typer.Option(help="HNSW efSearch (default 64)")] = None,
     gpu: Annotated[
         bool | None, typer.Option("--gpu/--no-gpu", help="default: GPUs when Ray has any")
     ] = None,
-    force: Annotated[bool, typer.Option(help="replace an index already in OUT")] = False,
+    force: Annotated[bool, typer.Option(help="replace an index already in OUT")] = D.force,
 ) -> None:
     """Embed every video with Ray Data and build a FAISS index folder (inner product)."""
-    from crops.index.build import IndexConfig, build_index
+    from crops.index.build import build_index
 
     cfg = _options(
         IndexConfig,

@@ -21,8 +21,14 @@ def serve(
     name: Annotated[str, typer.Option(help="model name in the URL: /v1/models/NAME:predict")] = (
         "crops"
     ),
-    max_top_k: Annotated[int, typer.Option(help="refuse larger top_k (HTTP 400)")] = 1000,
-    max_batch: Annotated[int, typer.Option(help="refuse more queries per request")] = 64,
+    max_top_k: Annotated[
+        int | None,
+        typer.Option(help="refuse larger top_k (HTTP 400); default: Limits'"),
+    ] = None,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(help="refuse more queries per request; default: Limits'"),
+    ] = None,
     workers: Annotated[int, typer.Option(help="server processes sharing the port")] = 1,
     threads: Annotated[int, typer.Option(help="torch and FAISS threads per process")] = 1,
     access_log: Annotated[bool, typer.Option(help="log every request")] = False,
@@ -37,7 +43,9 @@ def serve(
     """Serve the retriever over KServe's v1 and v2 (open inference) REST protocols."""
     from crops.serve.request_parsing import Limits
 
-    limits = _options(Limits, max_top_k=max_top_k, max_batch=max_batch)
+    # options left out keep Limits' defaults (their one home; importing it loads kserve)
+    given = {"max_top_k": max_top_k, "max_batch": max_batch}
+    limits = _options(Limits, **{k: v for k, v in given.items() if v is not None})
     if not 0 <= port <= 65535:
         _fail(f"--port {port}: must be between 0 and 65535")
     if workers < 1 or threads < 1:

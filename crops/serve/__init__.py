@@ -1,5 +1,5 @@
 """The KServe retrieval endpoint: `RetrievalModel` (predictor.py), request checks
-(requests.py) and the server runner behind `crops serve` (server.py)."""
+(request_parsing.py) and the server runner behind `crops serve` (server.py)."""
 
 from __future__ import annotations
 
