@@ -49,7 +49,8 @@ entry such as ``x-request-id`` may then match nothing, so list the canonical spe
 whose events carry no ``X-Request-Id`` falls back to ``ce-id`` (a UUID), which does not link to
 the search log.
 
-What the sink does:
+What the sink does (the events are parsed by `crops.serve.cloudevents`, their inference
+payloads by `crops.serve.payloads`; this module pairs them, writes the rows and serves HTTP):
 
 - ``POST /`` takes one event: binary mode (any Content-Type; the body is parsed as JSON), or
   structured mode (``Content-Type: application/cloudevents+json``: the attributes and
@@ -97,13 +98,10 @@ What the sink does:
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import json
 import logging
 import threading
 import time
-import urllib.parse
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -111,16 +109,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from crops.serve.cloudevents import (
+    BATCH,
+    REQUEST_TYPE,
+    RESPONSE_TYPE,
+    STRUCTURED,
+    Event,
+    EventError,
+    parse_binary,
+    parse_structured,
+)
+from crops.serve.payloads import (
+    PayloadError,
+    parse_request_body,
+    parse_response_body,
+)
 from crops.serve.reqlog import MAX_REQUEST_ID, Record, RequestLog
 
 logger = logging.getLogger("crops.serve.logsink")
 
-REQUEST_TYPE = "org.kubeflow.serving.inference.request"
-RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
-STRUCTURED = "application/cloudevents+json"
-BATCH = "application/cloudevents-batch+json"
 MAX_BODY_BYTES = 1 << 20
 PAIR_TIMEOUT_S = 30.0
 MAX_PENDING = 100_000
@@ -150,288 +157,6 @@ OUTCOMES = (
     "internal_error",
 )
 PAIR_RESULTS = ("paired", "no_response", "orphan_response", "evicted")
-
-
-class EventError(Exception):
-    """A refused event: HTTP status, the outcome counted, a message naming what and where."""
-
-    def __init__(self, status: int, outcome: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.outcome, self.message = status, outcome, message
-
-
-# ----------------------------------------------------------------------------- parsing events
-
-
-@dataclass
-class Event:
-    """One CloudEvent as the sink uses it."""
-
-    id: str
-    type: str
-    source: str
-    time: datetime | None
-    isvc: str
-    namespace: str
-    component: str
-    endpoint: str
-    metadata: dict[str, list[str]]  # lower-case header name -> values
-    data: Any  # the parsed JSON payload; None for an empty body
-    arrival: datetime
-    arrival_mono: float
-    size: int = 0  # the body's bytes (what waiting for the pair holds in memory)
-
-    @property
-    def is_request(self) -> bool:
-        return self.type == REQUEST_TYPE
-
-
-def _parse_time(value: Any, where: str) -> datetime | None:
-    if value is None or value == "":
-        return None
-    ts = None
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            ts = datetime.fromisoformat(value)
-    if ts is None or ts.tzinfo is None:
-        shown = value[:60] if isinstance(value, str) else value
-        raise EventError(400, "bad_ce_time", f"{where}: {shown!r} is not an RFC 3339 time")
-    return ts.astimezone(UTC)
-
-
-def _parse_metadata(value: str | None, where: str) -> dict[str, list[str]]:
-    """KServe's ``metadata`` extension: a JSON object of header name -> list of values."""
-    if value is None or value.strip() in ("", "null"):
-        return {}
-    obj: Any = None
-    for text in (value, urllib.parse.unquote(value)):  # percent-encoded by some SDK versions
-        try:
-            obj = json.loads(text)
-            break
-        except ValueError:
-            continue
-    if not isinstance(obj, dict):
-        raise EventError(
-            400, "bad_metadata", f"{where}: not a JSON object of header lists: {value[:80]!r}"
-        )
-    out: dict[str, list[str]] = {}
-    for key, values in obj.items():
-        if isinstance(values, str):
-            values = [values]
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise EventError(
-                400, "bad_metadata", f"{where}: header {key!r} must map to a list of strings"
-            )
-        out.setdefault(str(key).lower(), []).extend(values)
-    return out
-
-
-def _parse_json(body: bytes, where: str) -> Any:
-    if not body.strip():
-        return None
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EventError(400, "not_json", f"{where}: not JSON ({exc})") from None
-
-
-def _check_attributes(ce_id: Any, ce_type: Any, spec: Any, prefix: str) -> tuple[str, str]:
-    if spec not in (None, "1.0"):
-        raise EventError(
-            400, "bad_specversion", f"{prefix}specversion {str(spec)[:20]!r}: only 1.0 is read"
-        )
-    if not isinstance(ce_id, str) or not ce_id:
-        raise EventError(400, "missing_ce_id", f"{prefix}id is missing: every event needs one")
-    if not isinstance(ce_type, str) or not ce_type:
-        raise EventError(400, "missing_ce_type", f"{prefix}type is missing")
-    if ce_type not in (REQUEST_TYPE, RESPONSE_TYPE):
-        raise EventError(
-            400,
-            "unknown_ce_type",
-            f"{prefix}type {ce_type[:80]!r} is not {REQUEST_TYPE} or {RESPONSE_TYPE}",
-        )
-    return ce_id, ce_type
-
-
-def parse_binary(headers: dict[str, str], body: bytes, arrival: datetime, mono: float) -> Event:
-    """A binary-mode event: attributes in ``ce-*`` headers (lower-case keys), payload in body."""
-    ce_id, ce_type = _check_attributes(
-        headers.get("ce-id"), headers.get("ce-type"), headers.get("ce-specversion"), "header ce-"
-    )
-    return Event(
-        id=ce_id,
-        type=ce_type,
-        source=headers.get("ce-source", ""),
-        time=_parse_time(headers.get("ce-time"), "header ce-time"),
-        isvc=headers.get("ce-inferenceservicename", ""),
-        namespace=headers.get("ce-namespace", ""),
-        component=headers.get("ce-component", ""),
-        endpoint=headers.get("ce-endpoint", ""),
-        metadata=_parse_metadata(headers.get("ce-metadata"), "header ce-metadata"),
-        data=_parse_json(body, "body"),
-        arrival=arrival,
-        arrival_mono=mono,
-        size=len(body),
-    )
-
-
-def parse_structured(body: bytes, arrival: datetime, mono: float) -> Event:
-    """A structured-mode event: one JSON object with the attributes and ``data``."""
-    env = _parse_json(body, "body (application/cloudevents+json)")
-    if not isinstance(env, dict):
-        raise EventError(400, "bad_envelope", "body: a structured CloudEvent must be a JSON object")
-    ce_id, ce_type = _check_attributes(
-        env.get("id"), env.get("type"), env.get("specversion"), "structured event: "
-    )
-    if "data_base64" in env:
-        try:
-            raw = base64.b64decode(str(env["data_base64"]), validate=True)
-        except ValueError:
-            raise EventError(400, "bad_envelope", "data_base64: not base64") from None
-        data = _parse_json(raw, "data_base64")
-    else:
-        data = env.get("data")
-        if isinstance(data, str):  # a JSON payload sent as a string
-            data = _parse_json(data.encode(), "data")
-
-    def attr(name: str) -> str:
-        value = env.get(name, "")
-        return value if isinstance(value, str) else str(value)
-
-    metadata = env.get("metadata")
-    if isinstance(metadata, dict):
-        metadata = json.dumps(metadata)
-    return Event(
-        id=ce_id,
-        type=ce_type,
-        source=attr("source"),
-        time=_parse_time(env.get("time"), "time"),
-        isvc=attr("inferenceservicename"),
-        namespace=attr("namespace"),
-        component=attr("component"),
-        endpoint=attr("endpoint"),
-        metadata=_parse_metadata(metadata, "metadata"),
-        data=data,
-        arrival=arrival,
-        arrival_mono=mono,
-        size=len(body),
-    )
-
-
-# ----------------------------------------------------------------------------- payloads
-
-
-Result = tuple[np.ndarray, np.ndarray]  # one query's (video ids, scores)
-
-
-class PayloadError(ValueError):
-    """A JSON payload that is not a usable inference request or answer."""
-
-
-@dataclass
-class Inference:
-    """What the request body asked for."""
-
-    protocol: str
-    queries: list[str]
-    top_ks: list[int | None]
-
-
-def _int_or_none(value: Any, where: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PayloadError(f"{where}: top_k must be an integer, got {type(value).__name__}")
-    return value
-
-
-def parse_request_body(data: Any) -> Inference | None:
-    """Queries and top_ks of a v1 or v2 body; None when it is not an inference call."""
-    if not isinstance(data, dict):
-        return None
-    if "instances" in data:
-        instances = data["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise PayloadError("request body: instances must be a non-empty list")
-        queries, top_ks = [], []
-        for i, inst in enumerate(instances):
-            if isinstance(inst, str):  # crops serve takes a bare query string too
-                inst = {"query": inst}
-            if not isinstance(inst, dict):
-                raise PayloadError(f"request body: instances[{i}] must be an object")
-            query = inst.get("query")
-            if not isinstance(query, str):
-                raise PayloadError(f"request body: instances[{i}].query must be a string")
-            queries.append(query)
-            top_ks.append(_int_or_none(inst.get("top_k"), f"request body: instances[{i}]"))
-        return Inference("v1", queries, top_ks)
-    if "inputs" in data:
-        inputs = data["inputs"]
-        if not isinstance(inputs, list):
-            raise PayloadError("request body: inputs must be a list")
-        by_name = {t.get("name"): t for t in inputs if isinstance(t, dict)}
-        query = by_name.get("query")
-        values = query.get("data") if query else None
-        if not isinstance(values, list) or not all(isinstance(q, str) for q in values):
-            raise PayloadError("request body: inputs 'query' must hold a list of strings")
-        k: Any = None
-        if "top_k" in by_name:
-            kd = by_name["top_k"].get("data")
-            k = kd[0] if isinstance(kd, list) and len(kd) == 1 else kd
-        elif isinstance(data.get("parameters"), dict):
-            k = data["parameters"].get("top_k")
-        k = _int_or_none(k, "request body: top_k")
-        return Inference("v2", list(values), [k] * len(values))
-    return None
-
-
-def _row(ids: Any, scores: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        v = np.asarray(ids, dtype=np.int64)
-        s = np.asarray(scores, dtype=np.float32)
-    except (TypeError, ValueError, OverflowError):
-        raise PayloadError(f"{where}: video_ids must be integers and scores numbers") from None
-    if v.ndim != 1 or s.ndim != 1 or len(v) != len(s):
-        raise PayloadError(f"{where}: video_ids and scores must be lists of one length")
-    keep = v >= 0  # v2 pads a row the index could not fill with -1
-    return v[keep], s[keep]
-
-
-def parse_response_body(data: Any, n: int) -> tuple[list[Result], str | None]:
-    """(per query (video ids, scores), the body's model hash if any) of a v1 or v2 answer."""
-    if not isinstance(data, dict):
-        raise PayloadError("response body: not a JSON object with predictions or outputs")
-    body_hash = data.get("model_hash")
-    if body_hash is None and isinstance(data.get("parameters"), dict):
-        body_hash = data["parameters"].get("model_hash")
-    body_hash = body_hash if isinstance(body_hash, str) and body_hash else None
-    if "predictions" in data:
-        preds = data["predictions"]
-        if not isinstance(preds, list) or len(preds) != n:
-            got = len(preds) if isinstance(preds, list) else type(preds).__name__
-            raise PayloadError(f"response body: {got} predictions for {n} instances")
-        out = []
-        for i, p in enumerate(preds):
-            if not isinstance(p, dict):
-                raise PayloadError(f"response body: predictions[{i}] must be an object")
-            out.append(_row(p.get("video_ids"), p.get("scores"), f"response predictions[{i}]"))
-        return out, body_hash
-    if "outputs" in data and isinstance(data["outputs"], list):
-        by_name = {t.get("name"): t for t in data["outputs"] if isinstance(t, dict)}
-        if "video_ids" not in by_name or "scores" not in by_name:
-            raise PayloadError("response body: outputs need video_ids and scores")
-        ids, scores = by_name["video_ids"].get("data"), by_name["scores"].get("data")
-        if not isinstance(ids, list) or not isinstance(scores, list) or len(ids) != len(scores):
-            raise PayloadError("response body: outputs video_ids and scores must be equal lists")
-        if n == 0 or len(ids) % n:
-            raise PayloadError(f"response body: {len(ids)} outputs do not split into {n} rows")
-        k = len(ids) // n
-        out = [
-            _row(ids[i * k : (i + 1) * k], scores[i * k : (i + 1) * k], f"response outputs row {i}")
-            for i in range(n)
-        ]
-        return out, body_hash
-    raise PayloadError("response body: no predictions (v1) or outputs (v2)")
 
 
 # ----------------------------------------------------------------------------- the sink

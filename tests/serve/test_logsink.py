@@ -19,14 +19,8 @@ import httpx
 import pytest
 
 from crops.abtest.layout import REQUESTS, list_logs
-from crops.serve.logsink import (
-    NO_RESPONSE,
-    REQUEST_TYPE,
-    RESPONSE_TYPE,
-    LogSink,
-    create_app,
-    parse_binary,
-)
+from crops.serve.cloudevents import REQUEST_TYPE, RESPONSE_TYPE, parse_binary
+from crops.serve.logsink import NO_RESPONSE, LogSink, create_app
 from crops.serve.reqlog import read_request_log
 
 # One request/response pair as KServe's agent sends it (binary content mode), shaped after
