@@ -1,4 +1,24 @@
-"""abtest: the online A/B test of the treatment against the control, and the canary decision."""
+"""abtest: the online A/B test of the treatment against the control, and the canary decision.
+
+The online A/B job (`crops.abtest.simulate.run_abtest`): simulated users of the world search
+through the control and the treatment over real HTTP, one sequential look per simulated day,
+and the canary policy decides promote, hold or rollback.
+
+- On a cluster (`target=cluster`) the arms are the two predictors the InferenceService serves,
+  by the URLs the `deploy` task returns (`control_url`: its default predictor,
+  `treatment_url`: its canary); the task never serves copies of its own, so the decision it
+  applies concerns the predictors it measured. Without both URLs it fails before any traffic.
+- Locally an arm is a KServe v1 URL when `control_url` / `treatment_url` is given, else the
+  model and its index served by a `crops serve` subprocess for the test's duration.
+- When `deploy` held the candidate (`deploy_decision=hold`, the offline gate), no traffic is
+  sent and nothing is applied: `ab_report.json` and `report.md` record a hold with deploy's
+  reason.
+
+With `apply`, the decision is applied to the InferenceService (`apply_decision`): promote makes
+the canary the only predictor, rollback sends all traffic back to the previous one and drops
+the canary, hold leaves it. With no canary, promote and rollback change nothing and are
+recorded as no-ops (`applied.noop`, and a last reason), not failures.
+"""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output

@@ -1,5 +1,39 @@
 """deploy: the KServe InferenceService of the trained model, rolled out as a canary once the
-offline table allows it."""
+offline table allows it.
+
+Rolls the trained model (the candidate) out as the canary of a KServe InferenceService, once
+the offline table allows it; never all traffic to an untested model.
+
+**The offline gate.** The evaluate task's `results` give each row's scores. When the
+candidate's `metric` (default `graded/nDCG@4`) is lower than the control's by more than
+`tolerance` (absolute, default 0.02), nothing is published or applied: the decision is `hold`,
+its reason carries the numbers (`offline graded/nDCG@4: CroPS 0.2500 vs NCE 0.3000 (-0.0500,
+tolerance 0.02)`), and the A/B task holds too. Otherwise the decision is `canary`.
+
+**Publishing.** The candidate's and the control's model and index folders are copied to the
+artifacts volume under `<mount_path>/serving/<name>/<model hash>/{model,index}`; the
+predictors (`crops serve`) mount the same volume read-only at the same path. The volume, the
+mount path and the predictor image are the platform's (`crops.k8s.platform`): on a cluster the
+release's ConfigMap `crops-platform` (`Platform.from_cluster`), locally the chart's defaults.
+The task fails, naming the path, when the volume is not mounted there (compile the pipeline
+with the release's mount path).
+
+**Rolling out** (`target=cluster`, `crops.k8s.inference_service.deploy`), waiting for Ready
+after every change:
+
+- no InferenceService yet: the control serves as the default predictor and the candidate as
+  the canary at `canary_percent`. Standard: one object with both (`spec.canary`);
+  Serverless: the control is created and Ready first, then the candidate rolls out as the
+  next revision with `canaryTrafficPercent`;
+- an InferenceService: the candidate becomes its canary beside the model it serves (that
+  model is then the A/B test's control; the manifest's metadata names it).
+
+A change that is not Ready within `wait_s` fails the task with the object
+(`InferenceService <ns>/<name>`) and KServe's account: every condition that is not True
+(type, reason, message, e.g. `PredictorReady=False`), the canaries not ready and the
+components' revisions. `target=local` copies and applies nothing; the manifest is what a
+first deploy would create.
+"""
 
 from typing import NamedTuple
 

@@ -1,4 +1,10 @@
-"""evaluate: the offline table (`crops evaluate`): Recall@100 on CT and QR, NDCG@4 graded."""
+"""evaluate: the offline table (`crops evaluate`): Recall@100 on CT and QR, NDCG@4 graded.
+
+The offline table (`crops.evaluate.offline`): the treatment (CroPS) and the control (the
+click-only NCE model), each searched through its built index, and optionally BM25, scored on
+the world's later-day test sets: Recall@100 on CT (clicked), Recall@100 on QR (consumed after a
+reformulation), NDCG@4 on the graded set; plus the treatment's relative change over the control.
+"""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output

@@ -1,4 +1,9 @@
-"""index: embed every video with the model and build the FAISS index folder (`crops index`)."""
+"""index: embed every video with the model and build the FAISS index folder (`crops index`).
+
+`crops index` as a component: every video of the world (the catalogue an endpoint serves;
+synthetic videos are training data, not content) embedded with the model's video tower and put
+in a FAISS index folder (`index.faiss`, `ids.npy`, `manifest.json` naming the model's hash).
+"""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output

@@ -1,4 +1,13 @@
-"""ingest: an existing world or log folder (a path or an s3:// URI) copied in as a Dataset."""
+"""ingest: an existing world or log folder (a path or an s3:// URI) copied in as a Dataset.
+
+Brings an existing folder of contract tables (`videos.parquet`, `search_log.parquet`,
+`rec_log.parquet`; a simulated world also has `tests/`, `truth/`, `world.json`) into the
+pipeline instead of simulating one (`build_pipeline(source="ingest")`, pipeline parameter
+`world_uri`).
+
+A folder without `videos.parquet` is refused. The copy is not validated here: the `validate`
+step does that next.
+"""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output

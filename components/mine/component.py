@@ -1,5 +1,37 @@
 """mine: the data engine (`crops mine`): cascade labels, reformulations, the recommendation
-feed and LLM synthesis, graded by HLA into the samples table."""
+feed and LLM synthesis, graded by HLA into the samples table.
+
+`crops mine` as a component (`crops.mining.mine.mine`): cascade labels from the search log,
+query-reformulation and recommendation-feed positives through the relevance filter, LLM
+synthesis for the queries with few positives, all graded by Hierarchical Label Assignment.
+
+The API key is read from `CROPS_LLM_API_KEY` only. On a cluster the pipeline sets
+`CROPS_LLM_ENDPOINT` and `CROPS_LLM_API_KEY` from the `crops-llm` Secret (keys `endpoint`,
+`api-key`) with kfp-kubernetes `use_secret_as_env`. How depends on the pipeline's `synthesis`
+build option (`crops pipeline compile --synthesis`):
+
+- `endpoint` (the default): `llm_backend` defaults to `endpoint` on a cluster, `auto`
+  locally; the Secret is required with `api-key`, its `endpoint` optional, since
+  `llm_endpoint` or `serve_vllm` can give it instead;
+- `vllm-offline`: `llm_backend` defaults to `vllm-offline`; the Secret is optional.
+- `none`: `llm_backend` defaults to `none`; the Secret is not mounted.
+
+With `llm_backend=endpoint` and no endpoint from any of the three, mine fails with a message
+naming them; it never falls back to `knowledge` or `none`. `crops pipeline submit` checks the
+Secret and its keys before the run starts (docs/kind.md).
+
+**Where the synthesis happens.** The [serve_llm](../serve_llm/) task brings up the LLM server
+(the vLLM Deployment and Service on a cluster) and hands its endpoint to mine; the LLM calls
+happen here, because `crops.mining` runs synthesis inside `mine()`: the queries that get
+synthetic videos are chosen from the positives the other miners found after the relevance
+filter, and HLA assembles and de-duplicates every source into one samples table in the same
+pass (the quality report judges the synthetic videos there too). The library exposes no step
+that takes mined samples and adds synthetic ones, so splitting the calls out would
+re-implement that orchestration rather than wrap it. The LLM itself is a separate service: the
+vLLM server from serve_llm (or the Secret's endpoint), or, with `llm_backend=vllm-offline`,
+vLLM in the mine task, which the pipeline then places on a GPU node
+(`build_pipeline(synthesis="vllm-offline")`).
+"""
 
 from typing import Optional
 

@@ -14,6 +14,12 @@ it does not keep its GPU. A given `llm_endpoint` (a server you run) is passed th
 unchanged. Without either it returns "" and mine takes the endpoint from the `crops-llm`
 Secret. The synthesis itself (which queries get new videos, and their grading) runs inside
 mine, in the same pass as HLA.
+
+`release_llm` runs after mine whether it succeeded or not (`ignore_upstream_failure`) and,
+when this run served vLLM, deletes its Deployment and Service, so the server does not keep its
+GPU; a local server that `serve_llm` started is stopped (found by its URL); a server you run
+yourself is never touched. Both run as `crops-pipeline`, whose Role
+allows exactly these Deployment and Service calls.
 """
 
 from kfp import dsl

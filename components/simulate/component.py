@@ -1,4 +1,10 @@
-"""simulate: the embedded default world (`crops simulate`) as a Dataset."""
+"""simulate: the embedded default world (`crops simulate`) as a Dataset.
+
+`crops simulate` as a component: the seeded platform simulator writes the embedded default
+world (logs in the data contracts, test sets, ground truth, `world.json`).
+
+Library call: `crops.world.simulate.simulate(WorldConfig.for_scale(scale, seed), world.path)`.
+"""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Output

@@ -1,4 +1,23 @@
-"""train: the dual encoder on Ray Train (`crops train`), in the task or as a KubeRay RayJob."""
+"""train: the dual encoder on Ray Train (`crops train`), in the task or as a KubeRay RayJob.
+
+`crops train` as a component: one dense row of the paper's table (`method`, a slug of
+`crops.evaluate.experiment.METHODS`) trained on its subset of the mined samples to convergence
+under the stop rule of `crops train` (`crops.model.convergence.StopRule`: validation recall of
+held-out training queries, patience, a cap), as `crops experiment` does. The pipeline trains two:
+
+- `method=crops`: every source (search-log levels, reformulation, recommendation feed, LLM),
+  H-InfoNCE on the HLA labels;
+- `method=nce`: click positives only, in-batch negatives, InfoNCE: the click-only control.
+
+`rayjob` copies the samples to `<mount path>/runs/<hash>/<method>/` on the artifacts volume,
+submits `python -m crops.ray_jobs.train <crops train options> --gpu` with
+`crops.k8s.rayjob.submit_and_wait(RayJobSpec(...), timeout_s)`, and copies the model back
+into the output. The RayJob is the installed release's: image, pods, volume (mounted at the
+same path as in the task) and lifecycle come from the ConfigMap `crops-platform`
+(`crops.k8s.platform`), exactly as the chart's own RayJobs; the task runs as `crops-pipeline`.
+The RayJob runs `crops train` with the same stop rule (`--max-steps`, `--patience 0` when
+`converge` is false).
+"""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output

@@ -1,4 +1,9 @@
-"""validate: `crops validate` on the world; row-level problems quarantined and counted."""
+"""validate: `crops validate` on the world; row-level problems quarantined and counted.
+
+`crops validate` as a component (`crops.schema.validate_dir`): every contract table of the
+world is checked; bad rows go to the `quarantine` output with the reason, counted in `metrics`.
+The input folder is never written to (the check runs on a folder of links to its tables).
+"""
 
 from typing import NamedTuple
 

@@ -1,4 +1,6 @@
-"""Shared fixtures: one tiny simulated world per session (seconds), reused read-only."""
+"""Shared fixtures: one tiny simulated world per session (seconds), reused read-only.
+
+A pytest plugin, loaded by the root conftest.py for tests/ and components/<name>/tests/ alike."""
 
 from __future__ import annotations
 
@@ -163,3 +165,15 @@ def kserve(apiserver, namespace):
     player = cluster.KServePlayer(apiserver.api_client(), namespace).start()
     yield player
     player.stop()
+
+
+@pytest.fixture
+def platform(apiserver, namespace: str, tmp_path: Path, monkeypatch) -> Path:
+    """The chart installed in `namespace` with the artifacts volume at a local folder (the
+    task's and the RayJob's mount); the tasks run as crops-pipeline. Returns the mount.
+    (The cluster paths of the components, components/<name>/tests/test_cluster.py.)"""
+    mount = tmp_path / "artifacts"
+    mount.mkdir()
+    cluster.install(apiserver, namespace, {"storage": {"mountPath": str(mount)}})
+    cluster.run_as(monkeypatch, apiserver, "crops-pipeline", namespace, tmp_path)
+    return mount

@@ -1,4 +1,6 @@
-"""The pipeline's cluster paths as they run on a cluster: each task with the crops-pipeline
+"""serve_llm and release_llm: the cluster paths as they run on a cluster
+(moved from tests/test_cluster_tasks.py;
+the `platform` fixture is tests/shared_fixtures.py's): each task with the crops-pipeline
 account's own token (never the admin's), against the real kube-apiserver with the chart's RBAC
 and platform ConfigMap installed.
 
@@ -10,101 +12,18 @@ create, and whether their account may create it, is real.
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 import pytest
-from kfp.dsl import Artifact, Dataset, Metrics, Model
-from support.cluster import KubeRayPlayer, as_account, install, run_as
+from kfp.dsl import Metrics
+from support.cluster import as_account, install, run_as
+from support.kfp_artifacts import out
 
-from crops.components.index import index
 from crops.components.serve_llm import release_llm, serve_llm
-from crops.components.train import train
 from crops.k8s.client import KubeError
-from crops.k8s.rayjob import RayJobFailed
 
 PIPELINE = "crops-pipeline"
-
-
-@pytest.fixture
-def platform(apiserver, namespace: str, tmp_path: Path, monkeypatch) -> Path:
-    """The chart installed in `namespace` with the artifacts volume at a local folder (the
-    task's and the RayJob's mount); the tasks run as crops-pipeline. Returns the mount."""
-    mount = tmp_path / "artifacts"
-    mount.mkdir()
-    install(apiserver, namespace, {"storage": {"mountPath": str(mount)}})
-    run_as(monkeypatch, apiserver, PIPELINE, namespace, tmp_path)
-    return mount
-
-
-def out(kind, tmp_path: Path, name: str):
-    return kind(uri=str(tmp_path / name))
-
-
-@pytest.mark.slow
-def test_train_and_index_run_as_rayjobs_of_the_installed_platform(
-    apiserver, namespace, platform: Path, mined_fast, tmp_path: Path
-) -> None:
-    mined_dir, world_dir = mined_fast
-    model, ix = out(Model, tmp_path, "model"), out(Artifact, tmp_path, "index")
-    with KubeRayPlayer(apiserver, namespace) as kuberay:
-        train.python_func(
-            mined=Dataset(uri=str(mined_dir)),
-            world=Dataset(uri=str(world_dir)),
-            model=model,
-            metrics=out(Metrics, tmp_path, "m"),
-            method="nce",
-            max_steps=4,
-            workers=1,
-            backend="rayjob",
-            namespace=namespace,
-            worker_gpus=0,
-            timeout_s=300,
-        )
-        index.python_func(
-            model=model,
-            world=Dataset(uri=str(world_dir)),
-            index=ix,
-            metrics=out(Metrics, tmp_path, "im"),
-            backend="rayjob",
-            namespace=namespace,
-            actors=1,
-            worker_gpus=0,
-            timeout_s=300,
-        )
-    trained, indexed = kuberay.jobs
-    assert (Path(model.path) / "training.json").is_file()
-    assert json.loads((Path(ix.path) / "manifest.json").read_text())["model_hash"]
-    # The jobs are the platform's: its image, account, labels and the staged paths on its volume.
-    for job in (trained, indexed):
-        head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
-        assert head["spec"]["serviceAccountName"] == "crops-ray"
-        assert head["metadata"]["labels"]["app.kubernetes.io/component"] == "ray-node"
-        assert head["spec"]["securityContext"]["fsGroup"] == 1000
-        assert str(platform) in job["spec"]["entrypoint"]
-    assert trained["metadata"]["labels"]["app.kubernetes.io/component"] == "train"
-    assert indexed["metadata"]["labels"]["app.kubernetes.io/component"] == "index"
-
-
-def test_a_failing_rayjob_surfaces_its_reason(
-    apiserver, namespace, platform: Path, tiny_index, tiny_dir: Path, tmp_path: Path
-) -> None:
-    """The entry point's own last error line reaches the task's exception."""
-    bad_model = tmp_path / "not-a-model"
-    bad_model.mkdir()
-    with KubeRayPlayer(apiserver, namespace), pytest.raises(RayJobFailed) as err:
-        index.python_func(
-            model=Model(uri=str(bad_model)),
-            world=Dataset(uri=str(tiny_dir)),
-            index=out(Artifact, tmp_path, "index"),
-            metrics=out(Metrics, tmp_path, "m"),
-            backend="rayjob",
-            namespace=namespace,
-            worker_gpus=0,
-            timeout_s=120,
-        )
-    assert "AppFailed" in str(err.value) and namespace in str(err.value)
 
 
 def test_serve_llm_brings_vllm_up_and_release_takes_it_down(
