@@ -1,6 +1,6 @@
-"""The components' style, across every components/<name>/ folder (moved from
-tests/test_components.py): lightweight on the project image, stdlib-and-kfp-only top-level
-imports, no registry host, the image overridden for a compile; and the layout."""
+"""The components' style, across every components/<name>/ folder: lightweight on the project image,
+stdlib-and-kfp-only top-level imports, no registry host, the image overridden for a compile; and
+the layout."""
 
 from pathlib import Path
 

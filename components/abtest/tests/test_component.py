@@ -1,7 +1,5 @@
 """abtest: the arms, policy and flags given to run_abtest, the hold after deploy's hold, the
-cluster path against the real kube-apiserver, and two served models compared (slow).
-
-Moved verbatim from tests/test_components.py."""
+cluster path against the real kube-apiserver, and two served models compared (slow)."""
 
 import json
 from pathlib import Path

@@ -1,7 +1,5 @@
 """deploy: the offline gate, the first deploy written locally, and on the real kube-apiserver
-as the pipeline account (KServe played).
-
-Moved verbatim from tests/test_components.py."""
+as the pipeline account (KServe played)."""
 
 import json
 from pathlib import Path

@@ -1,6 +1,4 @@
-"""evaluate: the offline table on the tiny world.
-
-Moved verbatim from tests/test_components.py."""
+"""evaluate: the offline table on the tiny world."""
 
 import json
 from pathlib import Path

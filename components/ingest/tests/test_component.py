@@ -1,6 +1,4 @@
-"""ingest: a folder of contract tables copied in, and what is not a world refused.
-
-Moved verbatim from tests/test_components.py."""
+"""ingest: a folder of contract tables copied in, and what is not a world refused."""
 
 from pathlib import Path
 

@@ -1,6 +1,4 @@
-"""mine: the knowledge backend, an LLM endpoint from the environment, a bad backend refused.
-
-Moved verbatim from tests/test_components.py."""
+"""mine: the knowledge backend, an LLM endpoint from the environment, a bad backend refused."""
 
 from pathlib import Path
 

@@ -1,6 +1,5 @@
-"""serve_llm and release_llm: the cluster paths as they run on a cluster
-(moved from tests/test_cluster_tasks.py;
-the `platform` fixture is tests/shared_fixtures.py's): each task with the crops-pipeline
+"""serve_llm and release_llm: the cluster paths as they run on a cluster (the `platform` fixture is
+tests/shared_fixtures.py's): each task with the crops-pipeline
 account's own token (never the admin's), against the real kube-apiserver with the chart's RBAC
 and platform ConfigMap installed.
 

@@ -1,7 +1,5 @@
 """serve_llm and release_llm: an endpoint passed through, vLLM refused off a cluster, and
-a real local LLM server started and stopped (slow).
-
-Moved verbatim from tests/test_components.py."""
+a real local LLM server started and stopped (slow)."""
 
 import pytest
 from kfp.dsl import Metrics

@@ -1,6 +1,4 @@
-"""simulate: the world and its summary, through `python_func`.
-
-Moved verbatim from tests/test_components.py."""
+"""simulate: the world and its summary, through `python_func`."""
 
 from pathlib import Path
 

@@ -1,14 +1,12 @@
-"""train (with index on its model): the cluster paths as they run on a cluster
-(moved from tests/test_cluster_tasks.py;
-the `platform` fixture is tests/shared_fixtures.py's): each task with the crops-pipeline
-account's own token (never the admin's), against the real kube-apiserver with the chart's RBAC
-and platform ConfigMap installed.
+"""train (with index on its model): the cluster paths as they run on a cluster (the `platform`
+fixture is tests/shared_fixtures.py's): each task with the crops-pipeline account's own token
+(never the admin's), against the real kube-apiserver with the chart's RBAC and platform
+ConfigMap installed.
 
 No controllers run there, so the tests play them: a KubeRay stand-in runs each RayJob's
 entrypoint with the RayJob's runtime environment (the command KubeRay's submitter would send to
 the head) and writes the job's status; a kubelet stand-in marks vLLM ready. What the tasks
-create, and whether their account may create it, is real.
-"""
+create, and whether their account may create it, is real."""
 
 from __future__ import annotations
 

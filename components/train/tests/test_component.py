@@ -1,6 +1,4 @@
-"""train: bad settings refused; the local backend on Ray, then index on that model.
-
-Moved verbatim from tests/test_components.py."""
+"""train: bad settings refused; the local backend on Ray, then index on that model."""
 
 from pathlib import Path
 

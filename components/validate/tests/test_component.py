@@ -1,7 +1,5 @@
 """validate: the contract checks and the quarantine, through `python_func`; simulate and
-validate run by `kfp.local` in subprocesses.
-
-Moved verbatim from tests/test_components.py."""
+validate run by `kfp.local` in subprocesses."""
 
 from pathlib import Path
 
