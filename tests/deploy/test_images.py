@@ -40,6 +40,7 @@ import pytest
 import yaml
 from support.cluster import RENDERINGS, tool
 from support.cluster import rendering as rendered
+from support.deploy import pod_specs
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -439,30 +440,6 @@ def image_layout(suffix: str) -> ImageLayout:
 # ------------------------------------------------------------------------------ renderings
 
 
-def pod_templates(obj: dict) -> list[tuple[str, dict]]:
-    """Every pod spec an object runs, named by its role (head, workers, submitter, ...)."""
-    kind, spec = obj["kind"], obj.get("spec") or {}
-    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
-        return [("template", spec["template"]["spec"])]
-    if kind == "CronJob":
-        return [("jobTemplate", spec["jobTemplate"]["spec"]["template"]["spec"])]
-    if kind == "RayJob":
-        cluster = spec["rayClusterSpec"]
-        out = [("head", cluster["headGroupSpec"]["template"]["spec"])]
-        out += [("workers", g["template"]["spec"]) for g in cluster.get("workerGroupSpecs", [])]
-        if "submitterPodTemplate" in spec:
-            out.append(("submitter", spec["submitterPodTemplate"]["spec"]))
-        return out
-    if kind == "InferenceService":
-        out = [(c, spec[c]) for c in ("predictor", "transformer", "explainer") if c in spec]
-        out += [
-            (f"canary {c['predictor'].get('name')}", c["predictor"])
-            for c in spec.get("canary") or []
-        ]
-        return out
-    return []
-
-
 # ------------------------------------------------------------------------------ the checks
 
 
@@ -612,7 +589,7 @@ def deploy_problems(objs: list[dict], layouts=layout_for, version: str | None = 
     version = version or vllm_pin()
     problems = []
     for obj in objs:
-        for role, pod in pod_templates(obj):
+        for role, pod in pod_specs(obj):
             where = f"{obj['kind']}/{obj['metadata']['name']} {role}"
             for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
                 if c["image"].startswith(VLLM_REPOSITORY + ":"):
@@ -624,7 +601,7 @@ def deploy_problems(objs: list[dict], layouts=layout_for, version: str | None = 
                     continue
                 problems += container_problems(where, role.split()[0], pod, c, layout)
         if obj["kind"] == "RayJob":  # the entrypoint runs on the head, in its image
-            role, head = pod_templates(obj)[0]
+            role, head = pod_specs(obj)[0]
             c = head["containers"][0]
             layout = layouts(c["image"])
             if layout is not None:

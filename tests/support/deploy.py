@@ -23,7 +23,7 @@ def by_kind(objs: list[dict], kind: str) -> dict[str, dict]:
 def pod_specs(obj: dict) -> list[tuple[str, dict]]:
     """Every pod spec an object will run, named by where it sits."""
     kind, spec = obj["kind"], obj.get("spec") or {}
-    if kind == "Deployment":
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
         return [("template", spec["template"]["spec"])]
     if kind == "CronJob":
         return [("jobTemplate", spec["jobTemplate"]["spec"]["template"]["spec"])]
@@ -32,7 +32,7 @@ def pod_specs(obj: dict) -> list[tuple[str, dict]]:
         out = [("head", cluster["headGroupSpec"]["template"]["spec"])]
         out += [
             (f"workers {g['groupName']}", g["template"]["spec"])
-            for g in cluster["workerGroupSpecs"]
+            for g in cluster.get("workerGroupSpecs", [])
         ]
         if "submitterPodTemplate" in spec:
             out.append(("submitter", spec["submitterPodTemplate"]["spec"]))
