@@ -496,6 +496,14 @@ def argv_problems(
                 problems.append(
                     f"{name}: module {module!r} is not installed in image {layout.name}"
                 )
+            # `python -m` puts the working directory first on sys.path: a source copy of the
+            # package there would shadow the installed one
+            top = words[2].split(".")[0] if len(words) > 2 else ""
+            if top and f"{cwd}/{top}/__init__.py" in layout.files:
+                problems.append(
+                    f"{name}: {cwd}/{top} (a source copy) shadows the installed {top}"
+                    f" for `python -m` in image {layout.name}"
+                )
         elif not words[1].startswith("-"):
             script = os.path.normpath(os.path.join(cwd, words[1]))
             if script not in layout.files and not any(_under(script, m) for m in mounts):
@@ -793,6 +801,8 @@ def test_the_layout_checks_catch_a_doctored_image() -> None:
         no_code = _doctored(suffix, "COPY crops ./crops\n", "")
         assert "'crops' is not an executable" in problems_with(no_code)
         assert "module crops.cli is not installed" in problems_with(no_code)
+        in_source = _doctored(suffix, "WORKDIR /app\n", "")  # containers start in /src
+        assert "/src/crops (a source copy) shadows the installed crops" in problems_with(in_source)
         no_jobs = _doctored(suffix, "COPY ray_jobs ./ray_jobs\n", "")
         assert "module 'crops.ray_jobs.train' is not installed" in problems_with(no_jobs)
         late = _doctored(suffix, "COPY ray_jobs ./ray_jobs\n", "COPY ray_jobs ./elsewhere\n")
