@@ -216,31 +216,21 @@ def _run_key(cfg: ExperimentConfig, method: Method, mined: Path) -> str:
 
 def _mine(cfg: ExperimentConfig, progress: Progress | None) -> Path:
     from crops.mining.config import MineConfig
-    from crops.mining.llm_server import LocalLLMBackend
     from crops.mining.mine import mine
+    from crops.mining.relevance import relevance_filter
+    from crops.mining.synthesis.factory import build_backend
 
     target = Path(cfg.out) / "mined"
     if (target / "samples.parquet").is_file() and not cfg.force:
         return target
-    # the report records the backend that runs (MineConfig's default is auto)
+    # a real LLM (llama.cpp, the packaged SmolLM2-135M), never the simulator's knowledge; the
+    # report records the backend that runs (MineConfig's default is auto)
     mine_cfg = MineConfig(llm_backend="local", seed=cfg.seed, synth_budget_s=cfg.synth_budget_s)
-    from crops.mining.relevance import relevance_filter
-
-    scorer = relevance_filter(mine_cfg)  # as `crops mine`: filtered positives, scored levels
-    mine(
-        cfg.world,
-        target,
-        mine_cfg,
-        # a real LLM (llama.cpp, the packaged SmolLM2-135M), never the simulator's knowledge
-        LocalLLMBackend(
-            log_dir=target,
-            cache_path=target / "llm_cache.sqlite",
-            seed=cfg.seed,
-            budget_s=cfg.synth_budget_s,
-        ),
-        scorer=scorer,
-        progress=progress,
+    backend = build_backend(
+        mine_cfg, world=cfg.world, cache=target / "llm_cache.sqlite", log_dir=target
     )
+    scorer = relevance_filter(mine_cfg)  # as `crops mine`: filtered positives, scored levels
+    mine(cfg.world, target, mine_cfg, backend, scorer=scorer, progress=progress)
     return target
 
 

@@ -207,3 +207,5 @@ def test_the_deployments_model_variable_never_reaches_the_local_server() -> None
     assert (local.llm_backend, local.llm_model) == ("local", None)
     assert resolve(MineConfig(llm_model="/m/x.gguf"), env).llm_model == "/m/x.gguf"
     assert resolve(MineConfig(llm_backend="vllm-offline"), env).llm_model == env["CROPS_LLM_MODEL"]
+    batch = MineConfig(llm_backend="ray-batch", llm_engine="llama.cpp")
+    assert resolve(batch, env).llm_model is None  # the packaged GGUF, not the served name

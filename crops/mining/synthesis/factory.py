@@ -84,9 +84,10 @@ def resolve(cfg: MineConfig, env: Mapping[str, str] | None = None) -> MineConfig
             raise SynthesisSetupError(NO_ENDPOINT_MESSAGE.format(name=name))
         else:
             name = "openai"
-    # CROPS_LLM_MODEL names what a deployment's server serves; the local llama.cpp server
-    # takes a GGUF path, so only an explicit llm_model reaches it
-    model = cfg.llm_model or (env.get(MODEL_ENV) if name != "local" else None) or None
+    # CROPS_LLM_MODEL names what a deployment's server serves; llama.cpp (the local server, or
+    # ray-batch's llama.cpp engine) takes a GGUF path, so only an explicit llm_model reaches it
+    gguf = name == "local" or (name == "ray-batch" and cfg.llm_engine == "llama.cpp")
+    model = cfg.llm_model or (None if gguf else env.get(MODEL_ENV)) or None
     update: dict[str, Any] = {"llm_backend": name, "llm_model": model}
     if name == "openai":
         update["llm_endpoint"] = endpoint
