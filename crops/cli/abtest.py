@@ -26,13 +26,13 @@ abtest_app = typer.Typer(
     add_completion=False,
 )
 
-Primary = Annotated[str, typer.Option(help="ctr | long_play_rate | reformulation_rate")]
-Alpha = Annotated[float, typer.Option(help="two-sided level over all looks")]
-Spending = Annotated[str, typer.Option(help="obrien-fleming | pocock")]
-MinUsers = Annotated[int, typer.Option(help="no promotion below this many users per arm")]
-MaxErr = Annotated[float, typer.Option(help="treatment errors / requests limit")]
-MaxP99 = Annotated[float, typer.Option(help="treatment p99 latency limit (ms)")]
-Share = Annotated[float, typer.Option(help="planned share of users in treatment, 0 < s < 1")]
+Primary = Annotated[str | None, typer.Option(help="ctr | long_play_rate | reformulation_rate")]
+Alpha = Annotated[float | None, typer.Option(help="two-sided level over all looks")]
+Spending = Annotated[str | None, typer.Option(help="obrien-fleming | pocock")]
+MinUsers = Annotated[int | None, typer.Option(help="no promotion below this many users per arm")]
+MaxErr = Annotated[float | None, typer.Option(help="treatment errors / requests limit")]
+MaxP99 = Annotated[float | None, typer.Option(help="treatment p99 latency limit (ms)")]
+Share = Annotated[float | None, typer.Option(help="planned share of users in treatment, 0 < s < 1")]
 Ledger = Annotated[
     str | None,
     typer.Option(help="ledger folder on the artifacts volume (default: OUT/ledger)"),
@@ -50,10 +50,17 @@ Kubeconfig = Annotated[
 ]
 
 
+def _given(**values: Any) -> dict[str, Any]:
+    """The options given: one left out keeps its config's default (CanaryPolicy's,
+    AnalyzeConfig's, AbTestConfig's: their one home; importing them here would slow every
+    `crops` command, so --help names the config instead of the value)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def _policy(**values: Any):
     from crops.evaluate.sequential import CanaryPolicy
 
-    return options(CanaryPolicy, **values)
+    return options(CanaryPolicy, **_given(**values))
 
 
 def _kube(apply: bool, isvc: str | None, namespace: str | None, mode: str, kubeconfig):
@@ -165,20 +172,22 @@ def analyze(
     candidate_hash: Annotated[
         str | None, typer.Option(help="candidate model hash (default: read off the logs)")
     ] = None,
-    treatment_share: Share = 0.1,
-    looks: Annotated[int, typer.Option(help="planned looks, one per day")] = 5,
-    primary: Primary = "ctr",
-    alpha: Alpha = 0.05,
-    spending: Spending = "obrien-fleming",
-    min_users_per_arm: MinUsers = 500,
-    max_error_rate: MaxErr = 0.01,
-    max_p99_ms: MaxP99 = 200.0,
+    treatment_share: Share = None,
+    looks: Annotated[int | None, typer.Option(help="planned looks, one per day")] = None,
+    primary: Primary = None,
+    alpha: Alpha = None,
+    spending: Spending = None,
+    min_users_per_arm: MinUsers = None,
+    max_error_rate: MaxErr = None,
+    max_p99_ms: MaxP99 = None,
     as_of: Annotated[
         datetime | None,
         typer.Option(help="analysis time, UTC (default: now); days ending after it wait"),
     ] = None,
-    settle_s: Annotated[float, typer.Option(help="a day is complete this long after")] = 3600.0,
-    max_skew_s: Annotated[float, typer.Option(help="clock skew flagged beyond (s)")] = 300.0,
+    settle_s: Annotated[
+        float | None, typer.Option(help="a day is complete this long after (s)")
+    ] = None,
+    max_skew_s: Annotated[float | None, typer.Option(help="clock skew flagged beyond (s)")] = None,
     break_stale_lock: Annotated[
         bool,
         typer.Option(help="break a ledger lock older than 6 h or left by a dead process"),
@@ -217,12 +226,10 @@ def analyze(
         experiment=experiment,
         control_hash=control_hash,
         candidate_hash=candidate_hash,
-        treatment_share=treatment_share,
         policy=policy,
         as_of=as_of,
-        settle_s=settle_s,
-        max_skew_s=max_skew_s,
         break_stale_lock=break_stale_lock,
+        **_given(treatment_share=treatment_share, settle_s=settle_s, max_skew_s=max_skew_s),
     )
     _run_and_report(
         lambda progress: analyze_logs(cfg, progress),
@@ -270,28 +277,32 @@ def simulated(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="report folder R (logs under R/logs)")] = None,
     ledger: Ledger = None,
-    treatment_share: Share = 0.1,
+    treatment_share: Share = None,
     users: Annotated[int | None, typer.Option(help="a seeded sample of users (default all)")] = (
         None
     ),
-    days: Annotated[int, typer.Option(help="simulated days; a sequential look after each")] = 5,
-    searches_per_user: Annotated[float, typer.Option(help="mean searches per user a day")] = 1.0,
-    seed: Annotated[int, typer.Option(help="traffic seed (same seed, same report)")] = 0,
-    salt: Annotated[str, typer.Option(help="salt of the assignment hash")] = "crops-abtest",
+    days: Annotated[
+        int | None, typer.Option(help="simulated days; a sequential look after each")
+    ] = None,
+    searches_per_user: Annotated[
+        float | None, typer.Option(help="mean searches per user a day")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="traffic seed (same seed, same report)")] = None,
+    salt: Annotated[str | None, typer.Option(help="salt of the assignment hash")] = None,
     control_index: Annotated[
         Path | None, typer.Option(help="INDEX_DIR for a MODEL_DIR control (default: exact)")
     ] = None,
     treatment_index: Annotated[
         Path | None, typer.Option(help="INDEX_DIR for a MODEL_DIR treatment (default: exact)")
     ] = None,
-    primary: Primary = "ctr",
-    alpha: Alpha = 0.05,
-    spending: Spending = "obrien-fleming",
-    min_users_per_arm: MinUsers = 500,
-    max_error_rate: MaxErr = 0.01,
-    max_p99_ms: MaxP99 = 200.0,
-    timeout_s: Annotated[float, typer.Option(help="per-request endpoint timeout")] = 2.0,
-    concurrency: Annotated[int, typer.Option(help="requests in flight per arm")] = 8,
+    primary: Primary = None,
+    alpha: Alpha = None,
+    spending: Spending = None,
+    min_users_per_arm: MinUsers = None,
+    max_error_rate: MaxErr = None,
+    max_p99_ms: MaxP99 = None,
+    timeout_s: Annotated[float | None, typer.Option(help="per-request endpoint timeout")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="requests in flight per arm")] = None,
     apply: Apply = False,
     isvc: Isvc = None,
     namespace: Namespace = None,
@@ -317,7 +328,6 @@ def simulated(
     policy = _policy(
         primary=primary,
         alpha=alpha,
-        looks=max(days, 1),
         spending=spending,
         min_users_per_arm=min_users_per_arm,
         max_error_rate=max_error_rate,
@@ -330,15 +340,17 @@ def simulated(
         treatment=treatment,
         control_index=control_index,
         treatment_index=treatment_index,
-        treatment_share=treatment_share,
         users=users,
-        days=days,
-        searches_per_user=searches_per_user,
-        seed=seed,
-        salt=salt,
-        timeout_s=timeout_s,
-        concurrency=concurrency,
         policy=policy,
+        **_given(
+            treatment_share=treatment_share,
+            days=days,
+            searches_per_user=searches_per_user,
+            seed=seed,
+            salt=salt,
+            timeout_s=timeout_s,
+            concurrency=concurrency,
+        ),
         ledger=ledger,
         out=out,
     )
