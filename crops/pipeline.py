@@ -46,7 +46,6 @@ LOCAL_PROFILES: dict[str, dict[str, Any]] = {
         "ab_max_p99_ms": 2000.0,
     },
     "default": {
-        "filter_model": "minilm",
         "ab_users": 0,
         "ab_days": 5,
         "ab_searches_per_user": 1.6,

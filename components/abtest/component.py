@@ -23,7 +23,13 @@ recorded as no-ops (`applied.noop`, and a last reason), not failures.
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
+from crops.abtest.simulate import AbTestConfig
 from crops.components import BASE_IMAGE
+from crops.evaluate.sequential import CanaryPolicy
+
+#: parameter defaults are the configs' (their one home); the 50/50 split is this pipeline's
+POLICY = CanaryPolicy()
+AB = AbTestConfig.model_construct()
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -43,16 +49,16 @@ def abtest(
     deploy_reason: str = "",
     treatment_share: float = 0.5,
     users: int = 0,
-    days: int = 5,
-    searches_per_user: float = 1.0,
-    seed: int = 0,
-    primary: str = "ctr",
-    alpha: float = 0.05,
-    min_users_per_arm: int = 500,
-    max_error_rate: float = 0.01,
-    max_p99_ms: float = 200.0,
-    timeout_s: float = 2.0,
-    concurrency: int = 8,
+    days: int = AB.days,
+    searches_per_user: float = AB.searches_per_user,
+    seed: int = AB.seed,
+    primary: str = POLICY.primary,
+    alpha: float = POLICY.alpha,
+    min_users_per_arm: int = POLICY.min_users_per_arm,
+    max_error_rate: float = POLICY.max_error_rate,
+    max_p99_ms: float = POLICY.max_p99_ms,
+    timeout_s: float = AB.timeout_s,
+    concurrency: int = AB.concurrency,
     apply: bool = False,
     isvc: str = "crops",
     namespace: str = "crops",
