@@ -536,6 +536,16 @@ def write_quarantine(quarantine: pl.DataFrame, directory: str | Path, name: str)
     return target
 
 
+#: A folder of tables is refused (`crops validate` exits 1, the validate task fails) when more
+#: than this share of one table's rows is quarantined.
+MAX_QUARANTINE_SHARE = 0.01
+
+
+def worst_share(reports: list[TableReport]) -> float:
+    """The largest share of quarantined rows over the tables (0 for empty tables)."""
+    return max((r.quarantined / r.rows for r in reports if r.rows), default=0.0)
+
+
 def validate_dir(directory: str | Path) -> list[TableReport]:
     """Validate every contract table present in a directory; quarantine bad rows.
 

@@ -17,20 +17,21 @@ from typing import NamedTuple
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact, Markdown, Metrics
 
+from crops.abtest.simulate import AbTestConfig
 from crops.components import BASE_IMAGE
 from crops.components.abtest import abtest
-from crops.components.abtest.component import AB, POLICY
 from crops.components.deploy import deploy
 from crops.components.evaluate import evaluate
 from crops.components.index import index
 from crops.components.ingest import ingest
 from crops.components.mine import mine
-from crops.components.mine.component import MINE
 from crops.components.serve_llm import release_llm, serve_llm
 from crops.components.simulate import simulate
 from crops.components.train import train
 from crops.components.validate import validate
+from crops.evaluate.sequential import CanaryPolicy
 from crops.k8s.platform import Platform
+from crops.mining.config import MineConfig
 from crops.model.recipe import DEFAULTS
 
 PIPELINE_NAME = "crops"
@@ -146,7 +147,7 @@ def build_pipeline(
         scale: str = "default",
         seed: int = 1,
         world_uri: str = "",
-        filter_model: str = MINE.filter_model,
+        filter_model: str = MineConfig().filter_model,
         llm_endpoint: str = "",
         llm_model: str = "",
         llm_backend: str = LLM_BACKEND.get(synthesis, "endpoint" if cluster else "auto"),
@@ -168,11 +169,11 @@ def build_pipeline(
         treatment_url: str = "",
         ab_share: float = 0.5,
         ab_users: int = 0,
-        ab_days: int = AB.days,
+        ab_days: int = AbTestConfig.model_fields["days"].default,
         ab_searches_per_user: float = 1.6,
         ab_seed: int = 0,
-        ab_min_users_per_arm: int = POLICY.min_users_per_arm,
-        ab_max_p99_ms: float = POLICY.max_p99_ms,
+        ab_min_users_per_arm: int = CanaryPolicy().min_users_per_arm,
+        ab_max_p99_ms: float = CanaryPolicy().max_p99_ms,
         apply_decision: bool = cluster,
         serve_vllm: bool = False,
         vllm_gpus: int = 1,

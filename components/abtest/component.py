@@ -20,16 +20,12 @@ the canary, hold leaves it. With no canary, promote and rollback change nothing 
 recorded as no-ops (`applied.noop`, and a last reason), not failures.
 """
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from crops.abtest.simulate import AbTestConfig
 from crops.components import BASE_IMAGE
-from crops.evaluate.sequential import CanaryPolicy
-
-#: parameter defaults are the configs' (their one home); the 50/50 split is this pipeline's
-POLICY = CanaryPolicy()
-AB = AbTestConfig.model_construct()
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -49,16 +45,16 @@ def abtest(
     deploy_reason: str = "",
     treatment_share: float = 0.5,
     users: int = 0,
-    days: int = AB.days,
-    searches_per_user: float = AB.searches_per_user,
-    seed: int = AB.seed,
-    primary: str = POLICY.primary,
-    alpha: float = POLICY.alpha,
-    min_users_per_arm: int = POLICY.min_users_per_arm,
-    max_error_rate: float = POLICY.max_error_rate,
-    max_p99_ms: float = POLICY.max_p99_ms,
-    timeout_s: float = AB.timeout_s,
-    concurrency: int = AB.concurrency,
+    days: Optional[int] = None,  # noqa: UP045 - kfp reads typing.Optional only
+    searches_per_user: Optional[float] = None,  # noqa: UP045
+    seed: Optional[int] = None,  # noqa: UP045
+    primary: Optional[str] = None,  # noqa: UP045
+    alpha: Optional[float] = None,  # noqa: UP045
+    min_users_per_arm: Optional[int] = None,  # noqa: UP045
+    max_error_rate: Optional[float] = None,  # noqa: UP045
+    max_p99_ms: Optional[float] = None,  # noqa: UP045
+    timeout_s: Optional[float] = None,  # noqa: UP045
+    concurrency: Optional[int] = None,  # noqa: UP045
     apply: bool = False,
     isvc: str = "crops",
     namespace: str = "crops",
@@ -99,7 +95,8 @@ def abtest(
         deploy_reason: its reason, recorded with a hold.
         treatment_share: users in treatment, 0 < s < 1.
         users: a seeded sample of the world's users; 0: all.
-        days: simulated days, one sequential look after each.
+        days: simulated days, one sequential look after each; unset: AbTestConfig's
+            (`crops.abtest.simulate`; the policy's settings unset: CanaryPolicy's).
         searches_per_user: mean searches per user a day.
         seed: traffic seed (same seed, same report).
         primary: ctr | long_play_rate | reformulation_rate.
@@ -136,14 +133,24 @@ def abtest(
             "on a cluster the A/B test measures the two predictors the InferenceService "
             "serves: give control_url and treatment_url (the deploy task's outputs)"
         )
-    policy = CanaryPolicy(
-        primary=primary,
-        alpha=alpha,
-        looks=days,
-        min_users_per_arm=min_users_per_arm,
-        max_error_rate=max_error_rate,
-        max_p99_ms=max_p99_ms,
-    )
+    # unset parameters keep AbTestConfig's and CanaryPolicy's defaults (their one home)
+    runs = {
+        "days": days,
+        "searches_per_user": searches_per_user,
+        "seed": seed,
+        "timeout_s": timeout_s,
+        "concurrency": concurrency,
+    }
+    runs = {k: v for k, v in runs.items() if v is not None}
+    days = runs.get("days", AbTestConfig.model_fields["days"].default)
+    rules = {
+        "primary": primary,
+        "alpha": alpha,
+        "min_users_per_arm": min_users_per_arm,
+        "max_error_rate": max_error_rate,
+        "max_p99_ms": max_p99_ms,
+    }
+    policy = CanaryPolicy(looks=days, **{k: v for k, v in rules.items() if v is not None})
     if held:  # the offline gate held the candidate back: nothing deployed, nothing to measure
         rep = held_report(deploy_reason or "the deploy task held the candidate", days, policy)
         out = Path(results.path)
@@ -169,12 +176,8 @@ def abtest(
         treatment_index=None if treatment_url else treatment_index.path,
         treatment_share=treatment_share,
         users=users or None,
-        days=days,
-        searches_per_user=searches_per_user,
-        seed=seed,
-        timeout_s=timeout_s,
-        concurrency=concurrency,
         policy=policy,
+        **runs,
         out=results.path,
     )
     rep = run_abtest(cfg)

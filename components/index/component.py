@@ -5,14 +5,12 @@ synthetic videos are training data, not content) embedded with the model's video
 in a FAISS index folder (`index.faiss`, `ids.npy`, `manifest.json` naming the model's hash).
 """
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from crops.components import BASE_IMAGE
-from crops.index.build import IndexConfig
-
-#: parameter defaults are IndexConfig's (their one home)
-INDEX = IndexConfig.model_construct()
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -21,9 +19,9 @@ def index(
     world: Input[Dataset],
     index: Output[Artifact],
     metrics: Output[Metrics],
-    factory: str = INDEX.factory,
-    actors: int = INDEX.actors,
-    batch_size: int = INDEX.batch_size,
+    factory: Optional[str] = None,  # noqa: UP045 - kfp reads typing.Optional only
+    actors: Optional[int] = None,  # noqa: UP045
+    batch_size: Optional[int] = None,  # noqa: UP045
     nprobe: int = 0,
     backend: str = "local",
     namespace: str = "crops",
@@ -45,9 +43,10 @@ def index(
         world: the world (videos.parquet).
         index: the index folder: index.faiss, ids.npy, manifest.json.
         metrics: count, dim, embed and build seconds.
-        factory: any FAISS index_factory string (Flat, HNSW32, IVF4096,PQ32, ...).
-        actors: Ray Data embedding actors.
-        batch_size: texts per embedding batch.
+        factory: any FAISS index_factory string (Flat, HNSW32, IVF4096,PQ32, ...); unset:
+            IndexConfig's (`crops.index.build`), as every unset setting here.
+        actors: Ray Data embedding actors; unset: IndexConfig's.
+        batch_size: texts per embedding batch; unset: IndexConfig's.
         nprobe: IVF lists searched; 0: the default.
         backend: local | rayjob.
         namespace: the RayJob's namespace, where the platform is installed (rayjob).
@@ -63,19 +62,20 @@ def index(
 
     if backend not in ("local", "rayjob"):
         raise ValueError(f"backend {backend!r}: use local or rayjob")
-    videos = Path(world.path) / "videos.parquet"
-    if backend == "local":
-        from crops.index.build import IndexConfig, build_index
+    from crops.index.build import IndexConfig
 
-        cfg = IndexConfig(
-            model_dir=model.path,
-            videos=[str(videos)],
-            out=index.path,
-            factory=factory,
-            actors=actors,
-            batch_size=batch_size,
-            nprobe=nprobe or None,
-        )
+    videos = Path(world.path) / "videos.parquet"
+    given = {"factory": factory, "actors": actors, "batch_size": batch_size}
+    cfg = IndexConfig(  # unset parameters keep IndexConfig's defaults (their one home)
+        model_dir=model.path,
+        videos=[str(videos)],
+        out=index.path,
+        nprobe=nprobe or None,
+        **{k: v for k, v in given.items() if v is not None},
+    )
+    if backend == "local":
+        from crops.index.build import build_index
+
         summary = build_index(cfg)
     else:
         from crops.k8s.staging import StagedRayJob
@@ -85,9 +85,9 @@ def index(
             "--model", stage.put(Path(model.path), "model"),
             "--videos", stage.put(videos, "videos.parquet"),
             "--out", stage.root / "index",
-            "--factory", factory,
-            "--actors", actors,
-            "--batch-size", batch_size,
+            "--factory", cfg.factory,
+            "--actors", cfg.actors,
+            "--batch-size", cfg.batch_size,
             "--force",
         ]  # fmt: skip
         if nprobe:
@@ -111,5 +111,5 @@ def index(
         if isinstance(summary.get(key), int | float):
             metrics.log_metric(key, summary[key])
     index.metadata.update(
-        {"factory": summary.get("factory", factory), "model_hash": summary.get("model_hash")}
+        {"factory": summary.get("factory", cfg.factory), "model_hash": summary.get("model_hash")}
     )

@@ -39,10 +39,6 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
 from crops.components import BASE_IMAGE
-from crops.mining.config import MineConfig
-
-#: MineConfig's defaults, for the parameters that restate them (their one home)
-MINE = MineConfig()
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -52,15 +48,15 @@ def mine(
     metrics: Output[Metrics],
     llm_endpoint: str = "",
     llm_model: str = "",
-    llm_backend: str = MINE.llm_backend,
-    filter_model: str = MINE.filter_model,
+    llm_backend: Optional[str] = None,  # noqa: UP045
+    filter_model: Optional[str] = None,  # noqa: UP045
     relevance_threshold: Optional[float] = None,  # noqa: UP045 - kfp reads typing.Optional only
     level_filter: Optional[float] = None,  # noqa: UP045
-    synth_min_positives: int = MINE.synth_min_positives,
-    synth_max_queries: int = MINE.synth_max_queries,
-    synth_per_query: int = MINE.synth_per_query,
+    synth_min_positives: Optional[int] = None,  # noqa: UP045
+    synth_max_queries: Optional[int] = None,  # noqa: UP045
+    synth_per_query: Optional[int] = None,  # noqa: UP045
     synth_budget_s: float = 0.0,
-    seed: int = MINE.seed,
+    seed: Optional[int] = None,  # noqa: UP045
 ) -> str:
     """Mine graded samples from the world's logs.
 
@@ -107,19 +103,22 @@ def mine(
     from crops.mining.synthesis.factory import build_backend, check_backend, resolve
 
     world_dir, out = Path(world.path), Path(mined.path)
-    # unset thresholds keep MineConfig's defaults (their one home)
-    thresholds = {"relevance_threshold": relevance_threshold, "level_filter": level_filter}
+    # unset parameters keep MineConfig's defaults (their one home)
+    given = {
+        "relevance_threshold": relevance_threshold,
+        "level_filter": level_filter,
+        "filter_model": filter_model,
+        "synth_min_positives": synth_min_positives,
+        "synth_max_queries": synth_max_queries,
+        "synth_per_query": synth_per_query,
+        "llm_backend": None if llm_backend is None else check_backend(llm_backend),
+        "seed": seed,
+    }
     cfg = MineConfig(
-        **{k: v for k, v in thresholds.items() if v is not None},
-        filter_model=filter_model,
-        synth_min_positives=synth_min_positives,
-        synth_max_queries=synth_max_queries,
-        synth_per_query=synth_per_query,
+        **{k: v for k, v in given.items() if v is not None},
         synth_budget_s=synth_budget_s or None,
-        llm_backend=check_backend(llm_backend),
         llm_endpoint=llm_endpoint or None,
         llm_model=llm_model or None,
-        seed=seed,
     )
     # the backend the parameters and CROPS_LLM_ENDPOINT / CROPS_LLM_MODEL (the Secret) name
     cfg = resolve(cfg)

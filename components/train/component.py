@@ -19,11 +19,12 @@ The RayJob runs `crops train` with the same stop rule (`--max-steps`, `--patienc
 `converge` is false).
 """
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from crops.components import BASE_IMAGE
-from crops.model.recipe import DEFAULTS
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -35,13 +36,13 @@ def train(
     method: str = "crops",
     max_steps: int = 0,
     converge: bool = True,
-    queries_per_batch: int = DEFAULTS.queries_per_batch,
-    group_size: int = DEFAULTS.group_size,
-    n_hard: int = DEFAULTS.n_hard,
-    encoder: str = DEFAULTS.encoder,
+    queries_per_batch: Optional[int] = None,  # noqa: UP045 - kfp reads typing.Optional only
+    group_size: Optional[int] = None,  # noqa: UP045
+    n_hard: Optional[int] = None,  # noqa: UP045
+    encoder: Optional[str] = None,  # noqa: UP045
     lr: float = 0.0,
-    workers: int = DEFAULTS.workers,
-    seed: int = DEFAULTS.seed,
+    workers: Optional[int] = None,  # noqa: UP045
+    seed: Optional[int] = None,  # noqa: UP045
     backend: str = "local",
     checkpoints: str = "",
     namespace: str = "crops",
@@ -78,13 +79,15 @@ def train(
             binary-infonce.
         max_steps: cap on optimizer steps; 0: the stop rule's default.
         converge: stop on the validation patience rule (true) or train exactly `max_steps`.
-        queries_per_batch: query groups per global batch.
-        group_size: samples per query group.
+        queries_per_batch: query groups per global batch; unset: the recipe's
+            (`crops.model.recipe.Recipe`, as every unset setting here).
+        group_size: samples per query group; unset: the recipe's.
         n_hard: hard negatives per group for the methods that use them (DPR, ANCE).
-        encoder: hash | hf:<name-or-path>.
+        encoder: hash | hf:<name-or-path>; unset: the recipe's.
         lr: learning rate; 0: the encoder's default.
-        workers: Ray Train workers (local: CPU workers; rayjob: GPU workers).
-        seed: random seed.
+        workers: Ray Train workers (local: CPU workers; rayjob: GPU workers); unset: the
+            recipe's.
+        seed: random seed; unset: the recipe's.
         backend: local | rayjob.
         checkpoints: checkpoint folder or s3:// URI (local backend); empty: a temporary folder.
         namespace: the RayJob's namespace, where the platform is installed (rayjob).
@@ -110,15 +113,18 @@ def train(
         raise ValueError(f"max_steps must be at least 1 (or 0 for the default), got {max_steps}")
     if not converge and max_steps == 0:
         raise ValueError("converge=false trains exactly max_steps steps: give max_steps")
+    given = {
+        "encoder": encoder,
+        "queries_per_batch": queries_per_batch,
+        "group_size": group_size,
+        "n_hard": n_hard,
+        "workers": workers,
+        "seed": seed,
+    }  # unset: the recipe's defaults (their one home)
     recipe = Recipe(
-        encoder=encoder,
         stop=StopRule(**stop_options(max_steps or None, None if converge else 0)),
-        queries_per_batch=queries_per_batch,
-        group_size=group_size,
-        n_hard=n_hard,
-        workers=workers,
         lr=lr or None,
-        seed=seed,
+        **{k: v for k, v in given.items() if v is not None},
     )  # the experiment's recipe: the same batches on both backends
     work = Path(tempfile.mkdtemp(prefix="crops-train-"))
     data = training_data(m, Path(mined.path), Path(world.path) / "videos.parquet", work / "data")
@@ -161,7 +167,7 @@ def train(
             job="train",
             script="train",
             args=["--config", config],
-            workers=workers,
+            workers=recipe.workers,
             worker_gpus=worker_gpus,
             timeout_s=timeout_s,
             name=job_name,
@@ -188,7 +194,7 @@ def train(
             "slug": m.slug,
             "loss": m.loss,
             "sources": list(m.sources),
-            "encoder": encoder,
+            "encoder": recipe.encoder,
             "samples": n,
             "backend": result["backend"],
             "why_stopped": validation["why_stopped"],

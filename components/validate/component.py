@@ -5,7 +5,7 @@ world is checked; bad rows go to the `quarantine` output with the reason, counte
 The input folder is never written to (the check runs on a folder of links to its tables).
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
@@ -18,7 +18,7 @@ def validate(
     world: Input[Dataset],
     quarantine: Output[Dataset],
     metrics: Output[Metrics],
-    max_quarantine_share: float = 0.01,
+    max_quarantine_share: Optional[float] = None,  # noqa: UP045 - kfp reads typing.Optional only
 ) -> NamedTuple("Outputs", quarantined=int):
     """Check every contract table of the world; fail when too many rows are bad.
 
@@ -30,7 +30,8 @@ def validate(
         world: a folder of contract tables (videos.parquet required).
         quarantine: the quarantined rows per table and report.json.
         metrics: rows, valid and quarantined per table.
-        max_quarantine_share: fail (as `crops validate` exits 1) when a table has more bad rows.
+        max_quarantine_share: fail (as `crops validate` exits 1) when a table has more bad rows;
+            unset: `crops.schema.MAX_QUARANTINE_SHARE`.
 
     Returns:
         quarantined: the number of quarantined rows over all tables.
@@ -40,7 +41,7 @@ def validate(
     from collections import namedtuple
     from pathlib import Path
 
-    from crops.schema import validate_dir
+    from crops.schema import MAX_QUARANTINE_SHARE, validate_dir, worst_share
 
     source = Path(world.path)
     with tempfile.TemporaryDirectory(prefix="crops-validate-") as tmp:
@@ -50,17 +51,16 @@ def validate(
             (view / table.name).symlink_to(table.resolve())
         reports = validate_dir(view)
         shutil.copytree(view / "_quarantine", quarantine.path)
-    total, worst = 0, 0.0
+    total, worst = 0, worst_share(reports)
     for r in reports:
         metrics.log_metric(f"{r.table}_rows", r.rows)
         metrics.log_metric(f"{r.table}_quarantined", r.quarantined)
         total += r.quarantined
-        worst = max(worst, r.quarantined / r.rows if r.rows else 0.0)
     metrics.log_metric("quarantined", total)
     quarantine.metadata.update({r.table: r.as_dict() for r in reports})
-    if worst > max_quarantine_share:
+    limit = MAX_QUARANTINE_SHARE if max_quarantine_share is None else max_quarantine_share
+    if worst > limit:
         raise RuntimeError(
-            f"{worst:.2%} of a table's rows quarantined (limit {max_quarantine_share:.2%}):"
-            f" see {quarantine.path}"
+            f"{worst:.2%} of a table's rows quarantined (limit {limit:.2%}): see {quarantine.path}"
         )
     return namedtuple("Outputs", ["quarantined"])(total)

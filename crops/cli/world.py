@@ -15,6 +15,7 @@ from crops.console import console
 from crops.console import fail as _fail
 from crops.console import progress_bar as _progress_bar
 from crops.console import summary_table as _summary_table
+from crops.schema import MAX_QUARANTINE_SHARE
 
 
 class ScaleName(StrEnum):
@@ -46,13 +47,13 @@ def validate(
     directory: Annotated[Path, typer.Argument(help="a directory of contract tables")],
     max_quarantine_share: Annotated[
         float, typer.Option(help="exit 1 when more than this share of a table's rows is bad")
-    ] = 0.01,
+    ] = MAX_QUARANTINE_SHARE,
 ) -> None:
     """Check tables against the contracts; quarantine bad rows to DIR/_quarantine/.
 
     Exit status: 0 valid, 1 too many rows quarantined, 2 a file-level error.
     """
-    from crops.schema import SchemaError, validate_dir
+    from crops.schema import SchemaError, validate_dir, worst_share
 
     try:
         reports = validate_dir(directory)
@@ -64,12 +65,11 @@ def validate(
         table.add_column(
             col, justify="right" if col in ("rows", "valid", "quarantined") else "left"
         )
-    worst = 0.0
     for r in reports:
         d = r.as_dict()
         reasons = ", ".join(f"{k}: {v}" for k, v in d["reasons"].items()) or "-"
         table.add_row(r.table, str(d["rows"]), str(d["valid"]), str(d["quarantined"]), reasons)
-        worst = max(worst, r.quarantined / r.rows if r.rows else 0.0)
+    worst = worst_share(reports)
     console.print(table)
     if any(r.quarantined for r in reports):
         console.print(f"quarantined rows written to {directory / '_quarantine'}")

@@ -59,9 +59,16 @@ def test_the_experiment_and_the_component_take_the_recipes_defaults() -> None:
     assert isinstance(ExperimentConfig(world="w", out="o"), Recipe)
     for field in ("queries_per_batch", "group_size", "steps_per_epoch", "workers", "n_hard"):
         assert getattr(ExperimentConfig(world="w", out="o"), field) == getattr(DEFAULTS, field)
+    # the component restates none: unset (None) means the recipe's; the pipeline passes the
+    # recipe's own values for what it exposes
     params = inspect.signature(train_component.python_func).parameters
     for field in ("queries_per_batch", "group_size", "n_hard", "encoder", "workers", "seed"):
-        assert params[field].default == getattr(DEFAULTS, field), field
+        assert params[field].default is None, field
+    from crops.pipelines.crops_pipeline import build_pipeline
+
+    spec = build_pipeline("local").pipeline_spec.root.input_definitions.parameters
+    assert spec["encoder"].default_value.string_value == DEFAULTS.encoder
+    assert spec["workers"].default_value.number_value == DEFAULTS.workers
     # and the recipe's batch shape is TrainConfig's, whose defaults `crops train` shows
     for field in ("queries_per_batch", "group_size", "workers", "encoder"):
         assert getattr(DEFAULTS, field) == TrainConfig.model_fields[field].default
