@@ -45,16 +45,16 @@ def abtest(
     deploy_reason: str = "",
     treatment_share: float = 0.5,
     users: int = 0,
-    days: Optional[int] = None,  # noqa: UP045 - kfp reads typing.Optional only
+    days: int = -1,
     searches_per_user: Optional[float] = None,  # noqa: UP045
-    seed: Optional[int] = None,  # noqa: UP045
+    seed: int = -1,
     primary: Optional[str] = None,  # noqa: UP045
     alpha: Optional[float] = None,  # noqa: UP045
-    min_users_per_arm: Optional[int] = None,  # noqa: UP045
+    min_users_per_arm: int = -1,
     max_error_rate: Optional[float] = None,  # noqa: UP045
     max_p99_ms: Optional[float] = None,  # noqa: UP045
     timeout_s: Optional[float] = None,  # noqa: UP045
-    concurrency: Optional[int] = None,  # noqa: UP045
+    concurrency: int = -1,
     apply: bool = False,
     isvc: str = "crops",
     namespace: str = "crops",
@@ -95,17 +95,17 @@ def abtest(
         deploy_reason: its reason, recorded with a hold.
         treatment_share: users in treatment, 0 < s < 1.
         users: a seeded sample of the world's users; 0: all.
-        days: simulated days, one sequential look after each; unset: AbTestConfig's
-            (`crops.abtest.simulate`; the policy's settings unset: CanaryPolicy's).
+        days: simulated days, one sequential look after each; -1: AbTestConfig's
+            (`crops.abtest.simulate`; the policy's settings, -1 or unset: CanaryPolicy's).
         searches_per_user: mean searches per user a day.
-        seed: traffic seed (same seed, same report).
+        seed: traffic seed (same seed, same report); -1: AbTestConfig's.
         primary: ctr | long_play_rate | reformulation_rate.
         alpha: two-sided level over all looks.
-        min_users_per_arm: no promotion below this.
+        min_users_per_arm: no promotion below this; -1: CanaryPolicy's.
         max_error_rate: treatment guardrail: errors and timeouts per request.
         max_p99_ms: treatment guardrail: p99 latency.
         timeout_s: per-request endpoint timeout.
-        concurrency: requests in flight per arm.
+        concurrency: requests in flight per arm; -1: AbTestConfig's.
         apply: patch the InferenceService's canary traffic with the decision.
         isvc: the InferenceService (apply).
         namespace: its namespace (apply).
@@ -141,7 +141,7 @@ def abtest(
         "timeout_s": timeout_s,
         "concurrency": concurrency,
     }
-    runs = {k: v for k, v in runs.items() if v is not None}
+    runs = {k: v for k, v in runs.items() if v not in (None, -1)}
     days = runs.get("days", AbTestConfig.model_fields["days"].default)
     rules = {
         "primary": primary,
@@ -150,7 +150,7 @@ def abtest(
         "max_error_rate": max_error_rate,
         "max_p99_ms": max_p99_ms,
     }
-    policy = CanaryPolicy(looks=days, **{k: v for k, v in rules.items() if v is not None})
+    policy = CanaryPolicy(looks=days, **{k: v for k, v in rules.items() if v not in (None, -1)})
     if held:  # the offline gate held the candidate back: nothing deployed, nothing to measure
         rep = held_report(deploy_reason or "the deploy task held the candidate", days, policy)
         out = Path(results.path)

@@ -20,8 +20,8 @@ def index(
     index: Output[Artifact],
     metrics: Output[Metrics],
     factory: Optional[str] = None,  # noqa: UP045 - kfp reads typing.Optional only
-    actors: Optional[int] = None,  # noqa: UP045
-    batch_size: Optional[int] = None,  # noqa: UP045
+    actors: int = -1,
+    batch_size: int = -1,
     nprobe: int = 0,
     backend: str = "local",
     namespace: str = "crops",
@@ -45,8 +45,8 @@ def index(
         metrics: count, dim, embed and build seconds.
         factory: any FAISS index_factory string (Flat, HNSW32, IVF4096,PQ32, ...); unset:
             IndexConfig's (`crops.index.build`), as every unset setting here.
-        actors: Ray Data embedding actors; unset: IndexConfig's.
-        batch_size: texts per embedding batch; unset: IndexConfig's.
+        actors: Ray Data embedding actors; unset: IndexConfig's; -1: IndexConfig's.
+        batch_size: texts per embedding batch; unset: IndexConfig's; -1: IndexConfig's.
         nprobe: IVF lists searched; 0: the default.
         backend: local | rayjob.
         namespace: the RayJob's namespace, where the platform is installed (rayjob).
@@ -71,7 +71,7 @@ def index(
         videos=[str(videos)],
         out=index.path,
         nprobe=nprobe or None,
-        **{k: v for k, v in given.items() if v is not None},
+        **{k: v for k, v in given.items() if v not in (None, -1)},
     )
     if backend == "local":
         from crops.index.build import build_index

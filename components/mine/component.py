@@ -52,11 +52,11 @@ def mine(
     filter_model: Optional[str] = None,  # noqa: UP045
     relevance_threshold: Optional[float] = None,  # noqa: UP045 - kfp reads typing.Optional only
     level_filter: Optional[float] = None,  # noqa: UP045
-    synth_min_positives: Optional[int] = None,  # noqa: UP045
-    synth_max_queries: Optional[int] = None,  # noqa: UP045
-    synth_per_query: Optional[int] = None,  # noqa: UP045
+    synth_min_positives: int = -1,
+    synth_max_queries: int = -1,
+    synth_per_query: int = -1,
     synth_budget_s: float = 0.0,
-    seed: Optional[int] = None,  # noqa: UP045
+    seed: int = -1,
 ) -> str:
     """Mine graded samples from the world's logs.
 
@@ -85,12 +85,13 @@ def mine(
             the filter's (1 + cos) / 2 scale; unset: MineConfig's default.
         level_filter: an extension the paper does not make, off when unset: drop level samples
             (labels 1-3) scoring at or below this (same scale); needs a filter model.
-        synth_min_positives: synthesise for queries with fewer positives than this.
-        synth_max_queries: at most this many queries get synthetic videos.
-        synth_per_query: synthetic videos per query.
+        synth_min_positives: synthesise for queries with fewer positives than this; -1:
+            MineConfig's (as for every -1 or unset setting here).
+        synth_max_queries: at most this many queries get synthetic videos; -1: MineConfig's.
+        synth_per_query: synthetic videos per query; -1: MineConfig's.
         synth_budget_s: stop sending synthesis requests after this long (0: no limit); the
             poorest queries go first, the rest are counted as skipped.
-        seed: seed of the LLM requests and the knowledge backend.
+        seed: seed of the LLM requests and the knowledge backend; -1: MineConfig's.
 
     Returns:
         The synthesis backend that ran, and whether it is an LLM.
@@ -115,7 +116,7 @@ def mine(
         "seed": seed,
     }
     cfg = MineConfig(
-        **{k: v for k, v in given.items() if v is not None},
+        **{k: v for k, v in given.items() if v not in (None, -1)},
         synth_budget_s=synth_budget_s or None,
         llm_endpoint=llm_endpoint or None,
         llm_model=llm_model or None,

@@ -36,13 +36,13 @@ def train(
     method: str = "crops",
     max_steps: int = 0,
     converge: bool = True,
-    queries_per_batch: Optional[int] = None,  # noqa: UP045 - kfp reads typing.Optional only
-    group_size: Optional[int] = None,  # noqa: UP045
-    n_hard: Optional[int] = None,  # noqa: UP045
+    queries_per_batch: int = -1,
+    group_size: int = -1,
+    n_hard: int = -1,
     encoder: Optional[str] = None,  # noqa: UP045
     lr: float = 0.0,
-    workers: Optional[int] = None,  # noqa: UP045
-    seed: Optional[int] = None,  # noqa: UP045
+    workers: int = -1,
+    seed: int = -1,
     backend: str = "local",
     checkpoints: str = "",
     namespace: str = "crops",
@@ -79,15 +79,15 @@ def train(
             binary-infonce.
         max_steps: cap on optimizer steps; 0: the stop rule's default.
         converge: stop on the validation patience rule (true) or train exactly `max_steps`.
-        queries_per_batch: query groups per global batch; unset: the recipe's
-            (`crops.model.recipe.Recipe`, as every unset setting here).
-        group_size: samples per query group; unset: the recipe's.
-        n_hard: hard negatives per group for the methods that use them (DPR, ANCE).
+        queries_per_batch: query groups per global batch; -1: the recipe's
+            (`crops.model.recipe.Recipe`, as for every -1 or unset setting here).
+        group_size: samples per query group; -1: the recipe's.
+        n_hard: hard negatives per group for the methods that use them (DPR, ANCE); -1: the
+            recipe's.
         encoder: hash | hf:<name-or-path>; unset: the recipe's.
         lr: learning rate; 0: the encoder's default.
-        workers: Ray Train workers (local: CPU workers; rayjob: GPU workers); unset: the
-            recipe's.
-        seed: random seed; unset: the recipe's.
+        workers: Ray Train workers (local: CPU workers; rayjob: GPU workers); -1: the recipe's.
+        seed: random seed; -1: the recipe's.
         backend: local | rayjob.
         checkpoints: checkpoint folder or s3:// URI (local backend); empty: a temporary folder.
         namespace: the RayJob's namespace, where the platform is installed (rayjob).
@@ -124,7 +124,7 @@ def train(
     recipe = Recipe(
         stop=StopRule(**stop_options(max_steps or None, None if converge else 0)),
         lr=lr or None,
-        **{k: v for k, v in given.items() if v is not None},
+        **{k: v for k, v in given.items() if v not in (None, -1)},
     )  # the experiment's recipe: the same batches on both backends
     work = Path(tempfile.mkdtemp(prefix="crops-train-"))
     data = training_data(m, Path(mined.path), Path(world.path) / "videos.parquet", work / "data")

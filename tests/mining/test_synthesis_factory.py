@@ -189,10 +189,11 @@ def test_cli_and_component_defaults_are_mine_configs() -> None:
     from crops.components.mine import mine as component
 
     defaults = MineConfig()
+    # the component restates none: unset (None, or -1 for an int) takes MineConfig's
     params = inspect.signature(component.python_func).parameters
-    for name in ("llm_backend", "filter_model", "synth_min_positives", "synth_max_queries"):
-        assert params[name].default == getattr(defaults, name), name
-    assert params["synth_per_query"].default == defaults.synth_per_query
+    assert params["llm_backend"].default is None and params["filter_model"].default is None
+    for name in ("synth_min_positives", "synth_max_queries", "synth_per_query", "seed"):
+        assert params[name].default == -1, name
     options = inspect.signature(cli).parameters
     for name in ("synth_min_positives", "synth_max_queries", "synth_per_query", "filter_model"):
         assert options[name].default == getattr(defaults, name), name

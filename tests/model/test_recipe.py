@@ -59,11 +59,12 @@ def test_the_experiment_and_the_component_take_the_recipes_defaults() -> None:
     assert isinstance(ExperimentConfig(world="w", out="o"), Recipe)
     for field in ("queries_per_batch", "group_size", "steps_per_epoch", "workers", "n_hard"):
         assert getattr(ExperimentConfig(world="w", out="o"), field) == getattr(DEFAULTS, field)
-    # the component restates none: unset (None) means the recipe's; the pipeline passes the
+    # the component restates none: -1 (unset) means the recipe's; the pipeline passes the
     # recipe's own values for what it exposes
     params = inspect.signature(train_component.python_func).parameters
-    for field in ("queries_per_batch", "group_size", "n_hard", "encoder", "workers", "seed"):
-        assert params[field].default is None, field
+    for field in ("queries_per_batch", "group_size", "n_hard", "workers", "seed"):
+        assert params[field].default == -1, field
+    assert params["encoder"].default is None
     from crops.pipelines.crops_pipeline import build_pipeline
 
     spec = build_pipeline("local").pipeline_spec.root.input_definitions.parameters
