@@ -18,9 +18,9 @@ temporary folder; seeds are spread over 2 processes (`--procs`).
    `analyze_logs` cannot express this itself: with a fresh ledger and looks=1, look 1 always
    covers the experiment's first day (the start is the first treatment request's day), so
    each daily run repeats the day-1 test. The naive look is therefore computed with the
-   functions `take_look` uses (`user_sums`, `abstats.analyze`, `guardrails`, `canary.decide`)
+   functions `take_look` uses (`user_sums`, `abstats.analyze`, `guardrails`, `sequential.decide`)
    on the rows through day d; its z on day d equals the ledger's look d + 1.
-3. Power: `canary.required_users` sizes the test for a planted +10 % CTR lift (the per-user
+3. Power: `sequential.required_users` sizes the test for a planted +10 % CTR lift (the per-user
    impressions and design effect derived from synthlogs' parameters, and checked on a pilot
    A/A), then `--power-seeds` experiments of that size run through the ledger; the share
    promoted is compared with the 80 % power the size targets.

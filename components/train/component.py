@@ -1,7 +1,7 @@
 """train: the dual encoder on Ray Train (`crops train`), in the task or as a KubeRay RayJob.
 
 `crops train` as a component: one dense row of the paper's table (`method`, a slug of
-`crops.evaluate.experiment.METHODS`) trained on its subset of the mined samples to convergence
+`crops.model.recipe.METHODS`) trained on its subset of the mined samples to convergence
 under the stop rule of `crops train` (`crops.model.convergence.StopRule`: validation recall of
 held-out training queries, patience, a cap), as `crops experiment` does. The pipeline trains two:
 
@@ -9,14 +9,14 @@ held-out training queries, patience, a cap), as `crops experiment` does. The pip
   H-InfoNCE on the HLA labels;
 - `method=nce`: click positives only, in-batch negatives, InfoNCE: the click-only control.
 
-`rayjob` copies the samples to `<mount path>/runs/<hash>/<method>/` on the artifacts volume,
-submits `python -m crops.ray_jobs.train <crops train options> --gpu` with
-`crops.k8s.rayjob.submit_and_wait(RayJobSpec(...), timeout_s)`, and copies the model back
-into the output. The RayJob is the installed release's: image, pods, volume (mounted at the
-same path as in the task) and lifecycle come from the ConfigMap `crops-platform`
+`rayjob` copies the samples and the run's `TrainConfig` (the recipe's, as in the task) to
+`<mount path>/runs/<hash>/<method>/` on the artifacts volume, submits `python -m
+crops.ray_jobs.train --config <that train.json>` (`crops.k8s.staging.StagedRayJob`), and copies
+the model back into the output. The RayJob is the installed release's: image, pods, volume
+(mounted at the same path as in the task) and lifecycle come from the ConfigMap `crops-platform`
 (`crops.k8s.platform`), exactly as the chart's own RayJobs; the task runs as `crops-pipeline`.
-The RayJob runs `crops train` with the same stop rule (`--max-steps`, `--patience 0` when
-`converge` is false).
+The RayJob trains from that one configuration: the same batches, schedule and stop rule as the
+local backend.
 """
 
 from typing import Optional

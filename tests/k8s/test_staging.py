@@ -1,5 +1,6 @@
 """Staged RayJobs (crops/k8s/staging.py): the copy in, the job's files, the copy back. The
-submit-and-wait part runs against the real kube-apiserver in tests/test_cluster_tasks.py."""
+submit-and-wait part runs against the real kube-apiserver in
+components/train/tests/test_cluster.py and components/index/tests/test_cluster.py."""
 
 from pathlib import Path
 

@@ -2,7 +2,7 @@
 environment resolve to a backend, the errors bad settings give, and that the CLI, the RayJob and
 the mine component all go through it (the RayJob now honours CROPS_LLM_ENDPOINT).
 
-No model and no GPU: endpoints are tests/fake_openai.py's fake server or an unreachable port.
+No model and no GPU: endpoints are tests/fakes/fake_openai.py's fake server or an unreachable port.
 """
 
 from __future__ import annotations

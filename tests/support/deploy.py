@@ -1,8 +1,7 @@
 """What the deploy tests (tests/deploy/) share: the objects of a rendering by kind, the pod specs
 an object will run, an InferenceService's canaries and deployment mode, the `crops serve` and
 `crops abtest` command lines the chart writes, Kubernetes resource quantities, and the
-server-side dry run with the comparison that notices a field the server dropped (moved from
-tests/test_deploy.py)."""
+server-side dry run with the comparison that notices a field the server dropped."""
 
 from __future__ import annotations
 
