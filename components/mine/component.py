@@ -149,4 +149,6 @@ def mine(
     )
     if "not an LLM" in syn["backend"]:  # the knowledge backend says so itself
         return syn["backend"]
+    if syn["backend"] == "none":
+        return "none (synthesis off)"
     return f"{syn['backend']} ({'an LLM' if syn['is_llm'] else 'not an LLM'})"

@@ -186,29 +186,7 @@ def mine(
             "filter and quarantine",
         )
     )
-    syn = report["synthesis"]
-    kind = (
-        ""
-        if "not an LLM" in syn["backend"]
-        else (" (an LLM)" if syn["is_llm"] else " (not an LLM)")
-    )
-    console.print(
-        f"synthesis: {syn['backend']}{kind},"
-        f" {syn['videos']} videos for {syn['policy']['selected']} queries,"
-        f" {syn['requests_sent']} requests, {syn['cache_hits']} cached"
-        + (
-            f", {syn['json_valid_replies']}/{syn['replies']} replies JSON-valid,"
-            f" {syn['valid_replies']} usable"
-            if syn.get("replies")
-            else ""
-        )
-        + (
-            f", {syn['skipped_for_budget']} skipped (time budget)"
-            if syn.get("skipped_for_budget")
-            else ""
-        )
-        + (f", {syn['failed']} quarantined" if syn.get("failed") else "")
-    )
+    console.print(synthesis_line(report["synthesis"]))
     qual = report["quality"]
     if "note" not in qual:
         console.print(
@@ -233,3 +211,36 @@ def _level_filter_summary(levels: dict) -> dict:
         **{f"  dropped {k}": v for k, v in levels["dropped_by_source"].items()},
         "  level samples kept": levels["kept"],
     }
+
+
+def synthesis_line(syn: dict) -> str:
+    """The summary's synthesis line; with no backend it says plainly that synthesis was off
+    (not "none (not an LLM), 0 videos for 380 queries", which reads like a failed LLM)."""
+    selected = syn["policy"]["selected"]
+    if syn["backend"] == "none":
+        return (
+            "synthesis: off (--llm-backend none): no synthetic videos"
+            f" ({selected} queries would have qualified)"
+        )
+    kind = (
+        ""
+        if "not an LLM" in syn["backend"]
+        else (" (an LLM)" if syn["is_llm"] else " (not an LLM)")
+    )
+    return (
+        f"synthesis: {syn['backend']}{kind},"
+        f" {syn['videos']} videos for {selected} queries,"
+        f" {syn['requests_sent']} requests, {syn['cache_hits']} cached"
+        + (
+            f", {syn['json_valid_replies']}/{syn['replies']} replies JSON-valid,"
+            f" {syn['valid_replies']} usable"
+            if syn.get("replies")
+            else ""
+        )
+        + (
+            f", {syn['skipped_for_budget']} skipped (time budget)"
+            if syn.get("skipped_for_budget")
+            else ""
+        )
+        + (f", {syn['failed']} quarantined" if syn.get("failed") else "")
+    )

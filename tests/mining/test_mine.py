@@ -201,6 +201,19 @@ def test_cli_mine_with_the_knowledge_backend(run, tiny_dir: Path, tmp_path) -> N
     assert "level filter" in stdout and "off" in stdout
 
 
+def test_cli_mine_says_plainly_when_synthesis_was_off(run, tiny_dir: Path, tmp_path) -> None:
+    code, stdout, stderr = run(
+        "mine", "--world", tiny_dir, "--out", tmp_path / "M", "--llm-backend", "none",
+        "--filter-model", "none",
+    )  # fmt: skip
+    assert code == 0, stderr
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("synthesis:"))
+    assert line.startswith("synthesis: off (--llm-backend none): no synthetic videos (")
+    assert "not an LLM" not in line and "0 videos for" not in line
+    report = json.loads((tmp_path / "M/report.json").read_text())
+    assert report["synthesis"]["backend"] == "none" and report["synthesis"]["videos"] == 0
+
+
 def test_cli_mine_summary_counts_what_the_level_filter_dropped() -> None:
     from crops.cli.mine import _level_filter_summary
 
