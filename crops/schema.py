@@ -527,9 +527,12 @@ def load_table(
     return check_rows(name, table, path, flags=flags, video_ids=video_ids)
 
 
-def write_quarantine(quarantine: pl.DataFrame, directory: str | Path, name: str) -> Path:
-    """Write quarantined rows to DIRECTORY/_quarantine/<name>.parquet (always, even empty)."""
-    out = Path(directory) / "_quarantine"
+def write_quarantine(
+    quarantine: pl.DataFrame, directory: str | Path, name: str, into: str | Path | None = None
+) -> Path:
+    """Write quarantined rows to DIRECTORY/_quarantine/<name>.parquet, or INTO/<name>.parquet
+    when given (always, even empty)."""
+    out = Path(into) if into is not None else Path(directory) / "_quarantine"
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{name}.parquet"
     quarantine.write_parquet(target)
@@ -546,17 +549,21 @@ def worst_share(reports: list[TableReport]) -> float:
     return max((r.quarantined / r.rows for r in reports if r.rows), default=0.0)
 
 
-def validate_dir(directory: str | Path) -> list[TableReport]:
+def validate_dir(directory: str | Path, out: str | Path | None = None) -> list[TableReport]:
     """Validate every contract table present in a directory; quarantine bad rows.
 
     videos.parquet is required; the others are checked when present. Row-level problems go to
-    DIRECTORY/_quarantine/<table>.parquet and a report.json beside them.
+    OUT/<table>.parquet and a report.json beside them; OUT defaults to DIRECTORY/_quarantine,
+    and a given OUT leaves DIRECTORY untouched (read-only data validates in place).
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise SchemaError(directory, None, "not a directory")
+    qdir = Path(out) if out is not None else directory / "_quarantine"
+    if qdir.exists() and not qdir.is_dir():
+        raise SchemaError(qdir, None, "the quarantine folder is not a directory")
     videos, q, rep = load_table(directory / "videos.parquet", "videos")
-    write_quarantine(q, directory, "videos")
+    write_quarantine(q, directory, "videos", into=qdir)
     reports = [rep]
     # a video quarantined for a bad field still exists: logs may refer to it
     ids = pl.concat([videos["video_id"], q["video_id"]]).drop_nulls().unique()
@@ -565,9 +572,7 @@ def validate_dir(directory: str | Path) -> list[TableReport]:
         if not path.exists():
             continue
         _, q, rep = load_table(path, name, video_ids=ids)
-        write_quarantine(q, directory, name)
+        write_quarantine(q, directory, name, into=qdir)
         reports.append(rep)
-    (directory / "_quarantine" / "report.json").write_text(
-        json.dumps([r.as_dict() for r in reports], indent=2) + "\n"
-    )
+    (qdir / "report.json").write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")
     return reports

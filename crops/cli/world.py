@@ -48,15 +48,22 @@ def validate(
     max_quarantine_share: Annotated[
         float, typer.Option(help="exit 1 when more than this share of a table's rows is bad")
     ] = MAX_QUARANTINE_SHARE,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder for the quarantined rows and report.json (default DIR/_quarantine);"
+            " DIR itself is then never written, so read-only data validates in place"
+        ),
+    ] = None,
 ) -> None:
-    """Check tables against the contracts; quarantine bad rows to DIR/_quarantine/.
+    """Check tables against the contracts; quarantine bad rows (to DIR/_quarantine/ or --out).
 
     Exit status: 0 valid, 1 too many rows quarantined, 2 a file-level error.
     """
     from crops.schema import SchemaError, validate_dir, worst_share
 
     try:
-        reports = validate_dir(directory)
+        reports = validate_dir(directory, out)
     except SchemaError as exc:
         _fail(str(exc))
         return
@@ -72,7 +79,7 @@ def validate(
     worst = worst_share(reports)
     console.print(table)
     if any(r.quarantined for r in reports):
-        console.print(f"quarantined rows written to {directory / '_quarantine'}")
+        console.print(f"quarantined rows written to {out or directory / '_quarantine'}")
     world = directory / "world.json"
     if world.exists():
         summary = json.loads(world.read_text()).get("summary", {})

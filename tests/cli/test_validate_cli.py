@@ -93,6 +93,32 @@ def test_corrupted_rows_are_quarantined_and_counted(world, run):
     assert report["search_log"]["reasons"] == {reason: 1 for _, reason in CORRUPT.values()}
 
 
+def test_read_only_data_validates_with_the_quarantine_elsewhere(world, run, tmp_path):
+    """--out takes the quarantine and report: the input folder is never written (here it is
+    read-only, as a mounted dataset is)."""
+    _corrupt_search_log(world)
+    before = sorted(p.name for p in world.iterdir())
+    for path in [world, *world.iterdir()]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        code, out, err = run("validate", world, "--out", tmp_path / "q")
+    finally:
+        for path in [world, *world.iterdir()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert code == 0, err
+    assert sorted(p.name for p in world.iterdir()) == before  # no _quarantine/ written there
+    q = pl.read_parquet(tmp_path / "q" / "search_log.parquet")
+    assert set(q["row"].to_list()) == set(CORRUPT)
+    assert {d["table"] for d in json.loads((tmp_path / "q" / "report.json").read_text())} >= {
+        "videos",
+        "search_log",
+    }
+    assert f"quarantined rows written to {tmp_path / 'q'}" in out.replace("\n", "")
+    (tmp_path / "file").write_text("x")
+    code, _, err = run("validate", world, "--out", tmp_path / "file")
+    assert code == 2 and "not a directory" in err
+
+
 def test_quarantine_over_the_limit_exits_1(world, run):
     _corrupt_search_log(world)
     code, out, err = run("validate", world, "--max-quarantine-share", "0")
