@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -35,6 +36,12 @@ def options(model, **values):
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or model.__name__
         fail(f"bad option {where}: {first['msg']}")
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The options given: one left out (None) is dropped, so the config it fills applies its
+    own default (for configs too slow to import at start-up for `defaults`)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def defaults(model) -> SimpleNamespace:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from crops.console import console, err, fail, options, progress_bar, summary_table
+from crops.console import console, err, fail, given, options, progress_bar, summary_table
 
 abtest_app = typer.Typer(
     help=(
@@ -50,17 +50,13 @@ Kubeconfig = Annotated[
 ]
 
 
-def _given(**values: Any) -> dict[str, Any]:
-    """The options given: one left out keeps its config's default (CanaryPolicy's,
-    AnalyzeConfig's, AbTestConfig's: their one home; importing them here would slow every
-    `crops` command, so --help names the config instead of the value)."""
-    return {k: v for k, v in values.items() if v is not None}
-
-
 def _policy(**values: Any):
+    """The policy options given; one left out keeps CanaryPolicy's default (as the others keep
+    AnalyzeConfig's and AbTestConfig's: importing them here would slow every `crops` command,
+    so --help names the config instead of the value)."""
     from crops.evaluate.sequential import CanaryPolicy
 
-    return options(CanaryPolicy, **_given(**values))
+    return options(CanaryPolicy, **given(**values))
 
 
 def _kube(apply: bool, isvc: str | None, namespace: str | None, mode: str, kubeconfig):
@@ -229,7 +225,7 @@ def analyze(
         policy=policy,
         as_of=as_of,
         break_stale_lock=break_stale_lock,
-        **_given(treatment_share=treatment_share, settle_s=settle_s, max_skew_s=max_skew_s),
+        **given(treatment_share=treatment_share, settle_s=settle_s, max_skew_s=max_skew_s),
     )
     _run_and_report(
         lambda progress: analyze_logs(cfg, progress),
@@ -342,7 +338,7 @@ def simulated(
         treatment_index=treatment_index,
         users=users,
         policy=policy,
-        **_given(
+        **given(
             treatment_share=treatment_share,
             days=days,
             searches_per_user=searches_per_user,

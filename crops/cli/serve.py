@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from crops.console import console
+from crops.console import console, given
 from crops.console import fail as _fail
 from crops.console import options as _options
 
@@ -44,8 +44,7 @@ def serve(
     from crops.serve.request_parsing import Limits
 
     # options left out keep Limits' defaults (their one home; importing it loads kserve)
-    given = {"max_top_k": max_top_k, "max_batch": max_batch}
-    limits = _options(Limits, **{k: v for k, v in given.items() if v is not None})
+    limits = _options(Limits, **given(max_top_k=max_top_k, max_batch=max_batch))
     if not 0 <= port <= 65535:
         _fail(f"--port {port}: must be between 0 and 65535")
     if workers < 1 or threads < 1:
