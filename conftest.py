@@ -1,9 +1,10 @@
 """The root conftest: what every test folder shares, tests/ and components/<name>/tests/.
 
-tests/ holds the shared test support (the fake servers, the kube-apiserver harness, the chart
-installer, KFP artifact helpers), imported by name (`from cluster import ...`): it goes on
-sys.path here, so that components/<name>/tests/ (packages, so that their same-named
-test_component.py files do not collide) import it too. The shared fixtures (a tiny world, its
+tests/ holds the shared test support (`fakes/`, `support/`: the fake servers, the
+kube-apiserver harness, the chart installer, KFP artifact helpers), on sys.path through
+pyproject's `pythonpath = ["tests"]`, so that components/<name>/tests/ (packages, so that their
+same-named test_component.py files do not collide) import it too (`from support.cluster import
+...`). The shared fixtures (a tiny world, its
 index, the kube-apiserver, ...) are tests/shared_fixtures.py, loaded as a plugin so that every
 folder sees the same session-scoped instances.
 
@@ -20,9 +21,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-TESTS = ROOT / "tests"
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
 
 _docker = importlib.util.find_spec("docker")
 if (
