@@ -32,7 +32,28 @@ HLA_LABELS: dict[str, int] = {
     "ranked": 2,
     "prefiltered": 1,
 }
-SOURCES = tuple(HLA_LABELS)
+#: Human relevance judgements (a graded collection: `crops ingest query-title`, `crops train
+#: --qrels`) are a source of their own, not a behaviour: see :func:`judged_label`.
+JUDGED_SOURCE = "judged"
+SOURCES = (*HLA_LABELS, JUDGED_SOURCE)
+#: The labels a judgement can take (1..5): 0 is kept for in-batch negatives.
+JUDGED_LABELS = (1, 5)
+
+
+def judged_label(grade: int, top: int) -> int:
+    """The HLA label of a human judgement: grade g on a scale 0..top becomes 1 + round(4 g/top).
+
+    The lowest grade sits just above the in-batch negatives (a judged title was retrieved for
+    the query: a harder negative than a random video), the top grade at the top level with
+    reformulations; 0/1/2 (QBQTC) gives 1/3/5, 0..3 (TREC) 1/2/4/5, binary 0/1 gives 1/5.
+    Rounding is half up, so the rule does not depend on Python's banker's rounding.
+    """
+    if top < 1:
+        raise ValueError(f"a grade scale needs a top grade of at least 1, got {top}")
+    if not 0 <= grade <= top:
+        raise ValueError(f"grade {grade} is outside the scale 0..{top}")
+    return 1 + int(4 * grade / top + 0.5)
+
 #: The search cascade's level samples (labels 1-3, highest first), which the level filter gates.
 LEVEL_SOURCES = tuple(s for s, label in HLA_LABELS.items() if label <= 3)
 
@@ -406,9 +427,14 @@ def _row_reasons(
             (~c("source").is_in(SOURCES), "unknown source"),
             ((c("label") < 0) | (c("label") > 5), "label outside 0..5"),
             (
-                c("source").is_in(SOURCES)
+                c("source").is_in(list(HLA_LABELS))
                 & (c("label") != c("source").replace_strict(HLA_LABELS, default=-1)),
                 "label does not match its source under HLA",
+            ),
+            (
+                (c("source") == JUDGED_SOURCE)
+                & ~c("label").is_between(*JUDGED_LABELS),
+                f"judged label outside {JUDGED_LABELS[0]}..{JUDGED_LABELS[1]}",
             ),
             (c("relevance").is_not_null() & ~c("relevance").is_finite(), "relevance not finite"),
         ]
