@@ -575,6 +575,31 @@ def worst_share(reports: list[TableReport]) -> float:
     return max((r.quarantined / r.rows for r in reports if r.rows), default=0.0)
 
 
+def check_tables(
+    tables: dict[str, tuple[pa.Table, str | Path]],
+) -> list[tuple[pl.DataFrame, pl.DataFrame, TableReport]]:
+    """Conform and row-check a set of contract tables together: (valid, quarantine, report)
+    per table, videos first, in contract order.
+
+    videos is required: the logs' and samples' video ids are checked against it. A video
+    quarantined for a bad field still exists, so logs may refer to it.
+    """
+    if "videos" not in tables:
+        raise SchemaError("videos.parquet", None, "missing (every folder of tables needs videos)")
+    out = []
+    for name in ("videos", "search_log", "rec_log", "samples"):
+        if name not in tables:
+            continue
+        table, path = tables[name]
+        conformed, flags = conform(table, name, path)
+        ids = None
+        if name != "videos":  # a video quarantined for a bad field still exists
+            videos, q = out[0][0], out[0][1]
+            ids = pl.concat([videos["video_id"], q["video_id"]]).drop_nulls().unique()
+        out.append(check_rows(name, conformed, path, flags=flags, video_ids=ids))
+    return out
+
+
 def validate_dir(directory: str | Path, out: str | Path | None = None) -> list[TableReport]:
     """Validate every contract table present in a directory; quarantine bad rows.
 
@@ -588,17 +613,14 @@ def validate_dir(directory: str | Path, out: str | Path | None = None) -> list[T
     qdir = Path(out) if out is not None else directory / "_quarantine"
     if qdir.exists() and not qdir.is_dir():
         raise SchemaError(qdir, None, "the quarantine folder is not a directory")
-    videos, q, rep = load_table(directory / "videos.parquet", "videos")
-    write_quarantine(q, directory, "videos", into=qdir)
-    reports = [rep]
-    # a video quarantined for a bad field still exists: logs may refer to it
-    ids = pl.concat([videos["video_id"], q["video_id"]]).drop_nulls().unique()
-    for name in ("search_log", "rec_log", "samples"):
-        path = directory / f"{name}.parquet"
-        if not path.exists():
-            continue
-        _, q, rep = load_table(path, name, video_ids=ids)
-        write_quarantine(q, directory, name, into=qdir)
+    tables = {
+        name: (read_parquet(directory / f"{name}.parquet", name), directory / f"{name}.parquet")
+        for name in ("videos", "search_log", "rec_log", "samples")
+        if name == "videos" or (directory / f"{name}.parquet").exists()
+    }
+    reports = []
+    for _, q, rep in check_tables(tables):
+        write_quarantine(q, directory, rep.table, into=qdir)
         reports.append(rep)
     (qdir / "report.json").write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")
     return reports

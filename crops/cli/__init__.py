@@ -6,6 +6,7 @@ Each module is thin over the library: it parses options into the library's pydan
 | module | commands |
 |---|---|
 | `world` | `crops simulate`, `crops validate` |
+| `ingest` | `crops ingest` |
 | `mine` | `crops mine` |
 | `train` | `crops train` |
 | `index` | `crops index` |
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from crops.cli import evaluate, index, mine, serve, train, world
+from crops.cli import evaluate, index, ingest, mine, serve, train, world
 from crops.cli.abtest import abtest_app
 from crops.cli.app import app
 from crops.cli.pipeline import pipeline_app
@@ -28,6 +29,7 @@ from crops.cli.pipeline import pipeline_app
 for _command in (
     world.simulate,
     world.validate,
+    ingest.ingest,
     mine.mine,
     train.train,
     evaluate.evaluate,

@@ -43,6 +43,20 @@ def simulate(
     console.print(_summary_table(meta["summary"], "filter bubble (production system)"))
 
 
+def report_table(reports: list[dict], title: str) -> Table:
+    """Rows, valid, quarantined and reasons per table (TableReport.as_dict()s): the one view
+    of a validation, for `crops validate` and `crops ingest`."""
+    table = Table(title=title, header_style="bold")
+    for col in ("table", "rows", "valid", "quarantined", "reasons"):
+        table.add_column(
+            col, justify="right" if col in ("rows", "valid", "quarantined") else "left"
+        )
+    for d in reports:
+        reasons = ", ".join(f"{k}: {v}" for k, v in d["reasons"].items()) or "-"
+        table.add_row(d["table"], str(d["rows"]), str(d["valid"]), str(d["quarantined"]), reasons)
+    return table
+
+
 def validate(
     directory: Annotated[Path, typer.Argument(help="a directory of contract tables")],
     max_quarantine_share: Annotated[
@@ -67,17 +81,8 @@ def validate(
     except SchemaError as exc:
         _fail(str(exc))
         return
-    table = Table(title=f"validation of {directory}", header_style="bold")
-    for col in ("table", "rows", "valid", "quarantined", "reasons"):
-        table.add_column(
-            col, justify="right" if col in ("rows", "valid", "quarantined") else "left"
-        )
-    for r in reports:
-        d = r.as_dict()
-        reasons = ", ".join(f"{k}: {v}" for k, v in d["reasons"].items()) or "-"
-        table.add_row(r.table, str(d["rows"]), str(d["valid"]), str(d["quarantined"]), reasons)
     worst = worst_share(reports)
-    console.print(table)
+    console.print(report_table([r.as_dict() for r in reports], f"validation of {directory}"))
     if any(r.quarantined for r in reports):
         console.print(f"quarantined rows written to {out or directory / '_quarantine'}")
     world = directory / "world.json"

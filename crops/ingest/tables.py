@@ -1,0 +1,137 @@
+"""What an importer hands over (:class:`Imported`) and how it lands on disk (:func:`write`).
+
+Importers only parse their format. Everything after is here, the same for every format: source
+ids become int64 (with ``ids.parquet``), the tables are conformed and row-checked exactly as
+`crops validate` does (``crops.schema.check_tables``), valid rows go to ``<table>.parquet``,
+bad rows with their reason to ``_quarantine/``, rows the importer could not parse at all to
+``_quarantine/unreadable.parquet``, a graded collection to ``collection/`` (a ``--trec-dir``),
+and ``ingest.json`` describes the import. Nothing read is lost: every source row is in a table,
+in the quarantine or in the unreadable rows, and the counts say so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from crops.ingest.ids import ID_COLUMNS, IdTable
+from crops.ingest.text import IngestError
+from crops.schema import SCHEMAS, TableReport, check_tables, write_quarantine
+
+#: The rows an importer could not turn into any table row: where, why, and the raw text.
+UNREADABLE_SCHEMA = {"table": pl.String, "where": pl.String, "reason": pl.String, "raw": pl.String}
+COLLECTION_DIR = "collection"
+MANIFEST = "ingest.json"
+
+
+def unreadable_rows(rows: list[tuple[str, str, str, str]] | None = None) -> pl.DataFrame:
+    """(table, where, reason, raw) tuples as the unreadable-rows frame."""
+    return pl.DataFrame(rows or [], schema=UNREADABLE_SCHEMA, orient="row")
+
+
+@dataclass
+class Collection:
+    """A graded collection to write as a `--trec-dir` (docs.tsv, queries.tsv, qrels).
+
+    Document and query ids are the source's; doc ids are mapped like video ids on writing, so
+    the collection's docs are the videos table's rows.
+    """
+
+    docs: dict[str, str]
+    queries: dict[str, str]
+    qrels: list[tuple[str, str, int]]  # (query id, doc id, grade)
+
+
+@dataclass
+class Imported:
+    """An importer's result: contract tables with the source's ids, plus what it could not read."""
+
+    format: str
+    source: str
+    tables: dict[str, pl.DataFrame]
+    unreadable: pl.DataFrame = field(default_factory=unreadable_rows)
+    collection: Collection | None = None
+    notes: dict = field(default_factory=dict)
+    encoding: str | None = None
+
+
+def _tsv_cell(text: str) -> str:
+    return " ".join(text.split())  # a tab or newline inside text would break the TSV
+
+
+def _write_collection(c: Collection, ids: IdTable, out: Path) -> dict:
+    folder = out / COLLECTION_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    doc_src = list(c.docs)
+    doc_ids = ids.map("video", pl.Series("video_id", doc_src, pl.String)).to_list()
+    doc_map = dict(zip(doc_src, doc_ids, strict=True))
+    lines = [f"{doc_map[d]}\t{_tsv_cell(t)}" for d, t in c.docs.items()]
+    (folder / "docs.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines = [f"{_tsv_cell(q)}\t{_tsv_cell(t)}" for q, t in c.queries.items()]
+    (folder / "queries.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines = [f"{_tsv_cell(q)} 0 {doc_map[d]} {g}" for q, d, g in c.qrels]
+    (folder / "qrels").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"docs": len(c.docs), "queries": len(c.queries), "judgements": len(c.qrels)}
+
+
+def write(imported: Imported, out: Path, *, force: bool = False) -> dict:
+    """Map ids, check and write an import into OUT; returns the manifest (also OUT/ingest.json).
+
+    OUT must be empty or absent (or `force`): an import never mixes with an older one.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise IngestError(f"--out {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise IngestError(f"--out {out} is not empty: give an empty folder (or --force)")
+    if "videos" not in imported.tables:
+        raise IngestError(f"the {imported.format} importer produced no videos table")
+    out.mkdir(parents=True, exist_ok=True)
+    ids = IdTable()
+    arrow = {}
+    for name, df in imported.tables.items():
+        if name not in SCHEMAS:
+            raise IngestError(f"the {imported.format} importer produced an unknown table {name!r}")
+        mapped = df.with_columns(
+            ids.map(kind, df[col]) for col, kind in ID_COLUMNS.items() if col in df.columns
+        )
+        arrow[name] = (mapped.to_arrow(), f"{imported.source} ({name})")
+    reports: list[TableReport] = []
+    qdir = out / "_quarantine"
+    for valid, quarantine, report in check_tables(arrow):
+        # through the contract's Arrow schema, so the file's types are the contract's exactly
+        pq.write_table(valid.to_arrow().cast(SCHEMAS[report.table]), out / f"{report.table}.parquet")
+        write_quarantine(quarantine, out, report.table, into=qdir)
+        reports.append(report)
+    qdir.mkdir(parents=True, exist_ok=True)
+    imported.unreadable.write_parquet(qdir / "unreadable.parquet")
+    unreadable_reasons = (
+        dict(imported.unreadable.group_by("reason").len().sort("reason").iter_rows())
+        if imported.unreadable.height
+        else {}
+    )
+    manifest = {
+        "format": imported.format,
+        "source": imported.source,
+        "encoding": imported.encoding or "utf-8",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tables": {r.table: r.as_dict() for r in reports},
+        "unreadable": {"rows": imported.unreadable.height, "reasons": unreadable_reasons},
+        "notes": imported.notes,
+    }
+    if imported.collection is not None:
+        manifest["collection"] = {
+            "path": COLLECTION_DIR,
+            **_write_collection(imported.collection, ids, out),
+        }
+    id_frame = ids.frame()
+    ids.write(out)
+    manifest["ids"] = dict(id_frame.group_by("kind").len().sort("kind").iter_rows())
+    (qdir / "report.json").write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
