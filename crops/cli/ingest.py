@@ -13,9 +13,10 @@ from crops.console import console
 from crops.console import fail as _fail
 from crops.console import options as _options
 from crops.ingest.formats import FORMATS, IngestOptions
+from crops.ingest.split import HOLDOUT_SHARE
 from crops.schema import MAX_QUARANTINE_SHARE
 
-I = IngestOptions.model_fields
+FIELDS = IngestOptions.model_fields
 FORMAT_HELP = "; ".join(f"{name}: {text}" for name, (_, text) in FORMATS.items())
 
 
@@ -23,11 +24,9 @@ def ingest(
     fmt: Annotated[str, typer.Argument(metavar="FORMAT", help=FORMAT_HELP)],
     src: Annotated[Path, typer.Argument(help="the source file or folder")],
     out: Annotated[Path, typer.Option(help="an empty folder for the contract tables")],
-    encoding: Annotated[
-        str | None, typer.Option(help=I["encoding"].description)
-    ] = I["encoding"].default,
-    mapping: Annotated[Path | None, typer.Option(help=I["mapping"].description)] = None,
-    holdout: Annotated[float, typer.Option(help=I["holdout"].description)] = I["holdout"].default,
+    encoding: Annotated[str | None, typer.Option(help=FIELDS["encoding"].description)] = None,
+    mapping: Annotated[Path | None, typer.Option(help=FIELDS["mapping"].description)] = None,
+    holdout: Annotated[float, typer.Option(help=FIELDS["holdout"].description)] = HOLDOUT_SHARE,
     force: Annotated[bool, typer.Option(help="write into a folder that is not empty")] = False,
     max_quarantine_share: Annotated[
         float, typer.Option(help="exit 1 when more than this share of a table's rows is bad")

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from crops.ingest.split import HOLDOUT_SHARE
-from crops.ingest.tables import Imported, write
+from crops.ingest.tables import Imported, check_out, write
 from crops.ingest.text import IngestError
 
 #: format name -> (module, one line of help)
@@ -68,5 +68,6 @@ def run(fmt: str, src: Path, out: Path, options: IngestOptions, *, force: bool =
     src = Path(src)
     if not src.exists():
         raise IngestError(f"{src}: no such file or folder")
+    check_out(out, force=force)
     imported: Imported = read(src, options)
     return write(imported, out, force=force)

@@ -14,14 +14,18 @@ platform's own ids, and a hash collision (two source ids, one int64) is an error
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import polars as pl
 
 KEPT_MAX = 2**62
 ID_KINDS = ("video", "user", "session", "request")
 #: contract column -> id kind
-ID_COLUMNS = {"video_id": "video", "user_id": "user", "session_id": "session", "request_id": "request"}
+ID_COLUMNS = {
+    "video_id": "video",
+    "user_id": "user",
+    "session_id": "session",
+    "request_id": "request",
+}
 
 
 class IdCollision(ValueError):
@@ -33,51 +37,52 @@ def _hashed(value: str) -> int:
     return KEPT_MAX + int.from_bytes(digest, "little") % KEPT_MAX
 
 
-def _one(value: str) -> int:
-    if value.isascii() and value.isdigit() and (value == "0" or not value.startswith("0")):
-        n = int(value)
-        if n < KEPT_MAX:
-            return n
-    return _hashed(value)
+#: A canonical decimal integer: no sign, no leading zero, ASCII digits only.
+_CANONICAL = r"^(0|[1-9][0-9]*)$"
 
 
 def to_int64(values: pl.Series) -> pl.Series:
-    """Each source id (string, or integer) as its contract int64; nulls stay null."""
+    """Each source id (string, or integer) as its contract int64; nulls stay null.
+
+    Kept ids are found column-wise; only the distinct other ids are hashed, one by one.
+    """
     as_text = values.cast(pl.String)
-    distinct = as_text.drop_nulls().unique()
-    lookup = dict(zip(distinct.to_list(), (_one(v) for v in distinct.to_list()), strict=True))
-    return as_text.replace_strict(lookup, default=None, return_dtype=pl.Int64).alias(values.name)
+    canonical = as_text.str.contains(_CANONICAL)
+    number = pl.select(pl.when(canonical).then(as_text.cast(pl.UInt64, strict=False))).to_series()
+    kept = pl.select(pl.when(number < KEPT_MAX).then(number).cast(pl.Int64)).to_series()
+    others = as_text.filter(kept.is_null() & as_text.is_not_null()).unique().to_list()
+    lookup = pl.DataFrame(
+        {"s": others, "h": [_hashed(v) for v in others]},
+        schema={"s": pl.String, "h": pl.Int64},
+    )
+    hashed = pl.DataFrame({"s": as_text}).join(lookup, on="s", how="left", maintain_order="left")
+    return kept.fill_null(hashed["h"]).alias(values.name)
 
 
 class IdTable:
     """The (kind, source_id, id) rows of one import; refuses collisions."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, dict[str, int]] = {}
+        self._parts: list[pl.DataFrame] = []
 
     def map(self, kind: str, values: pl.Series) -> pl.Series:
         """`values` as int64 ids of `kind`, recorded in the table."""
         if kind not in ID_KINDS:
             raise ValueError(f"unknown id kind {kind!r}: one of {', '.join(ID_KINDS)}")
         mapped = to_int64(values)
-        seen = self._seen.setdefault(kind, {})
-        pairs = pl.DataFrame({"s": values.cast(pl.String), "i": mapped}).drop_nulls().unique()
-        for source, i in pairs.iter_rows():
-            seen.setdefault(source, i)
+        pairs = pl.DataFrame(
+            {"kind": kind, "source_id": values.cast(pl.String), "id": mapped}
+        ).drop_nulls()
+        self._parts.append(pairs.unique())
         return mapped
 
     def frame(self) -> pl.DataFrame:
-        rows = [(k, s, i) for k, m in self._seen.items() for s, i in m.items()]
-        df = pl.DataFrame(
-            rows, schema={"kind": pl.String, "source_id": pl.String, "id": pl.Int64}, orient="row"
-        ).sort("kind", "id")
+        """The mapping table, sorted by kind and id; a collision is an IdCollision."""
+        schema = {"kind": pl.String, "source_id": pl.String, "id": pl.Int64}
+        df = pl.concat([pl.DataFrame(schema=schema), *self._parts]).unique().sort("kind", "id")
         clash = df.filter(pl.col("id").is_duplicated().over("kind"))
         if clash.height:
-            kind, source, i = clash.row(0)
-            raise IdCollision(f"{kind} ids {clash['source_id'].to_list()[:4]} all map to {i}")
+            kind, _, i = clash.row(0)
+            sources = clash.filter((pl.col("kind") == kind) & (pl.col("id") == i))["source_id"]
+            raise IdCollision(f"{kind} ids {sorted(sources.to_list())[:4]} all map to {i}")
         return df
-
-    def write(self, out: Path) -> Path:
-        target = Path(out) / "ids.parquet"
-        self.frame().write_parquet(target)
-        return target

@@ -27,6 +27,10 @@ from crops.schema import SCHEMAS, TableReport, check_tables, write_quarantine
 UNREADABLE_SCHEMA = {"table": pl.String, "where": pl.String, "reason": pl.String, "raw": pl.String}
 COLLECTION_DIR = "collection"
 MANIFEST = "ingest.json"
+IDS = "ids.parquet"
+UNREADABLE = "unreadable.parquet"
+#: The contract tables an import may hold (videos required).
+INGESTED = ("videos", "search_log", "rec_log", "samples")
 
 
 def unreadable_rows(rows: list[tuple[str, str, str, str]] | None = None) -> pl.DataFrame:
@@ -64,12 +68,9 @@ def _tsv_cell(text: str) -> str:
     return " ".join(text.split())  # a tab or newline inside text would break the TSV
 
 
-def _write_collection(c: Collection, ids: IdTable, out: Path) -> dict:
+def _write_collection(c: Collection, doc_map: dict[str, int], out: Path) -> dict:
     folder = out / COLLECTION_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    doc_src = list(c.docs)
-    doc_ids = ids.map("video", pl.Series("video_id", doc_src, pl.String)).to_list()
-    doc_map = dict(zip(doc_src, doc_ids, strict=True))
     lines = [f"{doc_map[d]}\t{_tsv_cell(t)}" for d, t in c.docs.items()]
     (folder / "docs.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     lines = [f"{_tsv_cell(q)}\t{_tsv_cell(t)}" for q, t in c.queries.items()]
@@ -79,37 +80,55 @@ def _write_collection(c: Collection, ids: IdTable, out: Path) -> dict:
     return {"docs": len(c.docs), "queries": len(c.queries), "judgements": len(c.qrels)}
 
 
-def write(imported: Imported, out: Path, *, force: bool = False) -> dict:
-    """Map ids, check and write an import into OUT; returns the manifest (also OUT/ingest.json).
-
-    OUT must be empty or absent (or `force`): an import never mixes with an older one.
-    """
+def check_out(out: Path, *, force: bool = False) -> None:
+    """OUT must be an empty or absent folder (or `force`): an import never mixes with an older
+    one. Checked before reading the source too, so a long read does not end in this error."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise IngestError(f"--out {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()) and not force:
         raise IngestError(f"--out {out} is not empty: give an empty folder (or --force)")
+
+
+def write(imported: Imported, out: Path, *, force: bool = False) -> dict:
+    """Map ids, check and write an import into OUT; returns the manifest (also OUT/ingest.json).
+
+    Everything that can fail (an unknown table, an id collision, a table the contract refuses)
+    fails before OUT is written.
+    """
+    out = Path(out)
+    check_out(out, force=force)
     if "videos" not in imported.tables:
         raise IngestError(f"the {imported.format} importer produced no videos table")
-    out.mkdir(parents=True, exist_ok=True)
+    unknown = sorted(set(imported.tables) - set(INGESTED))
+    if unknown:
+        raise IngestError(f"the {imported.format} importer produced unknown tables {unknown}")
     ids = IdTable()
     arrow = {}
     for name, df in imported.tables.items():
-        if name not in SCHEMAS:
-            raise IngestError(f"the {imported.format} importer produced an unknown table {name!r}")
         mapped = df.with_columns(
             ids.map(kind, df[col]) for col, kind in ID_COLUMNS.items() if col in df.columns
         )
         arrow[name] = (mapped.to_arrow(), f"{imported.source} ({name})")
+    doc_map: dict[str, int] = {}
+    if imported.collection is not None:
+        doc_src = list(imported.collection.docs)
+        doc_ids = ids.map("video", pl.Series("video_id", doc_src, pl.String)).to_list()
+        doc_map = dict(zip(doc_src, doc_ids, strict=True))
+    id_frame = ids.frame()  # an IdCollision here, before anything is written
+    checked = check_tables(arrow)
+
+    out.mkdir(parents=True, exist_ok=True)
     reports: list[TableReport] = []
     qdir = out / "_quarantine"
-    for valid, quarantine, report in check_tables(arrow):
+    for valid, quarantine, report in checked:
         # through the contract's Arrow schema, so the file's types are the contract's exactly
-        pq.write_table(valid.to_arrow().cast(SCHEMAS[report.table]), out / f"{report.table}.parquet")
+        pq.write_table(
+            valid.to_arrow().cast(SCHEMAS[report.table]), out / f"{report.table}.parquet"
+        )
         write_quarantine(quarantine, out, report.table, into=qdir)
         reports.append(report)
-    qdir.mkdir(parents=True, exist_ok=True)
-    imported.unreadable.write_parquet(qdir / "unreadable.parquet")
+    imported.unreadable.write_parquet(qdir / UNREADABLE)
     unreadable_reasons = (
         dict(imported.unreadable.group_by("reason").len().sort("reason").iter_rows())
         if imported.unreadable.height
@@ -127,10 +146,9 @@ def write(imported: Imported, out: Path, *, force: bool = False) -> dict:
     if imported.collection is not None:
         manifest["collection"] = {
             "path": COLLECTION_DIR,
-            **_write_collection(imported.collection, ids, out),
+            **_write_collection(imported.collection, doc_map, out),
         }
-    id_frame = ids.frame()
-    ids.write(out)
+    id_frame.write_parquet(out / IDS)
     manifest["ids"] = dict(id_frame.group_by("kind").len().sort("kind").iter_rows())
     (qdir / "report.json").write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
