@@ -285,3 +285,20 @@ def test_gbk_csv_needs_and_takes_encoding(tmp_path: Path):
     imported = read(src, IngestOptions(mapping=mapping, encoding="gbk"))
     assert imported.tables["videos"]["caption"][0] == "猫咪 跳舞"
     assert imported.encoding == "gbk"
+
+
+def test_parquet_text_that_is_not_utf8_is_quarantined_by_the_contract(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "src"
+    src.mkdir()
+    titles = pa.array([b"ok", b"\xff\xfe bad", None], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "title": titles}), src / "v.parquet")
+    mapping = _write_mapping(
+        tmp_path / "m.yaml",
+        "tables:\n  videos: {file: v.parquet, columns: {video_id: id, caption: title}}\n",
+    )
+    manifest = run("mapped", src, tmp_path / "out", IngestOptions(mapping=mapping))
+    assert manifest["tables"]["videos"]["reasons"] == {"caption is not valid UTF-8": 1}
+    assert manifest["unreadable"]["rows"] == 0
