@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
@@ -27,6 +28,9 @@ from crops.ingest.ids import ID_COLUMNS
 from crops.ingest.tables import INGESTED, Imported, unreadable_rows
 from crops.ingest.text import IngestError, read_csv_text
 from crops.schema import SCHEMAS
+
+if TYPE_CHECKING:
+    from crops.ingest.formats import IngestOptions
 
 FORMAT = "mapped"
 #: File suffix -> CSV separator (None: Parquet).
@@ -353,7 +357,7 @@ def _table(
     return table.filter(~is_bad), rows
 
 
-def read(src: Path, options) -> Imported:
+def read(src: Path, options: IngestOptions) -> Imported:
     """The tables a mapping (options.mapping) names, read from SRC (a folder, or the one file
     when the mapping names one table)."""
     if options.mapping is None:
