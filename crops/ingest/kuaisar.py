@@ -97,6 +97,13 @@ def id_text(col: str) -> tuple[pl.Expr, pl.Expr]:
     return text, ~bracketed | all_ids
 
 
+def _csv_cell(col: str) -> pl.Expr:
+    """A cell as CSV writes it, so an unreadable row's raw text reads back as the row."""
+    value = pl.col(col).fill_null("")
+    quoted = pl.lit('"') + value.str.replace_all('"', '""', literal=True) + pl.lit('"')
+    return pl.when(value.str.contains(r'[,"\n]')).then(quoted).otherwise(value)
+
+
 def _split(df: pl.DataFrame, name: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(rows that read, unreadable rows) by the `_bad` column."""
     raw_cols = [c for c in df.columns if not c.startswith("_")]
@@ -104,7 +111,7 @@ def _split(df: pl.DataFrame, name: str) -> tuple[pl.DataFrame, pl.DataFrame]:
         pl.lit(name).alias("table"),
         pl.col("_where").alias("where"),
         pl.col(_BAD).alias("reason"),
-        pl.concat_str([pl.col(c).fill_null("") for c in raw_cols], separator=",").alias("raw"),
+        pl.concat_str([_csv_cell(c) for c in raw_cols], separator=",").alias("raw"),
     )
     return df.filter(pl.col(_BAD).is_null()), bad.cast(UNREADABLE_SCHEMA)  # type: ignore[arg-type]
 
