@@ -54,6 +54,7 @@ def judged_label(grade: int, top: int) -> int:
         raise ValueError(f"grade {grade} is outside the scale 0..{top}")
     return 1 + int(4 * grade / top + 0.5)
 
+
 #: The search cascade's level samples (labels 1-3, highest first), which the level filter gates.
 LEVEL_SOURCES = tuple(s for s, label in HLA_LABELS.items() if label <= 3)
 
@@ -432,8 +433,7 @@ def _row_reasons(
                 "label does not match its source under HLA",
             ),
             (
-                (c("source") == JUDGED_SOURCE)
-                & ~c("label").is_between(*JUDGED_LABELS),
+                (c("source") == JUDGED_SOURCE) & ~c("label").is_between(*JUDGED_LABELS),
                 f"judged label outside {JUDGED_LABELS[0]}..{JUDGED_LABELS[1]}",
             ),
             (c("relevance").is_not_null() & ~c("relevance").is_finite(), "relevance not finite"),
