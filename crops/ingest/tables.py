@@ -36,7 +36,8 @@ def unreadable_rows(rows: list[tuple[str, str, str, str]] | None = None) -> pl.D
 
 @dataclass
 class Collection:
-    """A graded collection to write as a `--trec-dir` (docs.tsv, queries.tsv, qrels).
+    """A graded collection to write as a `--trec-dir` (docs.tsv, queries.tsv, judged.qrels: the
+    names `crops.evaluate.collection.trec_collection` finds).
 
     Document and query ids are the source's; doc ids are mapped like video ids on writing, so
     the collection's docs are the videos table's rows.
@@ -75,7 +76,7 @@ def _write_collection(c: Collection, ids: IdTable, out: Path) -> dict:
     lines = [f"{_tsv_cell(q)}\t{_tsv_cell(t)}" for q, t in c.queries.items()]
     (folder / "queries.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     lines = [f"{_tsv_cell(q)} 0 {doc_map[d]} {g}" for q, d, g in c.qrels]
-    (folder / "qrels").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "judged.qrels").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"docs": len(c.docs), "queries": len(c.queries), "judgements": len(c.qrels)}
 
 
@@ -105,7 +106,9 @@ def write(imported: Imported, out: Path, *, force: bool = False) -> dict:
     qdir = out / "_quarantine"
     for valid, quarantine, report in check_tables(arrow):
         # through the contract's Arrow schema, so the file's types are the contract's exactly
-        pq.write_table(valid.to_arrow().cast(SCHEMAS[report.table]), out / f"{report.table}.parquet")
+        pq.write_table(
+            valid.to_arrow().cast(SCHEMAS[report.table]), out / f"{report.table}.parquet"
+        )
         write_quarantine(quarantine, out, report.table, into=qdir)
         reports.append(report)
     qdir.mkdir(parents=True, exist_ok=True)
