@@ -9,14 +9,16 @@ from typing import Annotated
 import typer
 
 from crops.cli.world import report_table
-from crops.console import console
+from crops.console import console, defaults
 from crops.console import fail as _fail
 from crops.console import options as _options
 from crops.ingest.formats import FORMATS, IngestOptions
 from crops.ingest.split import HOLDOUT_SHARE
 from crops.schema import MAX_QUARANTINE_SHARE
 
-FIELDS = IngestOptions.model_fields
+#: the options' help and defaults are IngestOptions' (their one home)
+HELP = {name: f.description for name, f in IngestOptions.model_fields.items()}
+D = defaults(IngestOptions)
 FORMAT_HELP = "; ".join(f"{name}: {text}" for name, (_, text) in FORMATS.items())
 
 
@@ -24,9 +26,10 @@ def ingest(
     fmt: Annotated[str, typer.Argument(metavar="FORMAT", help=FORMAT_HELP)],
     src: Annotated[Path, typer.Argument(help="the source file or folder")],
     out: Annotated[Path, typer.Option(help="an empty folder for the contract tables")],
-    encoding: Annotated[str | None, typer.Option(help=FIELDS["encoding"].description)] = None,
-    mapping: Annotated[Path | None, typer.Option(help=FIELDS["mapping"].description)] = None,
-    holdout: Annotated[float, typer.Option(help=FIELDS["holdout"].description)] = HOLDOUT_SHARE,
+    encoding: Annotated[str | None, typer.Option(help=HELP["encoding"])] = D.encoding,
+    mapping: Annotated[Path | None, typer.Option(help=HELP["mapping"])] = D.mapping,
+    holdout: Annotated[float, typer.Option(help=HELP["holdout"])] = D.holdout,
+    grades: Annotated[str | None, typer.Option(help=HELP["grades"])] = D.grades,
     force: Annotated[bool, typer.Option(help="write into a folder that is not empty")] = False,
     max_quarantine_share: Annotated[
         float, typer.Option(help="exit 1 when more than this share of a table's rows is bad")
@@ -43,7 +46,9 @@ def ingest(
     from crops.ingest.text import IngestError
     from crops.schema import SchemaError
 
-    options = _options(IngestOptions, encoding=encoding, mapping=mapping, holdout=holdout)
+    options = _options(
+        IngestOptions, encoding=encoding, mapping=mapping, holdout=holdout, grades=grades
+    )
     try:
         manifest = run(fmt, src, out, options, force=force)
     except (IngestError, SchemaError, IdCollision) as exc:

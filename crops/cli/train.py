@@ -30,6 +30,14 @@ DEFAULT_LOSS = LossName(D.loss)
 def train(
     samples: Annotated[Path | None, typer.Option(help="samples.parquet from `crops mine`")] = None,
     videos: Annotated[Path | None, typer.Option(help="videos.parquet the samples refer to")] = None,
+    qrels: Annotated[
+        Path | None,
+        typer.Option(
+            help="train on human judgements instead of --samples/--videos: an ingest folder"
+            " (crops ingest query-title) or a --trec-dir folder (docs, queries, qrels),"
+            " converted into OUT-qrels/"
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="MODEL_DIR to write")] = None,
     config: Annotated[
         Path | None,
@@ -88,7 +96,11 @@ def train(
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = D.seed,
 ) -> None:
-    """Train the dual encoder with Ray Train (TorchTrainer, DDP) and write a loadable MODEL_DIR."""
+    """Train the dual encoder with Ray Train (TorchTrainer, DDP) and write a loadable MODEL_DIR.
+
+    From mined samples (--samples, --videos) or from human judgements (--qrels DIR: graded
+    labels 1 + round(4 g/top); --loss infonce --positive-min-label 3 trains them binary).
+    """
     from crops.model.train import train as run
 
     if config is not None:
@@ -97,9 +109,15 @@ def train(
             if not Path(path).exists():
                 _fail(f"--config {config}: {field} {path}: not found")
     else:
+        if qrels is not None:
+            if samples is not None or videos is not None:
+                _fail("give --qrels or --samples/--videos, not both")
+            if out is None:
+                _fail("give --out (or --config FILE)")
+            samples, videos = _judged_tables(qrels, out)
         for path, what in ((samples, "--samples"), (videos, "--videos"), (out, "--out")):
             if path is None:
-                _fail(f"give {what} (or --config FILE)")
+                _fail(f"give {what} (or --qrels DIR for judgements, or --config FILE)")
         for path, what in ((samples, "--samples"), (videos, "--videos")):
             if not path.exists():
                 _fail(f"{what} {path}: not found")
@@ -151,6 +169,32 @@ def train(
             f"[yellow]{summary['samples_without_video']} samples skipped: their video is in"
             " none of the video files[/]"
         )
+
+
+def _judged_tables(qrels: Path, out: Path) -> tuple[Path, Path]:
+    """The samples and videos of `--qrels DIR` (crops.ingest.judgements.training_tables); a
+    --trec-dir folder is converted into OUT-qrels/, beside the model as OUT-checkpoints is."""
+    from crops.evaluate.collection import CollectionError
+    from crops.ingest.judgements import training_tables
+    from crops.ingest.text import IngestError
+    from crops.schema import SchemaError
+
+    side = out.parent / f"{out.name}-qrels"
+    try:
+        samples, videos, manifest = training_tables(qrels, side)
+    except (IngestError, CollectionError, SchemaError) as exc:
+        _fail(str(exc))
+        raise AssertionError("unreachable") from exc
+    table = manifest["tables"].get("samples", {})
+    notes = manifest.get("notes", {})
+    bad = manifest["unreadable"]["rows"]
+    console.print(
+        f"judgements from {qrels}: {table.get('valid', 0):,} samples"
+        f" (grades {notes.get('grade_scale', '?')} as labels {notes.get('labels', '?')}),"
+        f" {table.get('quarantined', 0):,} quarantined, {bad:,} unreadable"
+        f"{'' if samples.parent == qrels else f'; converted into {samples.parent}'}"
+    )
+    return samples, videos
 
 
 def _from_file(path: Path, values: dict) -> TrainConfig:

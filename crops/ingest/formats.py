@@ -53,6 +53,11 @@ class IngestOptions(BaseModel):
         lt=1.0,
         description="query-title: share of queries held out for evaluation (by query, keyed)",
     )
+    grades: str | None = Field(
+        None,
+        pattern=r"^0-[1-9][0-9]*$",
+        description="query-title: the grade scale 0-N (default: 0 to the largest grade read)",
+    )
 
 
 def reader(fmt: str):

@@ -40,7 +40,8 @@ def unreadable_rows(rows: list[tuple[str, str, str, str]] | None = None) -> pl.D
 
 @dataclass
 class Collection:
-    """A graded collection to write as a `--trec-dir` (docs.tsv, queries.tsv, qrels).
+    """A graded collection to write as a `--trec-dir` (docs.tsv, queries.tsv, judged.qrels: the
+    names `crops.evaluate.collection.trec_collection` finds).
 
     Document and query ids are the source's; doc ids are mapped like video ids on writing, so
     the collection's docs are the videos table's rows.
@@ -76,7 +77,7 @@ def _write_collection(c: Collection, doc_map: dict[str, int], out: Path) -> dict
     lines = [f"{_tsv_cell(q)}\t{_tsv_cell(t)}" for q, t in c.queries.items()]
     (folder / "queries.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     lines = [f"{_tsv_cell(q)} 0 {doc_map[d]} {g}" for q, d, g in c.qrels]
-    (folder / "qrels").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "judged.qrels").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"docs": len(c.docs), "queries": len(c.queries), "judgements": len(c.qrels)}
 
 
