@@ -13,7 +13,6 @@ from crops.console import console, defaults
 from crops.console import fail as _fail
 from crops.console import options as _options
 from crops.ingest.formats import FORMATS, IngestOptions
-from crops.ingest.split import HOLDOUT_SHARE
 from crops.schema import MAX_QUARANTINE_SHARE
 
 #: the options' help and defaults are IngestOptions' (their one home)

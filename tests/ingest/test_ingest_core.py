@@ -180,7 +180,7 @@ def test_write_lays_out_an_import(tmp_path: Path):
         "_quarantine/unreadable.parquet",
         "_quarantine/videos.parquet",
         "collection/docs.tsv",
-        "collection/qrels",
+        "collection/judged.qrels",
         "collection/queries.tsv",
         "ids.parquet",
         "ingest.json",
@@ -224,7 +224,7 @@ def test_written_ids_follow_the_rule_and_the_mapping_table(tmp_path: Path):
     assert sorted(videos["video_id"]) == [42, v1] and v1 >= KEPT_MAX
     docs = (out / "collection" / "docs.tsv").read_text(encoding="utf-8").splitlines()
     assert docs == [f"{v1}\tcat dance", "42\tnoodles"]
-    assert (out / "collection" / "qrels").read_text().splitlines() == [
+    assert (out / "collection" / "judged.qrels").read_text().splitlines() == [
         f"q1 0 {v1} 2",
         "q1 0 42 0",
     ]
