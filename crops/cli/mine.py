@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from crops.console import console, defaults
 from crops.console import fail as _fail
@@ -186,6 +187,8 @@ def mine(
             "filter and quarantine",
         )
     )
+    console.print(window_table(report["reformulation_window"]))
+    console.print(gap_line(report["reformulation_window"]["gaps"]))
     console.print(synthesis_line(report["synthesis"]))
     qual = report["quality"]
     if "note" not in qual:
@@ -211,6 +214,38 @@ def _level_filter_summary(levels: dict) -> dict:
         **{f"  dropped {k}": v for k, v in levels["dropped_by_source"].items()},
         "  level samples kept": levels["kept"],
     }
+
+
+def window_table(window: dict) -> Table:
+    """The reformulation yield per window (report.json's `reformulation_window`), the mined
+    window marked: the evidence for `--window-s`."""
+    table = Table(
+        title="reformulation yield by window",
+        caption="positives before the relevance filter; --window-s sets the mined window",
+        header_style="bold",
+    )
+    for name in ("window", "positives", "share of widest"):
+        table.add_column(name, justify="right")
+    for row in window["yield"]:
+        share = row["share_of_widest"]
+        table.add_row(
+            f"{row['window_s']:g} s" + (" (mined)" if row["mined"] else ""),
+            str(row["positives"]),
+            "-" if share is None else f"{share:.1%}",
+        )
+    return table
+
+
+def gap_line(gaps: dict) -> str:
+    """The quantiles of the gap to the next different query, on one line."""
+    q = gaps["quantiles_s"]
+    head = (
+        f"gap to the user's next different query ({gaps['with_next_query']} of"
+        f" {gaps['requests']} requests have one)"
+    )
+    if not gaps["with_next_query"]:
+        return head
+    return head + ": " + ", ".join(f"{k} {v:,.0f} s" for k, v in q.items())
 
 
 def synthesis_line(syn: dict) -> str:

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from crops.mining.config import MineConfig
 from crops.mining.hla import assemble, cascade_samples, labelled, to_arrow
 from crops.mining.recfeed import recfeed_candidates
-from crops.mining.reformulation import reformulation_candidates
+from crops.mining.reformulation import window_ms, windowed_candidates
+from crops.mining.reformulation_window import next_query_gaps, report_windows, window_report
 from crops.mining.synthesis import SynthesisBackend, SynthesisResult
 from crops.schema import (
     HLA_LABELS,
@@ -310,11 +311,17 @@ def mine(
     step("load_and_validate")
 
     cascade = cascade_samples(search)
-    reform = reformulation_candidates(search, cfg.reformulation_window_s, cfg.long_play_ms)
+    # the mined window among the reported ones: what is mined and its yield are one frame
+    mined_s = cfg.reformulation_window_s
+    by_window = windowed_candidates(search, report_windows(mined_s), cfg.long_play_ms)
     feed = recfeed_candidates(
         search, rec, cfg.feed_window_s, cfg.feed_max_per_user, cfg.long_play_ms
     )
-    cascade, reform, feed = pl.collect_all([cascade, reform, feed])
+    cascade, by_window, feed, gaps = pl.collect_all(
+        [cascade, by_window, feed, next_query_gaps(search)]
+    )
+    reform = by_window.filter(pl.col("window_ms") == window_ms(mined_s)).drop("window_ms")
+    window = window_report(gaps["gap_s"], by_window, mined_s)
     step("mine_logs")
 
     texts = video_text(frames["videos"])
@@ -376,6 +383,7 @@ def mine(
             "recfeed": feed_stats,
             "texts_encoded": 0 if scorer is None else scorer.encoded,
         },
+        "reformulation_window": window,
         "level_filter": level_stats,
         "synthesis": {
             **result.stats,
