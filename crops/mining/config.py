@@ -46,7 +46,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from crops.model.names import MINILM_ALIAS
-from crops.schema import LONG_PLAY_MS
+from crops.schema import LONG_PLAY_MS, REFORMULATION_WINDOW_S
 
 
 class MineConfig(BaseModel):
@@ -55,7 +55,9 @@ class MineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reformulation_window_s: float = Field(
-        90, gt=0, description="a reformulation chain holds a user's queries this close to its first"
+        REFORMULATION_WINDOW_S,
+        gt=0,
+        description="a reformulation chain holds a user's queries this close to its first",
     )
     feed_window_s: float = Field(
         1800, gt=0, description="feed consumption this close to a search (either side) counts"
