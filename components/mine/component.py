@@ -52,6 +52,7 @@ def mine(
     filter_model: Optional[str] = None,  # noqa: UP045
     relevance_threshold: Optional[float] = None,  # noqa: UP045 - kfp reads typing.Optional only
     level_filter: Optional[float] = None,  # noqa: UP045
+    reformulation_window_s: Optional[float] = None,  # noqa: UP045
     synth_min_positives: int = -1,
     synth_max_queries: int = -1,
     synth_per_query: int = -1,
@@ -85,6 +86,9 @@ def mine(
             the filter's (1 + cos) / 2 scale; unset: MineConfig's default.
         level_filter: an extension the paper does not make, off when unset: drop level samples
             (labels 1-3) scoring at or below this (same scale); needs a filter model.
+        reformulation_window_s: a reformulation chain holds a user's queries this close to its
+            first (s); unset: MineConfig's (the paper's 90 s). Set it from the gaps and yields
+            that report.json's reformulation_window shows for your own logs.
         synth_min_positives: synthesise for queries with fewer positives than this; -1:
             MineConfig's (as for every -1 or unset setting here).
         synth_max_queries: at most this many queries get synthetic videos; -1: MineConfig's.
@@ -108,6 +112,7 @@ def mine(
     given = {
         "relevance_threshold": relevance_threshold,
         "level_filter": level_filter,
+        "reformulation_window_s": reformulation_window_s,
         "filter_model": filter_model,
         "synth_min_positives": synth_min_positives,
         "synth_max_queries": synth_max_queries,
