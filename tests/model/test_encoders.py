@@ -15,14 +15,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from crops.lexical import CJK_DEFAULT, CJK_MODES
 from crops.model.encoders import (
+    HASHER_V1,
     MANIFEST,
     BucketIds,
     DualEncoder,
     HashTower,
     HFTower,
     Tower,
+    _ngram_groups,
     build_dual_encoder,
+    normalize_text,
 )
 from crops.model.names import minilm_path
 
@@ -196,6 +200,103 @@ def test_hash_tower_on_kuairec_captions_and_learns(kuairec_rows) -> None:
         opt.step()
     after = margin()
     assert after > before + 0.1, (before, after)
+
+
+# ------------------------------------------------------------- hash tower on unsegmented CJK
+
+QBQTC = SHARED / "data" / "qbqtc-train" / "train.json"
+
+
+def word_ids(tower: HashTower, text: str) -> set[int]:
+    """The bucket ids of `text`'s word n-grams only (a twin tower without char n-grams)."""
+    words = HashTower(
+        dim=8,
+        buckets=tower.buckets,
+        hidden=8,
+        char_ngrams=(),
+        word_ngrams=tower.word_ngrams,
+        seed=tower.seed,
+        cjk_words=tower.cjk_words,
+    )
+    return set(words.bucket_ids(text))
+
+
+def test_hash_word_grams_cut_chinese_runs() -> None:
+    title = "红烧肉的家常做法视频"
+    groups = dict(_ngram_groups(normalize_text(title), (), (1, 2), CJK_DEFAULT))
+    assert len(set(groups["w1"])) >= 5 and len(set(groups["w2"])) >= 5
+    assert dict(_ngram_groups(title, (), (1, 2), "none")) == {"w1": [title], "w2": []}
+    # two titles sharing a word share word-gram buckets; an unrelated one does not
+    t = HashTower(buckets=2**16)
+    a, b = word_ids(t, title), word_ids(t, "家常红烧肉，好吃不腻")
+    assert a & b and not a & word_ids(t, "三江汇流旅游攻略")
+    legacy = HashTower(buckets=2**16, cjk_words="none")
+    assert not word_ids(legacy, title) & word_ids(legacy, "家常红烧肉，好吃不腻")
+
+
+def test_hash_ids_of_text_without_cjk_unchanged() -> None:
+    """English (and any text without CJK characters) hashes exactly as the whitespace words
+    of hasher v1 did, so English bucket ids and saved English models are unchanged."""
+    texts = ["funny cat video", "How to cook rice, fast!", "ＨＥＬＬＯ  World", "", "café ß"]
+    for mode in CJK_MODES:
+        new, legacy = HashTower(cjk_words=mode), HashTower(cjk_words="none")
+        assert [new.bucket_ids(x) for x in texts] == [legacy.bucket_ids(x) for x in texts]
+    assert HashTower().bucket_ids("精神小伙") != HashTower(cjk_words="none").bucket_ids("精神小伙")
+    with pytest.raises(ValueError, match="cjk_words must be one of"):
+        HashTower(cjk_words="words")  # type: ignore[arg-type]
+
+
+def test_hash_v1_folder_loads_with_whitespace_words(tmp_path: Path) -> None:
+    model = DualEncoder(HashTower(dim=16, buckets=2**12, hidden=16, seed=2, cjk_words="none"))
+    model.save(tmp_path / "v1")
+    path = tmp_path / "v1" / MANIFEST
+    manifest = json.loads(path.read_text())
+    assert manifest["towers"]["query"]["cjk_words"] == "none"
+    del manifest["towers"]["query"]["cjk_words"]  # what a v1 folder holds
+    manifest["towers"]["query"]["hasher"] = HASHER_V1
+    path.write_text(json.dumps(manifest))
+    loaded = DualEncoder.load(tmp_path / "v1")
+    assert loaded.query_tower.cjk_words == "none"
+    np.testing.assert_array_equal(loaded.embed(TEXTS, side="doc"), model.embed(TEXTS, side="doc"))
+    manifest["towers"]["query"]["hasher"] = "nfkc-casefold/blake2b-64/v0"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="hasher 'nfkc-casefold/blake2b-64/v0'"):
+        DualEncoder.load(tmp_path / "v1")
+
+
+def test_hash_tower_learns_chinese_query_title_pairs() -> None:
+    """Real qbqtc pairs (grade 2), a tower of word grams only (no char n-grams): a short
+    in-batch training ranks each training query's title first, and on 24 unseen pairs the
+    shared words still find the title well above chance (whitespace words: chance, 1/24)."""
+    assert QBQTC.is_file(), f"qbqtc not found at {QBQTC} (set CROPS_SHARED to the shared folder)"
+    pairs: dict[str, str] = {}
+    with QBQTC.open(encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["relevant"] == "2" and row["query"] not in pairs:
+                pairs[row["query"]] = row["title"]
+            if len(pairs) == 48:
+                break
+    queries, titles = list(pairs), list(pairs.values())
+    model = DualEncoder(HashTower(dim=32, buckets=2**14, hidden=32, char_ngrams=(), seed=1))
+
+    def top1(part: slice) -> float:
+        q = model.embed(queries[part], side="query")
+        d = model.embed(titles[part], side="doc")
+        return float(((q @ d.T).argmax(axis=1) == np.arange(len(q))).mean())
+
+    train, unseen = slice(0, 24), slice(24, 48)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(40):
+        q, d = model(queries[train], titles[train])
+        loss = info_nce(q, d)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert top1(train) >= 0.9
+    assert top1(unseen) >= 0.2
 
 
 # ----------------------------------------------------------------------- Hugging Face tower
