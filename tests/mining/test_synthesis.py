@@ -458,9 +458,16 @@ def test_no_retry_starts_past_the_budget():
     with the reply's reason, and synthesis ends within the budget plus one reply."""
     from fakes.fake_openai import FakeOpenAIServer
 
-    with FakeOpenAIServer(delay_s=0.2) as server:
+    # the reply comes well after the budget, and the budget leaves time to send the first
+    # request even on a loaded machine (0.1 s was not always enough to start)
+    with FakeOpenAIServer(delay_s=1.0) as server:
         b = OpenAIChatBackend(
-            server.url, "fake-llm", concurrency=1, budget_s=0.1, max_retries=5, **FAST
+            server.url,
+            "fake-llm",
+            concurrency=1,
+            budget_s=0.5,
+            max_retries=5,
+            **{**FAST, "timeout_s": 5.0},
         )
         result = b.synthesize(["malformed q"])
     assert result.stats["requests_sent"] == 1 and result.stats["retries"] == 0
