@@ -24,7 +24,13 @@ def evaluate(
     trec_dir: Annotated[
         Path | None, typer.Option(help="a collection: TSV docs, TSV queries, TREC qrels")
     ] = None,
-    model: Annotated[Path | None, typer.Option(help="MODEL_DIR from `crops train`")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="MODEL_DIR from `crops train`, or an encoder name evaluated zero-shot,"
+            " untrained (hf:<name-or-path>, e.g. hf:minilm)"
+        ),
+    ] = None,
     method: Annotated[str | None, typer.Option(help="a baseline instead of a model: bm25")] = None,
     index: Annotated[
         Path | None, typer.Option(help="INDEX_DIR from `crops index` (world only; else exact)")

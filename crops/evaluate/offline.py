@@ -146,6 +146,39 @@ def headline(result: dict) -> dict[str, float]:
     return {f"{s}/{m}": v for s, ms in result["metrics"].items() for m, v in ms.items()}
 
 
+def zero_shot_name(spec: str) -> str:
+    """The retriever name of an untrained encoder: says it is zero-shot, in the metrics file and
+    the printed table."""
+    return f"zero-shot {spec} (untrained)"
+
+
+def encoder_for(model: str | Path):
+    """(dual encoder, retriever name) for `--model`: a MODEL_DIR from `crops train`, or an encoder
+    name (`hf:<name-or-path>`, parsed by `crops.model.names`) built untrained, zero-shot, by the
+    builder training starts from. `hash` is refused: an untrained hash tower is random."""
+    from crops.model.encoders import MANIFEST, DualEncoder, build_dual_encoder
+    from crops.model.names import parse_encoder
+
+    folder = Path(model)
+    if (folder / MANIFEST).is_file():
+        return DualEncoder.load(folder), f"model {folder.name}"
+    try:
+        name = parse_encoder(str(model))
+    except ValueError:
+        hint = " (a Hugging Face folder: hf:PATH)" if folder.is_dir() else ""
+        raise ValueError(
+            f"--model {model}: not a CroPS model folder (no {MANIFEST}) nor an encoder name"
+            f" (hf:<name-or-path>, e.g. hf:minilm){hint}"
+        ) from None
+    if name.kind == "hash":
+        raise ValueError(
+            "--model hash: an untrained hash encoder is random weights, so a zero-shot"
+            " evaluation of it means nothing; give a MODEL_DIR from `crops train --encoder hash`,"
+            " or a pretrained encoder (hf:<name-or-path>, e.g. hf:minilm)"
+        )
+    return build_dual_encoder(str(name)).eval(), zero_shot_name(str(name))
+
+
 def searcher_for(
     collection: Collection,
     *,
@@ -154,22 +187,21 @@ def searcher_for(
     index: str | Path | None = None,
     progress: Progress | None = None,
 ) -> Searcher:
-    """The searcher the CLI options name: a baseline, a model (exact), or a model + index."""
+    """The searcher the CLI options name: a baseline, a model (exact; a MODEL_DIR or, zero-shot,
+    an encoder name), or a model folder + index."""
     if method == "bm25":
         return BM25Searcher(collection.doc_ids, collection.doc_texts)
     if method is not None:
         raise ValueError(f"unknown method {method!r}: the built-in baseline is bm25")
     if model is None:
         raise ValueError("give a model folder or a method")
-    from crops.model.encoders import DualEncoder
-
-    name = f"model {Path(model).name}"
     if index is not None:
         from crops.index.retriever import DenseRetriever
 
+        name = f"model {Path(model).name}"
         dense = DenseRetriever.load(model, index)
         return DenseSearcher(dense.model, dense.index, None, f"{name} + index {Path(index).name}")
-    encoder = DualEncoder.load(model)
+    encoder, name = encoder_for(model)
     return DenseSearcher.exact(
         encoder, collection.doc_ids, collection.doc_texts, name=name, progress=progress
     )

@@ -155,16 +155,6 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(cfg.seed)
     every = load_training_data(cfg.samples, cfg.videos)
     data, held = split_by_query(every, cfg.stop.val_fraction, cfg.seed, cfg.positive_min_label)
-    probe = None
-    if held and rank == 0:
-        probe = RecallProbe(
-            every,
-            held,
-            k=cfg.stop.val_k,
-            min_label=cfg.positive_min_label,
-            max_docs=cfg.stop.val_max_docs,
-            seed=cfg.seed,
-        )
     hard = BM25Negatives(data) if cfg.hard_negatives == "bm25" else None
     batcher = GroupBatcher(
         data,
@@ -215,6 +205,18 @@ def train_loop(config: dict) -> None:
     )
     if state is not None:
         runner.load_state_dict(state["optimizer"])
+    probe = None
+    if held and rank == 0:
+        features = getattr(runner, "features", None)  # hash towers: the corpus hashed once
+        probe = RecallProbe(
+            every,
+            held,
+            k=cfg.stop.val_k,
+            min_label=cfg.positive_min_label,
+            max_docs=cfg.stop.val_max_docs,
+            seed=cfg.seed,
+            corpus=features.docs if features is not None else None,
+        )
     inner = runner.module
     global_step = resumed["step"] if resumed else 0
     metrics_path = Path(cfg.out) / "metrics.jsonl"

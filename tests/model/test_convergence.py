@@ -84,6 +84,56 @@ def test_recall_probe_cap_keeps_every_positive():
     assert {4, 5, 8, 9, 12, 13} <= kept
 
 
+@pytest.mark.parametrize(("k", "expected"), [(2, 0.0), (5, 0.5), (6, 1.0)])
+def test_recall_probe_breaks_ties_by_corpus_position(k, expected):
+    data = _data(n_queries=5)
+    probe = RecallProbe(data, [1], k=k, min_label=4)  # positives: docs 4 and 5
+    same = np.ones(3)  # every doc scores the same: the first k positions are the top k
+    docs = {t: same for t in data.texts}
+    assert probe.recall(_TableModel({"query 1": same}, docs)) == pytest.approx(expected)
+
+
+def _by_hand(probe: RecallProbe, model) -> float:
+    """Recall@k from text embeddings and a full stable sort (ties by position)."""
+    docs = model.embed(probe.texts, side="doc")
+    queries = model.embed(probe.queries, side="query")
+    order = np.argsort(-(queries @ docs.T), axis=1, kind="stable")[:, : probe.k]
+    return float(
+        np.mean(
+            [len(p & set(r.tolist())) / len(p) for p, r in zip(probe.positives, order, strict=True)]
+        )
+    )
+
+
+def test_recall_probe_hashes_hash_tower_texts_once(monkeypatch):
+    import crops.model.encoders as encoders
+
+    data = _data(n_queries=20)
+    _, held = split_by_query(data, 0.3, seed=0, min_label=4)
+    model = encoders.build_dual_encoder("hash", dim=16, seed=1)
+    expected = _by_hand(RecallProbe(data, held, k=3, min_label=4), model)
+    corpus = model.doc_tower.bucket_table(data.texts)  # what the trainer hands over
+    probes = [
+        RecallProbe(data, held, k=3, min_label=4),
+        RecallProbe(data, held, k=3, min_label=4, corpus=corpus),
+        RecallProbe(data, held, k=3, min_label=4, corpus=corpus, max_docs=30, seed=2),
+    ]
+    capped = _by_hand(probes[2], model)
+
+    def no_text_hashing(*args):
+        raise AssertionError("a text was hashed n-gram by n-gram again")
+
+    model.train()
+    monkeypatch.setattr(encoders, "_bucket_ids", no_text_hashing)
+    for probe, want in zip(probes, (expected, expected, capped), strict=True):
+        for _ in range(2):  # the tables are made once, at the first evaluation
+            assert probe.recall(model) == pytest.approx(want, abs=1e-12)
+    assert model.training  # left in its training mode
+    assert 0 < expected < 1  # an untrained model: neither all found nor none
+    with pytest.raises(ValueError, match="corpus table has 3 texts"):
+        RecallProbe(data, held, corpus=model.doc_tower.bucket_table(data.texts[:3]))
+
+
 def test_early_stopping_patience_and_cap():
     stop = EarlyStopping(rule=StopRule(patience=2, min_delta=0.01, max_steps=1000))
     assert stop.update(100, 0.30)
