@@ -6,9 +6,11 @@ scored, each retrieving from all titles with exact inner-product search over nor
 embeddings (`crops.evaluate.offline`, the scorer `crops evaluate` uses): nDCG@4 on the grades
 and R@100 (grade >= 1 relevant). Every encoder is any `--encoder` name `crops train` takes
 (`hf:minilm`, `hf:<hub name or folder>`, `hash`), and its figures are printed as ratios to
-MiniLM zero-shot, the named reference, run in the same process.
+MiniLM zero-shot, the named reference, run in the same process. An encoder whose folder
+names prompts (`hf:e5`: "query: " / "passage: ") is measured with them, and with
+`--without-prompts` a second time without.
 
-    python bench/bench_zh_encoders.py [--encoder hf:<name-or-path> ...] [--data FILE]
+    python bench/bench_zh_encoders.py [--encoder hf:<name-or-path> ...] [--without-prompts]
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from rich.table import Table
 from crops.evaluate.collection import Collection, CollectionError, Qrels
 from crops.evaluate.offline import DenseSearcher, evaluate
 from crops.ingest.split import held_out
-from crops.model.encoders import build_dual_encoder
+from crops.model.encoders import DualEncoder, HFTower, build_dual_encoder
 from crops.model.names import HF_PREFIX, MINILM_ALIAS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,9 +95,8 @@ def read_qbqtc(path: Path) -> tuple[Collection, dict[str, int]]:
     return collection, dict(counts)
 
 
-def run_encoder(collection: Collection, spec: str, max_length: int, batch_size: int) -> dict:
+def run_encoder(collection: Collection, model: DualEncoder, spec: str, batch_size: int) -> dict:
     """One encoder zero-shot: its metrics, embedding time and throughput."""
-    model = build_dual_encoder(spec, max_length=max_length)
     t0 = time.perf_counter()
     searcher = DenseSearcher.exact(
         model, collection.doc_ids, collection.doc_texts, name=spec, batch_size=batch_size
@@ -120,6 +121,9 @@ def main(
     max_length: Annotated[int, typer.Option(help="tokens per text (HF towers)")] = 128,
     batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 256,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the rows here")] = None,
+    without_prompts: Annotated[
+        bool, typer.Option(help="also measure encoders that have prompts without them")
+    ] = False,
 ) -> None:
     console = Console()
     collection, counts = read_qbqtc(data)
@@ -132,7 +136,12 @@ def main(
     rows = []
     for spec in specs:
         console.print(f"[dim]embedding {len(collection.doc_ids):,} titles with {spec} ...[/dim]")
-        rows.append(run_encoder(collection, spec, max_length, batch_size))
+        model = build_dual_encoder(spec, max_length=max_length)
+        rows.append(run_encoder(collection, model, spec, batch_size))
+        tower = model.query_tower
+        if without_prompts and isinstance(tower, HFTower) and tower.prompts:
+            tower.prompts = {}
+            rows.append(run_encoder(collection, model, f"{spec} (no prompts)", batch_size))
     ref = rows[0]
     table = Table(title=f"zero-shot on QBQTC held-out queries (reference: {REFERENCE})")
     for col in ("encoder", "dim", *MEASURES, *(f"{m} / ref" for m in MEASURES), "docs/s"):

