@@ -121,7 +121,8 @@ def test_cli_train_takes_a_config_file_and_nothing_beside_it(run, tmp_path: Path
     code, _, stderr = run("train", "--config", tmp_path / "missing.json")
     assert code == 2 and "missing.json" in stderr
     code, _, stderr = run("train")
-    assert code == 2 and "give --samples (or --qrels DIR for judgements, or --config FILE)" in stderr
+    want = "give --samples (or --qrels DIR for judgements, or --config FILE)"
+    assert code == 2 and want in stderr
     path.write_text(good.model_dump_json())  # valid, but its samples do not exist
     code, _, stderr = run("train", "--config", path)
     assert code == 2 and "s.parquet" in stderr
