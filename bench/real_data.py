@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -57,9 +58,18 @@ class Page:
             raise SystemExit(f"`{text}` failed ({proc.returncode}):\n{output[-4000:]}")
         self.add("```console", f"$ {text}")
         if show_output:
-            self.add(output.rstrip())
+            self.add(_quiet(output).rstrip())
         self.add("```", f"<sub>{seconds:.0f} s, exit {proc.returncode}</sub>", "")
         return output
+
+
+#: Ray's and the logging module's own lines (worker logs, checkpoint paths in temp folders):
+#: not what the command reports, and they name this run's temp paths
+_NOISE = re.compile(r"\x1b\[|\(Ray\w+ pid=|\(\w+ pid=\d+\)|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s")
+
+
+def _quiet(output: str) -> str:
+    return "\n".join(line for line in output.split("\n") if not _NOISE.search(line))
 
 
 def metrics(path: Path) -> dict[str, float]:
