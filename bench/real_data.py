@@ -218,7 +218,7 @@ def main() -> None:
         "The committed fixture (`tests/ingest/fixtures/sessiontrack_small.xml`, written from the"
         " track's published format) imported, then mined; `crops mine` reports the gaps between"
         " a query and its reformulation and the miner's yield at several windows, so a team sets"
-        " `--reformulation-window` from its own logs (the default stays the paper's 90 s).",
+        " `crops mine --window-s` from its own logs (the default stays the paper's 90 s).",
         "",
     )
     page.command(
