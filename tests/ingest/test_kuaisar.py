@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from support.mined import mined_reformulations
 
 from crops.ingest import formats
 from crops.ingest.formats import IngestOptions
@@ -162,20 +163,7 @@ def test_cli_and_mine(tmp_path: Path, run) -> None:
     code, stdout, _ = run("ingest", "kuaisar", SRC, "--out", out)
     assert code == 1  # 2 of 10 search_log rows quarantined is over the default 1 %
     assert "unreadable source rows: 7" in stdout
-    code, stdout, err = run(
-        "mine",
-        "--world",
-        out,
-        "--out",
-        tmp_path / "mined",
-        "--llm-backend",
-        "none",
-        "--filter-model",
-        "none",
-    )
-    assert code == 0, stdout + err
-    samples = pl.read_parquet(tmp_path / "mined" / "samples.parquet")
-    found = samples.filter(pl.col("source") == "reformulation")
+    found = mined_reformulations(run, out, tmp_path / "mined")
     # 14358 searched [20, 34, 3], 30 s later [20, 34, 7] and played item 103
     assert found.select("query", "video_id").rows() == [("w20 w34 w3", 103)]
     kept = source_ids(out, "video")

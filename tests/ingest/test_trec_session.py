@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from support.mined import mined_reformulations
 
 from crops.ingest import formats
 from crops.ingest.formats import IngestOptions
@@ -205,20 +206,7 @@ def test_cli_reports_and_gates(tmp_path: Path, run) -> None:
 
 
 def test_mine_finds_the_reformulations(out: Path, tmp_path: Path, run) -> None:
-    code, stdout, err = run(
-        "mine",
-        "--world",
-        out,
-        "--out",
-        tmp_path / "mined",
-        "--llm-backend",
-        "none",
-        "--filter-model",
-        "none",
-    )
-    assert code == 0, stdout + err
-    samples = pl.read_parquet(tmp_path / "mined" / "samples.parquet")
-    found = samples.filter(pl.col("source") == "reformulation").with_columns(
+    found = mined_reformulations(run, out, tmp_path / "mined").with_columns(
         pl.col("video_id").replace_strict(source_ids(out, "video"), return_dtype=pl.String)
     )
     assert set(found.select("query", "video_id").iter_rows()) == REFORMULATIONS
