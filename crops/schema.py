@@ -570,9 +570,17 @@ def write_quarantine(
 MAX_QUARANTINE_SHARE = 0.01
 
 
-def worst_share(reports: list[TableReport]) -> float:
-    """The largest share of quarantined rows over the tables (0 for empty tables)."""
-    return max((r.quarantined / r.rows for r in reports if r.rows), default=0.0)
+def worst_share(reports: list[TableReport], *, unreadable: int = 0) -> float:
+    """The largest share of quarantined rows over the tables (0 for empty tables).
+
+    `unreadable`: source rows an importer could not parse into any table; they count as a
+    share of every row read (the tables' rows and themselves), so an import that loses its
+    rows before the tables is refused like one that quarantines them.
+    """
+    shares = [r.quarantined / r.rows for r in reports if r.rows]
+    if unreadable:
+        shares.append(unreadable / (sum(r.rows for r in reports) + unreadable))
+    return max(shares, default=0.0)
 
 
 def check_tables(

@@ -17,10 +17,12 @@ from crops.schema import (
     LONG_PLAY_MS,
     MAX_QUERY_BYTES,
     SchemaError,
+    TableReport,
     load_table,
     long_play,
     long_play_np,
     validate_dir,
+    worst_share,
 )
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -636,3 +638,11 @@ def test_log_requests_is_one_row_per_request_even_when_rows_interleave():
         pl.first("session_id"), pl.first("user_id"), pl.first("ts"), pl.first("query")
     )
     assert got.equals(want)
+
+
+def test_worst_share_counts_unreadable_rows_against_every_row_read():
+    reports = [TableReport("videos", "v", 10, 1), TableReport("search_log", "s", 90, 0)]
+    assert worst_share(reports) == pytest.approx(0.1)
+    assert worst_share(reports, unreadable=25) == pytest.approx(25 / 125)
+    assert worst_share([TableReport("videos", "v", 0)]) == 0.0
+    assert worst_share([TableReport("videos", "v", 0)], unreadable=3) == 1.0

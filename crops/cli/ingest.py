@@ -66,9 +66,7 @@ def ingest(
             f" judgements in {out / c['path']} (crops evaluate --trec-dir)"
         )
     console.print(f"ids mapped: {manifest['ids']}; quarantine in {out / '_quarantine'}")
-    total = sum(r["rows"] for r in reports) + bad["rows"]
-    shares = [r["quarantined"] / r["rows"] for r in reports if r["rows"]]
-    worst = max([*shares, bad["rows"] / total if total else 0.0], default=0.0)
+    worst = manifest["worst_share"]
     if worst > max_quarantine_share:
         console.print(
             f"[bold red]{worst:.1%} of a table's rows were quarantined or unreadable[/]"

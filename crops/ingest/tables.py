@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from crops.ingest.ids import ID_COLUMNS, IdTable
 from crops.ingest.text import IngestError
-from crops.schema import SCHEMAS, TableReport, check_tables, write_quarantine
+from crops.schema import SCHEMAS, TableReport, check_tables, worst_share, write_quarantine
 
 #: The rows an importer could not turn into any table row: where, why, and the raw text.
 UNREADABLE_SCHEMA = {"table": pl.String, "where": pl.String, "reason": pl.String, "raw": pl.String}
@@ -142,6 +142,7 @@ def write(imported: Imported, out: Path, *, force: bool = False) -> dict:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "tables": {r.table: r.as_dict() for r in reports},
         "unreadable": {"rows": imported.unreadable.height, "reasons": unreadable_reasons},
+        "worst_share": worst_share(reports, unreadable=imported.unreadable.height),
         "notes": imported.notes,
     }
     if imported.collection is not None:

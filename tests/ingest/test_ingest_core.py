@@ -291,7 +291,15 @@ def test_cli_exit_1_when_too_much_is_quarantined(run, tmp_path: Path):
         "0.5",
     )
     assert code == 0, out
-    assert json.loads((tmp_path / "b" / "ingest.json").read_text())["format"] == "mapped"
+    manifest = json.loads((tmp_path / "b" / "ingest.json").read_text())
+    assert manifest["format"] == "mapped"
+    # the limit is compared with the manifest's worst share: the search log's 1 in 4 rows,
+    # or the unreadable rows' share of every row read, whichever is larger
+    tables = manifest["tables"].values()
+    read = sum(t["rows"] for t in tables) + manifest["unreadable"]["rows"]
+    shares = [t["quarantined"] / t["rows"] for t in tables if t["rows"]]
+    expected = max(*shares, manifest["unreadable"]["rows"] / read)
+    assert manifest["worst_share"] == pytest.approx(expected) and 0.25 <= expected <= 0.5
 
 
 def test_cli_exit_2_on_an_ingest_error(run, tmp_path: Path):
