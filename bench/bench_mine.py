@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import duckdb
@@ -26,12 +25,11 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import Measured, measure  # noqa: E402
+from _world import add_world_args, bench_world  # noqa: E402
 
 from crops.mining.hla import cascade_samples  # noqa: E402
 from crops.mining.recfeed import recfeed_candidates  # noqa: E402
 from crops.mining.reformulation import reformulation_candidates  # noqa: E402
-from crops.world.config import WorldConfig  # noqa: E402
-from crops.world.simulate import simulate  # noqa: E402
 
 WINDOW_S = 90
 LONG_PLAY_MS = 18_000
@@ -168,17 +166,9 @@ def bench(world: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--world", type=Path, help="an existing world directory")
-    p.add_argument("--scale", choices=["tiny", "default", "large"], default="large")
-    args = p.parse_args()
-    if args.world is not None:
-        bench(args.world)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = WorldConfig.for_scale(args.scale, seed=1)
-        sim = measure(f"simulate {args.scale}", lambda: simulate(cfg, Path(tmp) / "world"))
-        print(f"simulated {args.scale} seed 1 in {sim.seconds:.1f} s (not measured below)")
-        bench(Path(tmp) / "world")
+    add_world_args(p, default_scale="large")
+    with bench_world(p.parse_args()) as world:
+        bench(world)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import polars as pl
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _world import add_world_args, bench_world  # noqa: E402
 
 from crops.mining.config import MineConfig
 from crops.mining.hla import cascade_samples
@@ -174,23 +176,12 @@ def bench(world: Path, model: str, json_out: Path | None) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--world", type=Path, help="an existing simulated world directory")
-    p.add_argument("--scale", choices=["tiny", "default", "large"], default="default")
+    add_world_args(p, default_scale="default")
     p.add_argument("--model", default="minilm", help="the relevance filter's model")
     p.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = p.parse_args()
-    if args.world is not None:
-        if not (args.world / "world.json").is_file():
-            sys.exit(f"--world {args.world}: no world.json (the truth of a simulated world)")
-        bench(args.world, args.model, args.json)
-        return
-    from crops.world.config import WorldConfig
-    from crops.world.simulate import simulate
-
-    with tempfile.TemporaryDirectory() as tmp:
-        simulate(WorldConfig.for_scale(args.scale, seed=1), Path(tmp) / "world")
-        print(f"simulated {args.scale} seed 1 (not timed)")
-        bench(Path(tmp) / "world", args.model, args.json)
+    with bench_world(args, truth=True) as world:
+        bench(world, args.model, args.json)
 
 
 if __name__ == "__main__":

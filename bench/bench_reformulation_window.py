@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import measure  # noqa: E402
+from _world import add_world_args, bench_world  # noqa: E402
 
 from crops.mining.config import MineConfig  # noqa: E402
 from crops.mining.reformulation import (  # noqa: E402
@@ -34,8 +34,6 @@ from crops.mining.reformulation_window import (  # noqa: E402
     report_windows,
     window_report,
 )
-from crops.world.config import WorldConfig  # noqa: E402
-from crops.world.simulate import simulate  # noqa: E402
 
 REPEATS = 3
 
@@ -75,16 +73,9 @@ def bench(world: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--world", type=Path, help="an existing world directory")
-    p.add_argument("--scale", choices=["tiny", "default", "large"], default="default")
-    args = p.parse_args()
-    if args.world is not None:
-        bench(args.world)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = WorldConfig.for_scale(args.scale, seed=1)
-        simulate(cfg, Path(tmp) / "world")
-        bench(Path(tmp) / "world")
+    add_world_args(p, default_scale="default")
+    with bench_world(p.parse_args()) as world:
+        bench(world)
 
 
 if __name__ == "__main__":
