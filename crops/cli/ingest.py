@@ -59,6 +59,13 @@ def ingest(
     if bad["rows"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in bad["reasons"].items())
         console.print(f"unreadable source rows: {bad['rows']} ({reasons})")
+    excluded = manifest["excluded"]
+    if excluded["rows"]:
+        reasons = ", ".join(f"{k}: {v}" for k, v in excluded["reasons"].items())
+        console.print(
+            f"excluded source rows (outside the contracts, not counted as bad):"
+            f" {excluded['rows']} ({reasons})"
+        )
     if "collection" in manifest:
         c = manifest["collection"]
         console.print(

@@ -22,8 +22,9 @@ The mapping (docs/ingest.md has the table):
   searches: a clicked row is taken as a full play (watch_ms = duration_ms), an unclicked one as
   none (0), and duration_ms is the item's feed duration_ms (its median in rec_inter.csv), else
   :data:`DEFAULT_DURATION_MS`. Results that are not videos (item_type ``USER``, ``LIVE``,
-  ``COMMODITY``, ``MUSIC``, ``ADVERT``) are unreadable rows with that reason; they keep their
-  place in the positions. session_id is (user_id, search_session_id), as the files do not say
+  ``COMMODITY``, ``MUSIC``, ``ADVERT``) are excluded rows (:data:`NOT_A_VIDEO`: kept in
+  ``_quarantine/excluded.parquet`` and counted, not bad input); they keep their place in the
+  positions. session_id is (user_id, search_session_id), as the files do not say
   whether a session id is unique across users.
 - rec_log: every rec_inter.csv row; watch_ms = playing_time, duration_ms = duration_ms.
 - videos: every item_features.csv row; category = first_level_category_name and tags = the
@@ -63,6 +64,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 #: item_type values that are videos: the ones the feed recommends too.
 VIDEO_TYPES = ("VIDEO", "IMAGE_ATLAS")
+#: the reason of a search result of another item_type: outside the contracts, so excluded
+#: (kept and counted) rather than unreadable; a real log holds many, and they are not errors
+NOT_A_VIDEO = "item_type not a video"
 #: duration_ms of a searched item never played in the feed. Search clicks are full plays, so
 #: any positive length gives the same consumption; LONG_PLAY_MS is the contract's own yardstick.
 DEFAULT_DURATION_MS = LONG_PLAY_MS
@@ -175,7 +179,7 @@ def _search(df: pl.DataFrame, durations: pl.DataFrame) -> tuple[pl.DataFrame, pl
             (pl.col("_ts").is_null(), "search_session_timestamp not a number"),
             (pl.col("_clicks").is_null(), "click_cnt not a number"),
             (~pl.col("_query_ok"), "keyword not a list of word ids"),
-            (~is_video.fill_null(False), "item_type not a video"),
+            (~is_video.fill_null(False), NOT_A_VIDEO),
         )
     )
     ok, bad = _split(df, "search_log")
@@ -256,6 +260,7 @@ def read(src: Path, options: IngestOptions) -> Imported:
         .agg(pl.col("duration_ms").median().round().cast(pl.Int64).alias("_duration"))
     )
     search, search_bad = _search(frames[SRC], durations)
+    non_video = pl.col("reason") == NOT_A_VIDEO
     videos, bad_uploads = _videos(frames[ITEMS])
     notes = {
         "source": "KuaiSAR (Sun et al., CIKM 2023), columns as published (pages/decriptions.md)",
@@ -274,7 +279,8 @@ def read(src: Path, options: IngestOptions) -> Imported:
         format=FORMAT,
         source=str(src),
         tables={"videos": videos, "search_log": search, "rec_log": rec},
-        unreadable=pl.concat([search_bad, rec_bad]),
+        unreadable=pl.concat([search_bad.filter(~non_video), rec_bad]),
+        excluded=search_bad.filter(non_video),
         notes=notes,
         encoding=options.encoding,
     )

@@ -29,6 +29,7 @@ COLLECTION_DIR = "collection"
 MANIFEST = "ingest.json"
 IDS = "ids.parquet"
 UNREADABLE = "unreadable.parquet"
+EXCLUDED = "excluded.parquet"
 #: The contract tables an import may hold (videos required).
 INGESTED = ("videos", "search_log", "rec_log", "samples")
 
@@ -60,6 +61,9 @@ class Imported:
     source: str
     tables: dict[str, pl.DataFrame]
     unreadable: pl.DataFrame = field(default_factory=unreadable_rows)
+    #: rows that read but lie outside the contracts by design (KuaiSAR's non-video results):
+    #: kept and counted like unreadable rows, not counted as bad input
+    excluded: pl.DataFrame = field(default_factory=unreadable_rows)
     collection: Collection | None = None
     notes: dict = field(default_factory=dict)
     encoding: str | None = None
@@ -79,6 +83,12 @@ def _write_collection(c: Collection, doc_map: dict[str, int], out: Path) -> dict
     lines = [f"{_tsv_cell(q)} 0 {doc_map[d]} {g}" for q, d, g in c.qrels]
     (folder / "judged.qrels").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"docs": len(c.docs), "queries": len(c.queries), "judgements": len(c.qrels)}
+
+
+def _counted(rows: pl.DataFrame) -> dict:
+    """{"rows": n, "reasons": {reason: n}} of an unreadable-rows frame."""
+    reasons = rows.group_by("reason").len().sort("reason").iter_rows() if rows.height else []
+    return {"rows": rows.height, "reasons": dict(reasons)}
 
 
 def check_out(out: Path, *, force: bool = False) -> None:
@@ -130,18 +140,15 @@ def write(imported: Imported, out: Path, *, force: bool = False) -> dict:
         write_quarantine(quarantine, out, report.table, into=qdir)
         reports.append(report)
     imported.unreadable.write_parquet(qdir / UNREADABLE)
-    unreadable_reasons = (
-        dict(imported.unreadable.group_by("reason").len().sort("reason").iter_rows())
-        if imported.unreadable.height
-        else {}
-    )
+    imported.excluded.write_parquet(qdir / EXCLUDED)
     manifest = {
         "format": imported.format,
         "source": imported.source,
         "encoding": imported.encoding or "utf-8",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "tables": {r.table: r.as_dict() for r in reports},
-        "unreadable": {"rows": imported.unreadable.height, "reasons": unreadable_reasons},
+        "unreadable": _counted(imported.unreadable),
+        "excluded": _counted(imported.excluded),
         "worst_share": worst_share(reports, unreadable=imported.unreadable.height),
         "notes": imported.notes,
     }

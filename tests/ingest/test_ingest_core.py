@@ -175,6 +175,7 @@ def test_write_lays_out_an_import(tmp_path: Path):
     manifest = write(_imported(), out)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == [
+        "_quarantine/excluded.parquet",
         "_quarantine/report.json",
         "_quarantine/search_log.parquet",
         "_quarantine/unreadable.parquet",
@@ -192,6 +193,7 @@ def test_write_lays_out_an_import(tmp_path: Path):
     assert manifest["notes"] == {"note": "kept"}
     assert manifest["ids"] == {"request": 2, "session": 2, "user": 2, "video": 3}
     assert manifest["unreadable"] == {"rows": 1, "reasons": {"ts does not parse": 1}}
+    assert manifest["excluded"] == {"rows": 0, "reasons": {}}
     assert manifest["collection"] == {
         "path": "collection",
         "docs": 2,

@@ -45,7 +45,7 @@ def copy(tmp_path: Path) -> Path:
 
 def test_tables_and_quarantine(out: Path) -> None:
     tables = json.loads((out / "ingest.json").read_text())["tables"]
-    # 15 src_inter rows: 5 unreadable; 8 rec_inter rows: 2 unreadable
+    # 15 src_inter rows: 3 unreadable, 2 excluded; 8 rec_inter rows: 2 unreadable
     assert (tables["search_log"]["rows"], tables["search_log"]["valid"]) == (10, 8)
     assert tables["search_log"]["reasons"] == {"empty query": 1, "video_id not in videos": 1}
     assert (tables["rec_log"]["rows"], tables["rec_log"]["valid"]) == (6, 4)
@@ -57,19 +57,33 @@ def test_unreadable_rows_with_reasons(out: Path) -> None:
     manifest = json.loads((out / "ingest.json").read_text())
     assert manifest["unreadable"]["reasons"] == {
         "click_cnt not a number": 1,
-        "item_type not a video": 2,
         "keyword not a list of word ids": 1,
         "playing_time not a number": 1,
         "search_session_timestamp not a number": 1,
         "timestamp not a number": 1,
     }
     bad = pl.read_parquet(out / "_quarantine" / "unreadable.parquet")
-    user = bad.filter(pl.col("raw").str.contains(",9001,")).row(0, named=True)
-    assert (user["table"], user["where"]) == ("search_log", "src_inter.csv:4")
-    line = (SRC / "src_inter.csv").read_text(encoding="utf-8").splitlines()[3]
-    assert user["raw"] == line
     rec = bad.filter(pl.col("reason") == "timestamp not a number").row(0, named=True)
     assert (rec["table"], rec["where"]) == ("rec_log", "rec_inter.csv:8")
+
+
+def test_non_video_results_are_excluded_not_bad_input(out: Path) -> None:
+    """KuaiSAR's USER/LIVE/... results lie outside the contracts: kept in excluded.parquet and
+    counted, but not in the unreadable share an import is refused for."""
+    manifest = json.loads((out / "ingest.json").read_text())
+    assert manifest["excluded"] == {"rows": 2, "reasons": {"item_type not a video": 2}}
+    excluded = pl.read_parquet(out / "_quarantine" / "excluded.parquet")
+    assert excluded["table"].to_list() == ["search_log"] * 2
+    assert all(w.startswith("src_inter.csv:") for w in excluded["where"])
+    assert excluded["raw"].str.contains("LIVE|USER|COMMODITY|MUSIC|ADVERT").all()
+    user = excluded.filter(pl.col("raw").str.contains(",9001,")).row(0, named=True)
+    assert user["where"] == "src_inter.csv:4"  # the source line, raw as written
+    assert user["raw"] == (SRC / "src_inter.csv").read_text(encoding="utf-8").splitlines()[3]
+    tables = manifest["tables"].values()
+    read = sum(t["rows"] for t in tables) + manifest["unreadable"]["rows"]
+    assert manifest["worst_share"] == pytest.approx(
+        max(*(t["quarantined"] / t["rows"] for t in tables if t["rows"]), 5 / read)
+    )
 
 
 def test_search_log(out: Path) -> None:
@@ -95,7 +109,7 @@ def test_search_log(out: Path) -> None:
         DEFAULT_DURATION_MS,
     )
     assert log.filter(~pl.col("clicked"))["watch_ms"].unique().to_list() == [0]
-    # the LIVE result at position 2 is unreadable; the videos keep their places
+    # the LIVE result at position 2 is excluded; the videos keep their places
     assert log.filter(pl.col("video_id") == 106)["position"].to_list() == [1]
 
 
@@ -162,7 +176,7 @@ def test_cli_and_mine(tmp_path: Path, run) -> None:
     out = tmp_path / "out"
     code, stdout, _ = run("ingest", "kuaisar", SRC, "--out", out)
     assert code == 1  # 2 of 10 search_log rows quarantined is over the default 1 %
-    assert "unreadable source rows: 7" in stdout
+    assert "unreadable source rows: 5" in stdout and "excluded source rows" in stdout
     found = mined_reformulations(run, out, tmp_path / "mined")
     # 14358 searched [20, 34, 3], 30 s later [20, 34, 7] and played item 103
     assert found.select("query", "video_id").rows() == [("w20 w34 w3", 103)]
