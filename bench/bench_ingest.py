@@ -2,7 +2,8 @@
 phase, against reading and rewriting the same files with polars alone.
 
 The world's videos, search log and feed log are written as a platform would export them
-(CSV with its own column names, string timestamps, tags joined by "|"), with a mapping YAML.
+(CSV with its own column names, string user/session/request ids, string timestamps, tags
+joined by "|"), with a mapping YAML.
 The import is timed in its phases: `read` (parse the files through the mapping), `check`
 (map ids and conform + row-check the tables: `crops.schema.check_tables`, the code of
 `crops validate`) and the whole `crops.ingest.formats.run`. The reference is the floor of any
@@ -62,6 +63,8 @@ RENAMES = {
         "duration_ms": "dur_ms",
     },
 }
+#: id columns exported as strings ("u-123"); video ids stay decimal integers (kept as they are)
+STRING_IDS = ("user_id", "session_id", "request_id")
 FILES = {"videos": "videos.csv", "search_log": "search.csv", "rec_log": "feed.csv"}
 TS = "%Y-%m-%d %H:%M:%S%.3f"
 
@@ -76,6 +79,11 @@ def export(world: Path, dest: Path) -> tuple[Path, dict[str, int]]:
         df = df.with_columns(pl.col(ts).dt.strftime(TS))
         if "tags" in renames:
             df = df.with_columns(pl.col("tags").list.join("|"))
+        df = df.with_columns(  # string ids, as platforms log them: ingest hashes these to int64
+            pl.format(f"{col[0]}-{{}}", pl.col(col)).alias(col)
+            for col in STRING_IDS
+            if col in renames
+        )
         df.rename(renames).write_csv(dest / FILES[name])
         rows[name] = df.height
         lines += [f"  {name}:", f"    file: {FILES[name]}", "    columns:"]
