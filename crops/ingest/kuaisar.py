@@ -42,7 +42,7 @@ from pathlib import Path
 import polars as pl
 
 from crops.ingest.formats import IngestOptions
-from crops.ingest.tables import UNREADABLE_SCHEMA, Imported
+from crops.ingest.tables import UNREADABLE_SCHEMA, WHERE, Imported
 from crops.ingest.text import IngestError, read_csv_text
 from crops.schema import LONG_PLAY_MS
 
@@ -82,7 +82,7 @@ _BAD = "_bad"  # a row's unreadable reason, null when it reads
 
 def _where(name: str) -> pl.Expr:
     """file:line of each row (the header is line 1)."""
-    return pl.format(f"{name}:{{}}", pl.int_range(pl.len(), dtype=pl.Int64) + 2).alias("_where")
+    return pl.format(f"{name}:{{}}", pl.int_range(pl.len(), dtype=pl.Int64) + 2).alias(WHERE)
 
 
 def _number(col: str) -> pl.Expr:
@@ -113,7 +113,7 @@ def _split(df: pl.DataFrame, name: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     raw_cols = [c for c in df.columns if not c.startswith("_")]
     bad = df.filter(pl.col(_BAD).is_not_null()).select(
         pl.lit(name).alias("table"),
-        pl.col("_where").alias("where"),
+        pl.col(WHERE).alias("where"),
         pl.col(_BAD).alias("reason"),
         pl.concat_str([_csv_cell(c) for c in raw_cols], separator=",").alias("raw"),
     )
@@ -148,6 +148,7 @@ def _rec(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         pl.col("item_id").alias("video_id"),
         pl.col("_watch").round().cast(pl.Int64).alias("watch_ms"),
         pl.col("_duration").round().cast(pl.Int64).alias("duration_ms"),
+        WHERE,
     )
     return rec, bad
 
@@ -197,6 +198,7 @@ def _search(df: pl.DataFrame, durations: pl.DataFrame) -> tuple[pl.DataFrame, pl
         clicked.alias("clicked"),
         pl.when(clicked).then(duration).otherwise(0).cast(pl.Int64).alias("watch_ms"),
         duration.cast(pl.Int64).alias("duration_ms"),
+        WHERE,
     )
     return search, bad
 
@@ -222,7 +224,7 @@ def _videos(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
             .otherwise(None)
         )
         unreadable_upload = text.is_not_null() & (text != "") & parsed.is_null()
-    videos = df.select(
+    videos = df.with_columns(_where(ITEMS)).select(
         pl.col("item_id").alias("video_id"),
         pl.when(caption.str.len_chars() > 0).then(caption).otherwise(None).alias("caption"),
         (
@@ -235,6 +237,7 @@ def _videos(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
             _name(names[0]) if names and names[0].startswith("first") else pl.lit(None, pl.String)
         ).alias("category"),
         upload.alias("upload_ts"),
+        WHERE,
     )
     return videos, int(df.select(unreadable_upload.sum()).item())
 

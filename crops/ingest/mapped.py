@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crops.ingest.ids import ID_COLUMNS
-from crops.ingest.tables import INGESTED, Imported, unreadable_rows
+from crops.ingest.tables import INGESTED, WHERE, Imported, unreadable_rows
 from crops.ingest.text import IngestError, read_csv_text
 from crops.schema import SCHEMAS
 
@@ -343,8 +343,11 @@ def _table(
     )
     is_bad = reasons.is_not_null() & (reasons != "")
     rows: list[tuple[str, str, str, str]] = []
+    where = src.name if path == src else str(path.relative_to(src))
+    table = table.with_columns(  # file:row, the data row's number (as for unreadable rows)
+        pl.format(f"{where}:{{}}", pl.int_range(1, df.height + 1, dtype=pl.Int64)).alias(WHERE)
+    )
     if is_bad.any():
-        where = src.name if path == src else str(path.relative_to(src))
         bad_df = df.with_row_index("_row", offset=1).filter(is_bad)
         raw = bad_df.drop("_row").select(pl.all().map_batches(_text))
         for n, reason, cells in zip(

@@ -30,6 +30,9 @@ MANIFEST = "ingest.json"
 IDS = "ids.parquet"
 UNREADABLE = "unreadable.parquet"
 EXCLUDED = "excluded.parquet"
+#: An imported table's optional column naming each row's place in the source (file:line or an
+#: element path): not written with the valid rows, given to quarantined ones as `where`.
+WHERE = "_where"
 #: The contract tables an import may hold (videos required).
 INGESTED = ("videos", "search_log", "rec_log", "samples")
 
@@ -115,8 +118,10 @@ def write(imported: Imported, out: Path, *, force: bool = False) -> dict:
     if unknown:
         raise IngestError(f"the {imported.format} importer produced unknown tables {unknown}")
     ids = IdTable()
-    arrow = {}
+    arrow, wheres = {}, {}
     for name, df in imported.tables.items():
+        if WHERE in df.columns:
+            wheres[name], df = df[WHERE], df.drop(WHERE)
         mapped = df.with_columns(
             ids.map(kind, df[col]) for col, kind in ID_COLUMNS.items() if col in df.columns
         )
@@ -137,6 +142,9 @@ def write(imported: Imported, out: Path, *, force: bool = False) -> dict:
         pq.write_table(
             valid.to_arrow().cast(SCHEMAS[report.table]), out / f"{report.table}.parquet"
         )
+        if report.table in wheres:  # `row` indexes the imported table: its source place
+            where = wheres[report.table].gather(quarantine["row"])
+            quarantine = quarantine.with_columns(where=where)
         write_quarantine(quarantine, out, report.table, into=qdir)
         reports.append(report)
     imported.unreadable.write_parquet(qdir / UNREADABLE)

@@ -52,7 +52,7 @@ from xml.parsers import expat
 import polars as pl
 
 from crops.ingest.formats import IngestOptions
-from crops.ingest.tables import Imported, unreadable_rows
+from crops.ingest.tables import WHERE, Imported, unreadable_rows
 from crops.ingest.text import IngestError, read_text
 from crops.schema import LONG_PLAY_MS
 
@@ -87,6 +87,7 @@ SEARCH_SCHEMA = {
     "clicked": pl.Boolean,
     "watch_ms": pl.Int64,
     "duration_ms": pl.Int64,
+    WHERE: pl.String,  # the result's element: file:line and path
 }
 REC_SCHEMA = {
     "user_id": pl.String,
@@ -210,6 +211,7 @@ class _Reader:
         if start is None:
             return self.unreadable(i, trail, "starttime not a time")
         results: dict[int, str] = {}
+        result_el: dict[int, ET.Element] = {}
         for r in i.findall("results/result"):
             rank_text = (r.get("rank") or "").strip()
             doc = _doc_id(r)
@@ -223,6 +225,7 @@ class _Reader:
                 self.unreadable(r, f"{trail}/result[@rank='{rank_text}']", "duplicate result rank")
             else:
                 results[int(rank_text)] = doc
+                result_el[int(rank_text)] = r
                 title, snippet = _text(r.find("title")), _text(r.find("snippet"))
                 if doc not in self.videos or self.videos[doc][0] is None:
                     self.videos[doc] = (title or _text(r.find("url")), snippet)
@@ -248,6 +251,7 @@ class _Reader:
         query = " ".join((query_el.text or "").split())
         request = f"{session}.{num}"
         for rank, doc in sorted(results.items()):
+            result = self.where(result_el[rank], f"{trail}/result[@rank='{rank}']")
             self.rows.append(
                 (
                     user,
@@ -261,6 +265,7 @@ class _Reader:
                     rank in dwell,
                     dwell.get(rank, 0),
                     WEB_RESULT_DURATION_MS,
+                    result,
                 )
             )
 

@@ -51,6 +51,17 @@ def test_tables_and_quarantine(out: Path) -> None:
     assert (tables["rec_log"]["rows"], tables["rec_log"]["valid"]) == (6, 4)
     assert tables["rec_log"]["reasons"] == {"duration_ms not positive": 1, "negative watch_ms": 1}
     assert tables["videos"]["valid"] == 7
+    # each quarantined row names its source line
+    qdir = out / "_quarantine"
+    q = {t: pl.read_parquet(qdir / f"{t}.parquet") for t in ("search_log", "rec_log")}
+    assert q["search_log"].select("where", "reason").rows() == [
+        ("src_inter.csv:14", "empty query"),
+        ("src_inter.csv:15", "video_id not in videos"),
+    ]
+    assert q["rec_log"].select("where", "reason").rows() == [
+        ("rec_inter.csv:4", "duration_ms not positive"),
+        ("rec_inter.csv:6", "negative watch_ms"),
+    ]
 
 
 def test_unreadable_rows_with_reasons(out: Path) -> None:

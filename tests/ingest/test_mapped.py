@@ -49,6 +49,9 @@ def test_fixture_imports_every_row_somewhere(imported):
         assert pl.read_parquet(out / f"{name}.parquet").height == t[name]["valid"]
     assert (t["videos"]["valid"], t["search_log"]["valid"], t["rec_log"]["valid"]) == (3, 3, 2)
     assert t["search_log"]["reasons"] == {"negative watch_ms": 1}
+    # the quarantined row names its data row (play_ms -5), as unreadable rows do
+    q = pl.read_parquet(out / "_quarantine" / "search_log.parquet")
+    assert q.select("where", "watch_ms").rows() == [("search.csv:6", -5)]
     assert manifest["notes"]["unmapped_columns"] == {"search_log": ["app_version"]}
 
 

@@ -70,6 +70,11 @@ def test_tables_and_quarantine(out: Path) -> None:
     assert manifest["ids"] == {"request": 11, "session": 4, "user": 3, "video": 20}
     bad = pl.read_parquet(out / "_quarantine" / "search_log.parquet")
     assert bad["watch_ms"].to_list() == [-5000]
+    # where the quarantined row is in the source: the result's element, line and path
+    assert bad["where"].to_list() == [
+        "sessiontrack_small.xml:208 session[@num='3']/interaction[@num='2']/result[@rank='1']"
+    ]
+    assert "where" not in pl.read_parquet(out / "search_log.parquet").columns
     notes = manifest["notes"]
     assert (notes["sessions"], notes["interactions"], notes["currentquery"]) == (4, 13, 4)
     assert notes["interactions_by_type"] == {"page": 1, "reformulate": 10}
