@@ -31,13 +31,18 @@ def ingest(
     grades: Annotated[str | None, typer.Option(help=HELP["grades"])] = D.grades,
     force: Annotated[bool, typer.Option(help="write into a folder that is not empty")] = False,
     max_quarantine_share: Annotated[
-        float, typer.Option(help="exit 1 when more than this share of a table's rows is bad")
+        float,
+        typer.Option(
+            help="exit 1 when more than this share of a table's rows is quarantined, or of all"
+            " rows read is unreadable (excluded rows aside)"
+        ),
     ] = MAX_QUARANTINE_SHARE,
 ) -> None:
     """Import real logs or a graded collection (FORMAT) as contract tables in OUT.
 
     Writes OUT/<table>.parquet, OUT/ids.parquet (source id -> int64), OUT/_quarantine/ (bad
-    rows with reasons, unreadable source rows), OUT/collection/ for graded collections and
+    rows with reasons, unreadable source rows, rows outside the contracts by design),
+    OUT/collection/ for graded collections and
     OUT/ingest.json. Exit status: 0 imported, 1 too many rows quarantined, 2 an error.
     """
     from crops.ingest.formats import run

@@ -3,10 +3,12 @@
 Importers only parse their format. Everything after is here, the same for every format: source
 ids become int64 (with ``ids.parquet``), the tables are conformed and row-checked exactly as
 `crops validate` does (``crops.schema.check_tables``), valid rows go to ``<table>.parquet``,
-bad rows with their reason to ``_quarantine/``, rows the importer could not parse at all to
-``_quarantine/unreadable.parquet``, a graded collection to ``collection/`` (a ``--trec-dir``),
-and ``ingest.json`` describes the import. Nothing read is lost: every source row is in a table,
-in the quarantine or in the unreadable rows, and the counts say so.
+bad rows with their reason (and source place, where the importer gives one) to
+``_quarantine/``, rows the importer could not parse at all to ``_quarantine/unreadable.parquet``,
+rows outside the contracts by design to ``_quarantine/excluded.parquet``, a graded collection
+to ``collection/`` (a ``--trec-dir``), and ``ingest.json`` describes the import. Nothing read is
+lost: every source row is in a table, in the quarantine, in the unreadable or in the excluded
+rows, and the counts say so.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crops.ingest.ids import ID_COLUMNS, IdTable
@@ -118,7 +121,8 @@ def write(imported: Imported, out: Path, *, force: bool = False) -> dict:
     if unknown:
         raise IngestError(f"the {imported.format} importer produced unknown tables {unknown}")
     ids = IdTable()
-    arrow, wheres = {}, {}
+    arrow: dict[str, tuple[pa.Table, str]] = {}
+    wheres: dict[str, pl.Series] = {}
     for name, df in imported.tables.items():
         if WHERE in df.columns:
             wheres[name], df = df[WHERE], df.drop(WHERE)

@@ -399,7 +399,9 @@ def _absent_pooler(path: str | Path) -> dict[str, Any]:
             return {}
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     model_class = AutoModel._model_mapping.get(type(config), None)
-    if model_class is None or "add_pooling_layer" not in inspect.signature(model_class).parameters:
+    if not isinstance(model_class, type):  # unknown, or several classes (Funnel): load as is
+        return {}
+    if "add_pooling_layer" not in inspect.signature(model_class).parameters:
         return {}
     return {"add_pooling_layer": False}
 

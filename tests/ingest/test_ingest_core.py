@@ -14,7 +14,7 @@ import pytest
 
 from crops.ingest import ids
 from crops.ingest.ids import KEPT_MAX, IdCollision, IdTable, to_int64
-from crops.ingest.tables import Collection, Imported, unreadable_rows, write
+from crops.ingest.tables import WHERE, Collection, Imported, unreadable_rows, write
 from crops.ingest.text import IngestError, read_csv_text, read_text
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mapped"
@@ -214,6 +214,43 @@ def test_rows_breaking_a_rule_are_quarantined_and_counts_add_up(tmp_path: Path):
     source_rows = imported.tables["search_log"].height + imported.unreadable.height
     assert search["valid"] + search["quarantined"] + manifest["unreadable"]["rows"] == source_rows
     assert pl.read_parquet(out / "search_log.parquet").height == search["valid"]
+
+
+def test_quarantined_rows_take_their_source_place_from_the_where_column(tmp_path: Path):
+    """An importer's `_where` reaches each quarantined row as `where` (rows 1 and 2 of three,
+    so a misaligned gather would show), and never the valid table."""
+    imported = _imported()
+    log = imported.tables["search_log"]
+    imported.tables["search_log"] = log.with_columns(
+        pl.Series(WHERE, ["log.csv:2", "log.csv:3", "log.csv:4"])
+    )
+    write(imported, tmp_path / "out")
+    q = pl.read_parquet(tmp_path / "out" / "_quarantine" / "search_log.parquet").sort("row")
+    assert q.select("row", "where", "reason").rows() == [
+        (1, "log.csv:3", "negative watch_ms"),
+        (2, "log.csv:4", "video_id not in videos"),
+    ]
+    valid = pl.read_parquet(tmp_path / "out" / "search_log.parquet")
+    assert WHERE not in valid.columns and "where" not in valid.columns
+    # a table without the column: quarantine as crops validate writes it
+    videos_q = pl.read_parquet(tmp_path / "out" / "_quarantine" / "videos.parquet")
+    assert "where" not in videos_q.columns
+
+
+def test_excluded_rows_are_kept_and_counted_but_not_bad_input(tmp_path: Path):
+    """An import whose only loss is excluded rows (outside the contracts by design) passes the
+    default quarantine limit."""
+    imported = _imported()
+    imported.tables["search_log"] = imported.tables["search_log"].head(1)  # the valid row
+    imported.unreadable = unreadable_rows()
+    imported.excluded = unreadable_rows(
+        [("search_log", f"log.csv:{n}", "item_type not a video", "x") for n in range(5, 9)]
+    )
+    manifest = write(imported, tmp_path / "out")
+    assert manifest["excluded"] == {"rows": 4, "reasons": {"item_type not a video": 4}}
+    assert manifest["worst_share"] == 0.0
+    excluded = pl.read_parquet(tmp_path / "out" / "_quarantine" / "excluded.parquet")
+    assert excluded["where"].to_list() == ["log.csv:5", "log.csv:6", "log.csv:7", "log.csv:8"]
 
 
 def test_written_ids_follow_the_rule_and_the_mapping_table(tmp_path: Path):

@@ -449,3 +449,28 @@ def test_load_errors_name_the_folder(tmp_path: Path) -> None:
 def test_build_rejects_unknown_specs(spec: str) -> None:
     with pytest.raises(ValueError, match="unknown encoder"):
         build_dual_encoder(spec)
+
+
+def _checkpoint(folder: Path, model_type: str, keys: list[str], weights: bool = True) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    if weights:
+        save_file({k: torch.zeros(1) for k in keys}, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_a_pooler_is_left_out_only_where_the_checkpoint_has_none(tmp_path: Path) -> None:
+    """`add_pooling_layer=False` for a BERT checkpoint without pooler weights; a checkpoint
+    with one, without a safetensors file, or of a type that maps to several model classes
+    (Funnel) or takes no such flag (DistilBERT) loads as saved."""
+    from crops.model.encoders import _absent_pooler
+
+    bare = _checkpoint(tmp_path / "bare", "bert", ["embeddings.word_embeddings.weight"])
+    assert _absent_pooler(bare) == {"add_pooling_layer": False}
+    pooled = _checkpoint(tmp_path / "pooled", "bert", ["bert.pooler.dense.weight"])
+    assert _absent_pooler(pooled) == {}
+    assert _absent_pooler(_checkpoint(tmp_path / "bin", "bert", [], weights=False)) == {}
+    assert _absent_pooler(_checkpoint(tmp_path / "funnel", "funnel", ["x"])) == {}
+    assert _absent_pooler(_checkpoint(tmp_path / "distil", "distilbert", ["x"])) == {}
