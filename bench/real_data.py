@@ -1,7 +1,8 @@
 """docs/real-data.md, produced by running it: CroPS on real public data, each figure beside the
 command that makes it.
 
-    python bench/real_data.py [--data ../shared/data] [--work build/real-data] [--steps 300]
+    python bench/real_data.py [--data ../shared/data] [--work build/real-data] [--reuse]
+        [--encoders hf:minilm hf:e5] [--hf-steps 100] [--hf-batch 16 4]
 
 Runs, in order: the CJK lexical comparison (bench/bench_cjk_lexical.py), `crops ingest
 query-title` on QBQTC's train split, BM25 / hash / pretrained encoders zero-shot and fine-tuned
@@ -9,7 +10,8 @@ with H-InfoNCE and binary InfoNCE on its by-query held-out slice (`crops train -
 evaluate --trec-dir`), the graded-training speed bench, and the log importers on the committed
 fixtures with the reformulation-window report of `crops mine`. Every command is run from the
 repository root with relative paths, and written into the page as it was run. Nothing in the
-page is typed by hand; rerun this script to refresh it (most of an hour on 2 CPU cores).
+page is typed by hand; rerun this script to refresh it (hours on 2 CPU cores: each pretrained
+encoder row trains or embeds on the CPU; `--reuse` keeps the trained models of a run before).
 """
 
 from __future__ import annotations
@@ -181,8 +183,7 @@ def main() -> None:
     page.command(
         ["crops", "ingest", "query-title", f"{data}/qbqtc-train/train.json", "--out", qbqtc]
     )
-    manifest = json.loads((ROOT / qbqtc / "ingest.json").read_text())
-    page.add(_manifest_table(manifest), "")
+    page.add(_manifest_table(qbqtc), "")
 
     page.add("### The lexical layer on Chinese", "")
     page.command(["python", "bench/bench_cjk_lexical.py"], show_output=True)
@@ -233,7 +234,7 @@ def main() -> None:
             "0.2",
         ]
     )
-    page.add(_manifest_table(json.loads((ROOT / logs / "ingest.json").read_text())), "")
+    page.add(_manifest_table(logs), "")
     page.command(
         [
             "crops",
@@ -264,7 +265,7 @@ def main() -> None:
             "0.5",
         ]
     )
-    page.add(_manifest_table(json.loads((ROOT / kuaisar / "ingest.json").read_text())), "")
+    page.add(_manifest_table(kuaisar), "")
 
     page.add(
         "## Bad input: a GBK file",
@@ -300,7 +301,9 @@ def main() -> None:
     print(f"wrote {args.out}", file=sys.stderr)
 
 
-def _manifest_table(manifest: dict) -> str:
+def _manifest_table(imported: str) -> str:
+    """The counts of an import folder's ingest.json as a markdown table."""
+    manifest = json.loads((ROOT / imported / "ingest.json").read_text())
     rows = ["| table | rows | valid | quarantined |", "|---|---:|---:|---:|"]
     for name, t in manifest["tables"].items():
         rows.append(f"| {name} | {t['rows']:,} | {t['valid']:,} | {t['quarantined']:,} |")

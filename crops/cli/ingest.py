@@ -60,17 +60,14 @@ def ingest(
         return
     reports = list(manifest["tables"].values())
     console.print(report_table(reports, f"{fmt} import of {src} into {out}"))
-    bad = manifest["unreadable"]
-    if bad["rows"]:
-        reasons = ", ".join(f"{k}: {v}" for k, v in bad["reasons"].items())
-        console.print(f"unreadable source rows: {bad['rows']} ({reasons})")
-    excluded = manifest["excluded"]
-    if excluded["rows"]:
-        reasons = ", ".join(f"{k}: {v}" for k, v in excluded["reasons"].items())
-        console.print(
-            f"excluded source rows (outside the contracts, not counted as bad):"
-            f" {excluded['rows']} ({reasons})"
-        )
+    for kind, what in (
+        ("unreadable", "unreadable source rows"),
+        ("excluded", "excluded source rows (outside the contracts, not counted as bad)"),
+    ):
+        counted = manifest[kind]
+        if counted["rows"]:
+            reasons = ", ".join(f"{k}: {v}" for k, v in counted["reasons"].items())
+            console.print(f"{what}: {counted['rows']} ({reasons})")
     if "collection" in manifest:
         c = manifest["collection"]
         console.print(

@@ -344,19 +344,19 @@ def _table(
     is_bad = reasons.is_not_null() & (reasons != "")
     rows: list[tuple[str, str, str, str]] = []
     where = src.name if path == src else str(path.relative_to(src))
-    table = table.with_columns(  # file:row, the data row's number (as for unreadable rows)
-        pl.format(f"{where}:{{}}", pl.int_range(1, df.height + 1, dtype=pl.Int64)).alias(WHERE)
-    )
+    places = pl.select(  # file:row, the data row's number: valid, quarantined and unreadable
+        pl.format(f"{where}:{{}}", pl.int_range(1, df.height + 1, dtype=pl.Int64))
+    ).to_series()
+    table = table.with_columns(places.alias(WHERE))
     if is_bad.any():
-        bad_df = df.with_row_index("_row", offset=1).filter(is_bad)
-        raw = bad_df.drop("_row").select(pl.all().map_batches(_text))
-        for n, reason, cells in zip(
-            bad_df["_row"].to_list(),
+        raw = df.filter(is_bad).select(pl.all().map_batches(_text))
+        for place, reason, cells in zip(
+            places.filter(is_bad).to_list(),
             reasons.filter(is_bad).to_list(),
             raw.iter_rows(named=True),
             strict=True,
         ):
-            rows.append((name, f"{where}:{n}", reason, json.dumps(cells, ensure_ascii=False)))
+            rows.append((name, place, reason, json.dumps(cells, ensure_ascii=False)))
     return table.filter(~is_bad), rows
 
 

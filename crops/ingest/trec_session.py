@@ -210,8 +210,7 @@ class _Reader:
         start = seconds(i.get("starttime"))
         if start is None:
             return self.unreadable(i, trail, "starttime not a time")
-        results: dict[int, str] = {}
-        result_el: dict[int, ET.Element] = {}
+        results: dict[int, tuple[str, ET.Element]] = {}  # rank -> (document id, its element)
         for r in i.findall("results/result"):
             rank_text = (r.get("rank") or "").strip()
             doc = _doc_id(r)
@@ -224,8 +223,7 @@ class _Reader:
             elif int(rank_text) in results:
                 self.unreadable(r, f"{trail}/result[@rank='{rank_text}']", "duplicate result rank")
             else:
-                results[int(rank_text)] = doc
-                result_el[int(rank_text)] = r
+                results[int(rank_text)] = (doc, r)
                 title, snippet = _text(r.find("title")), _text(r.find("snippet"))
                 if doc not in self.videos or self.videos[doc][0] is None:
                     self.videos[doc] = (title or _text(r.find("url")), snippet)
@@ -250,8 +248,8 @@ class _Reader:
         ts = day_ms + round(start * 1000)
         query = " ".join((query_el.text or "").split())
         request = f"{session}.{num}"
-        for rank, doc in sorted(results.items()):
-            result = self.where(result_el[rank], f"{trail}/result[@rank='{rank}']")
+        for rank, (doc, el) in sorted(results.items()):
+            result = self.where(el, f"{trail}/result[@rank='{rank}']")
             self.rows.append(
                 (
                     user,
